@@ -1,0 +1,2 @@
+//! Datasets with known ground truth: procedurally drawn shapes (diffusion) and
+//! ProsQA-like graphs (reasoner).

@@ -1,0 +1,65 @@
+//! The library's typed errors. Only the CLI turns them into messages for people.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("weights {path}: {detail}")]
+    Weights { path: PathBuf, detail: String },
+
+    #[error("unknown site `{name}`; this model's sites are: {}", valid.join(", "))]
+    UnknownSite { name: String, valid: Vec<String> },
+
+    #[error("step list `{spec}`: {reason}")]
+    Steps { spec: String, reason: String },
+
+    #[error("{path} already holds another run ({detail}); pass a new --run folder, or delete that one first")]
+    RunExists { path: PathBuf, detail: String },
+
+    #[error("{path}: {detail}")]
+    BadFile { path: PathBuf, detail: String },
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("interrupted; finished parts are kept and rerunning the same command resumes")]
+    Interrupted,
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error(transparent)]
+    Polars(#[from] polars::error::PolarsError),
+
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An I/O error that names the file it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Attaches a path to I/O results: `fs::read(&p).at(&p)?`.
+pub trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,14 @@
+//! latentlens: record the latents of generative models at named hook sites, store them as
+//! Parquet run folders, and analyse them (probes, PCA/UMAP, information loss, latent BFS).
+//!
+//! Read ARCHITECTURE.md for the map of modules and the invariants between them.
+
+pub mod analysis;
+pub mod data;
+pub mod diffusion;
+pub mod error;
+pub mod reasoner;
+pub mod rng;
+pub mod sites;
+
+pub use error::{Error, Result};
