@@ -4,6 +4,7 @@
 //! Read ARCHITECTURE.md for the map of modules and the invariants between them.
 
 pub mod analysis;
+pub mod cli;
 pub mod data;
 pub mod diffusion;
 pub mod error;
