@@ -1,4 +1,6 @@
 //! See ARCHITECTURE.md.
 
 pub mod cka;
+pub mod infoloss;
+pub mod mi;
 pub mod ssim;
