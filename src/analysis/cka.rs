@@ -22,7 +22,7 @@ pub struct Representation<'a> {
 impl<'a> Representation<'a> {
     /// Checks that `x` holds whole rows.
     pub fn new(x: &'a [f32], width: usize) -> Result<Self> {
-        if width == 0 || x.len() % width != 0 {
+        if width == 0 || !x.len().is_multiple_of(width) {
             return Err(Error::Invalid(format!(
                 "a representation of width {width} cannot hold {} values",
                 x.len()
@@ -32,11 +32,7 @@ impl<'a> Representation<'a> {
     }
 
     pub fn rows(&self) -> usize {
-        if self.width == 0 {
-            0
-        } else {
-            self.x.len() / self.width
-        }
+        self.x.len().checked_div(self.width).unwrap_or(0)
     }
 }
 

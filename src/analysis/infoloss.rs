@@ -81,7 +81,7 @@ pub fn reconstruction_per_sample(
     progress: &ProgressBar,
 ) -> Result<Vec<Reconstruction>> {
     let d = shape.numel();
-    if d == 0 || original.len() != reconstructed.len() || original.len() % d != 0 {
+    if d == 0 || original.len() != reconstructed.len() || !original.len().is_multiple_of(d) {
         return Err(Error::Invalid(format!(
             "reconstruction: {} and {} values do not make the same number of {shape:?} images",
             original.len(),
@@ -312,7 +312,7 @@ pub fn node_token_mass(probs: &[f32], nodes: &NodeTokens<'_>) -> Result<NodeMass
         )));
     }
     let total: f64 = probs.iter().map(|&p| p as f64).sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return Err(Error::Invalid("next-token probabilities sum to 0".into()));
     }
     let share = |set: &[u32], name: &str| -> Result<f64> {

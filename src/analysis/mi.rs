@@ -19,7 +19,7 @@ const RIDGE: f64 = 1e-9;
 
 /// ψ(x), the digamma function, for x > 0.
 pub fn digamma(x: f64) -> f64 {
-    if !(x > 0.0) {
+    if x.is_nan() || x <= 0.0 {
         return f64::NAN;
     }
     let mut x = x;
@@ -49,7 +49,7 @@ pub fn subsample(n: usize, max: usize, seed: u64) -> Vec<usize> {
 }
 
 fn check_rows(z: &[f64], width: usize, n_labels: usize, what: &str) -> Result<usize> {
-    if width == 0 || z.len() % width != 0 {
+    if width == 0 || !z.len().is_multiple_of(width) {
         return Err(Error::Invalid(format!(
             "{what}: {} values do not make rows of width {width}",
             z.len()
@@ -102,7 +102,7 @@ fn log_det(c: &Mat<f64>, what: &str) -> Result<f64> {
         .map_err(|e| Error::Invalid(format!("{what}: eigendecomposition failed: {e:?}")))?;
     let mut sum = 0.0;
     for l in eig {
-        if !(l > 0.0) {
+        if l.is_nan() || l <= 0.0 {
             return Err(Error::Invalid(format!(
                 "{what}: covariance is singular (a constant direction); use fewer components"
             )));
@@ -132,7 +132,7 @@ pub fn gaussian_mi_continuous(z: &[f64], width: usize, y: &[f64]) -> Result<f64>
     let cj = covariance(&joint, w, &all);
     let cz = Mat::from_fn(width, width, |a, b| cj[(a, b)]);
     let var_y = cj[(width, width)];
-    if !(var_y > 0.0) {
+    if var_y.is_nan() || var_y <= 0.0 {
         return Err(Error::Invalid("Gaussian MI: the label is constant".into()));
     }
     Ok(0.5 * (log_det(&cz, "Gaussian MI")? + var_y.ln() - log_det(&cj, "Gaussian MI")?))
@@ -286,12 +286,12 @@ pub fn mixed_ksg(z: &[f64], width: usize, labels: &[u32], k: usize) -> Result<f6
 /// row-major `n x k` f64. Uses the `width x width` covariance, or the `n x n` Gram matrix
 /// when there are fewer rows than columns; signs are arbitrary (MI does not care).
 pub(crate) fn principal_scores(x: &[f32], width: usize, k: usize) -> Result<Vec<f64>> {
-    let n = if width == 0 { 0 } else { x.len() / width };
+    let n = x.len().checked_div(width).unwrap_or(0);
     scores_by_route(x, width, k, width > n)
 }
 
 fn scores_by_route(x: &[f32], width: usize, k: usize, gram_route: bool) -> Result<Vec<f64>> {
-    if width == 0 || x.len() % width != 0 {
+    if width == 0 || !x.len().is_multiple_of(width) {
         return Err(Error::Invalid(format!(
             "PCA: {} values do not make rows of width {width}",
             x.len()

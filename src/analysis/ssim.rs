@@ -83,7 +83,7 @@ pub fn mse(a: &[f32], b: &[f32]) -> Result<f64> {
 /// Peak signal-to-noise ratio in dB: `10 log10(data_range² / mse)`.
 pub fn psnr(mse: f64, data_range: f64) -> Result<f64> {
     check_range(data_range)?;
-    if !(mse >= 0.0) {
+    if mse.is_nan() || mse < 0.0 {
         return Err(Error::Invalid(format!("PSNR needs mse >= 0, got {mse}")));
     }
     if mse == 0.0 {
