@@ -1,0 +1,870 @@
+//! `latentlens infoloss`: what is lost between recording points. Reconstruction quality
+//! between two image sites, linear CKA between every (site, step) representation, and the
+//! mutual information between each label and each representation, written as tables and
+//! plots into the run folder.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use plotters::prelude::*;
+use polars::prelude::*;
+
+use crate::analysis::cka::{cka_matrix, Representation};
+use crate::analysis::infoloss::{
+    compression_ratio, mutual_information, reconstruction_per_sample, summarise_reconstruction,
+    Label, MiOptions, Summary,
+};
+use crate::analysis::mi::subsample;
+use crate::analysis::ssim::ImageShape;
+use crate::cli::common::{bar, site_patterns};
+use crate::store::{Latents, Run};
+
+/// Steps per site kept when `--steps` is not given.
+const DEFAULT_STEPS: usize = 8;
+/// An integer label with at most this many distinct values is treated as categorical.
+const MAX_INTEGER_CLASSES: usize = 32;
+/// Refuse to hold more than this many bytes of representations at once.
+const MEMORY_BUDGET: usize = 2 << 30;
+
+/// Measure what is lost between recording points: reconstruction (MSE, PSNR, SSIM),
+/// linear CKA between sites and steps, and label mutual information.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InfolossArgs {
+    /// Run folder made by `latentlens record`.
+    #[arg(long)]
+    pub run: PathBuf,
+
+    /// Original image site for reconstruction metrics [default: `image`, when recorded].
+    #[arg(long, requires = "to")]
+    pub from: Option<String>,
+
+    /// Reconstructed image site [default: `vae.decoder.out`, when recorded].
+    #[arg(long, requires = "from")]
+    pub to: Option<String>,
+
+    /// Latent site whose width gives the compression ratio numel(from) / numel(latent).
+    #[arg(long, default_value = "vae.encoder.mean")]
+    pub latent: String,
+
+    /// max - min of the pixel scale of the image sites (2 for the models' [-1, 1]).
+    #[arg(long, default_value_t = 2.0)]
+    pub data_range: f64,
+
+    /// Sites for CKA and mutual information: names or globs (`unet.*`), comma-separated
+    /// or repeated [default: every recorded site].
+    #[arg(long, num_args = 1..)]
+    pub sites: Vec<String>,
+
+    /// Steps for CKA and mutual information: `all`, `last`, `0,10,49`, `0..50:5`
+    /// [default: up to 8 evenly spaced steps, first and last included]. Sites that fire
+    /// once per generation always use their single step.
+    #[arg(long)]
+    pub steps: Option<String>,
+
+    /// Label columns of samples.parquet for mutual information [default: all].
+    #[arg(long, num_args = 1..)]
+    pub labels: Vec<String>,
+
+    /// Seed of the sample subset, the bootstrap and the kNN tie-breaking jitter.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Samples used at most for CKA and mutual information (a seeded subset above that;
+    /// the kNN estimator costs O(n²)).
+    #[arg(long, default_value_t = 2000)]
+    pub max_points: usize,
+
+    /// Principal components of each representation used for mutual information.
+    #[arg(long, default_value_t = 8)]
+    pub components: usize,
+
+    /// k of the kNN (KSG) estimator.
+    #[arg(long, default_value_t = 3)]
+    pub neighbours: usize,
+}
+
+pub fn run(args: InfolossArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.max_points >= 10, "--max-points must be at least 10");
+    anyhow::ensure!(args.components >= 1, "--components must be at least 1");
+    anyhow::ensure!(args.neighbours >= 1, "--neighbours must be at least 1");
+    let run = Run::open(&args.run)?;
+    let sites = run.sites()?;
+    if sites.is_empty() {
+        bail!("{} holds no latents; record some first", run.root().display());
+    }
+    reconstruction(&run, &args, &sites)?;
+    let reps = representations(&run, &args, &sites)?;
+    if reps.is_empty() {
+        eprintln!("no representations selected; skipping CKA and mutual information");
+        return Ok(());
+    }
+    cka(&run, &reps)?;
+    mutual_info(&run, &args, &reps)?;
+    // Decodability retention (probe score at --to over --from) plugs in here through
+    // `analysis::infoloss::decodability_retention` once the probe module provides a score.
+    Ok(())
+}
+
+// ---------------------------------------------------------------- reconstruction
+
+fn reconstruction(run: &Run, args: &InfolossArgs, sites: &[String]) -> anyhow::Result<()> {
+    let (from, to) = match (&args.from, &args.to) {
+        (Some(f), Some(t)) => (f.clone(), t.clone()),
+        _ => {
+            let has = |s: &str| sites.iter().any(|x| x == s);
+            if !(has("image") && has("vae.decoder.out")) {
+                eprintln!(
+                    "reconstruction: skipped (needs `image` and `vae.decoder.out`, or --from/--to)"
+                );
+                return Ok(());
+            }
+            ("image".to_string(), "vae.decoder.out".to_string())
+        }
+    };
+    for s in [&from, &to] {
+        if !sites.contains(s) {
+            return Err(crate::Error::UnknownSite {
+                name: s.clone(),
+                valid: sites.to_vec(),
+            }
+            .into());
+        }
+    }
+    let shape = image_shape(run, &from)?;
+    let to_shape = image_shape(run, &to)?;
+    anyhow::ensure!(
+        shape == to_shape,
+        "--from {from} has shape {shape:?} but --to {to} has {to_shape:?}; reconstruction \
+         compares same-shaped sites"
+    );
+    let a = one_row_per_sample(&run.read_latents(&from, None)?, &from, false)?;
+    let b = one_row_per_sample(&run.read_latents(&to, None)?, &to, true)?;
+    let common: Vec<u32> = a.keys().filter(|s| b.contains_key(s)).copied().collect();
+    anyhow::ensure!(
+        !common.is_empty(),
+        "{from} and {to} share no samples"
+    );
+    let flat = |m: &BTreeMap<u32, Vec<f32>>| -> Vec<f32> {
+        common.iter().flat_map(|s| m[s].iter().copied()).collect()
+    };
+    let progress = bar(common.len() as u64, "ssim");
+    let rows = reconstruction_per_sample(&flat(&a), &flat(&b), shape, args.data_range, &progress)?;
+    progress.finish_and_clear();
+    let summary = summarise_reconstruction(&rows, args.seed)?;
+    let ratio = match site_width(run, &args.latent) {
+        Some(w) => compression_ratio(shape.numel(), w)?,
+        None => {
+            eprintln!(
+                "compression ratio: latent site `{}` was not recorded; left empty",
+                args.latent
+            );
+            f64::NAN
+        }
+    };
+    let n = common.len();
+    let mut per_sample = df!(
+        "sample" => common.clone(),
+        "from_site" => vec![from.clone(); n],
+        "to_site" => vec![to.clone(); n],
+        "mse" => rows.iter().map(|r| r.mse).collect::<Vec<_>>(),
+        "psnr_db" => rows.iter().map(|r| r.psnr).collect::<Vec<_>>(),
+        "ssim" => rows.iter().map(|r| r.ssim).collect::<Vec<_>>(),
+    )?;
+    let path = run.write_table("infoloss_reconstruction", &mut per_sample)?;
+    eprintln!("wrote {}", path.display());
+    let metrics: [(&str, Summary); 3] = [
+        ("mse", summary.mse),
+        ("psnr_db", summary.psnr),
+        ("ssim", summary.ssim),
+    ];
+    let mut table = df!(
+        "from_site" => vec![from.clone(); 3],
+        "to_site" => vec![to.clone(); 3],
+        "metric" => metrics.iter().map(|(m, _)| m.to_string()).collect::<Vec<_>>(),
+        "mean" => metrics.iter().map(|(_, s)| s.mean).collect::<Vec<_>>(),
+        "ci95_low" => metrics.iter().map(|(_, s)| s.ci_low).collect::<Vec<_>>(),
+        "ci95_high" => metrics.iter().map(|(_, s)| s.ci_high).collect::<Vec<_>>(),
+        "n" => metrics.iter().map(|(_, s)| s.n as u32).collect::<Vec<_>>(),
+        "data_range" => vec![args.data_range; 3],
+        "latent_site" => vec![args.latent.clone(); 3],
+        "compression_ratio" => vec![ratio; 3],
+    )?;
+    let path = run.write_table("infoloss_summary", &mut table)?;
+    eprintln!("wrote {}", path.display());
+    println!(
+        "{from} -> {to} ({n} samples): SSIM {:.4} [{:.4}, {:.4}], PSNR {:.2} dB, MSE {:.5}, \
+         compression {ratio:.1}x",
+        summary.ssim.mean, summary.ssim.ci_low, summary.ssim.ci_high, summary.psnr.mean,
+        summary.mse.mean
+    );
+    Ok(())
+}
+
+/// The (channels, height, width) of an image site from the manifest's dims.
+fn image_shape(run: &Run, site: &str) -> anyhow::Result<ImageShape> {
+    let record = run
+        .manifest()
+        .sites
+        .iter()
+        .find(|s| s.name == site)
+        .with_context(|| format!("site `{site}` is not in the run's manifest"))?;
+    let dims: Vec<usize> = record
+        .dims
+        .iter()
+        .map(|d| {
+            d.rsplit_once('=')
+                .and_then(|(_, n)| n.parse().ok())
+                .with_context(|| format!("site `{site}`: dimension `{d}` is not `name=size`"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let shape = match dims[..] {
+        [c, h, w] => ImageShape::new(c, h, w),
+        [h, w] => ImageShape::new(1, h, w),
+        _ => bail!("site `{site}` has dims {:?}; reconstruction needs an image site", record.dims),
+    };
+    anyhow::ensure!(
+        shape.numel() == record.width,
+        "site `{site}` was recorded pooled (width {}), not as whole images {:?}; record it \
+         without --pool",
+        record.width,
+        record.dims
+    );
+    Ok(shape)
+}
+
+fn site_width(run: &Run, site: &str) -> Option<usize> {
+    run.manifest()
+        .sites
+        .iter()
+        .find(|s| s.name == site)
+        .map(|s| s.width)
+}
+
+/// One row per sample of a once-per-generation site: its first step, or its last when
+/// `last` (e.g. a per-step site standing for the final output).
+fn one_row_per_sample(l: &Latents, site: &str, last: bool) -> anyhow::Result<BTreeMap<u32, Vec<f32>>> {
+    let steps: BTreeSet<u16> = l.step.iter().copied().collect();
+    let Some(&step) = (if last { steps.last() } else { steps.first() }) else {
+        bail!("site `{site}` has no rows");
+    };
+    if steps.len() > 1 {
+        eprintln!("reconstruction: `{site}` fires at {} steps; using step {step}", steps.len());
+    }
+    let mut out = BTreeMap::new();
+    for i in 0..l.len() {
+        if l.step[i] != step {
+            continue;
+        }
+        if l.position[i].is_some() {
+            bail!("site `{site}` has one row per position; reconstruction needs whole images");
+        }
+        out.insert(l.sample[i], l.row(i).to_vec());
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- representations
+
+/// One (site, step) representation over the shared sample subset, pooled over positions.
+struct Rep {
+    site: String,
+    step: u16,
+    width: usize,
+    /// Row per entry of `samples`, row-major.
+    x: Vec<f32>,
+}
+
+struct Reps {
+    samples: Vec<u32>,
+    reps: Vec<Rep>,
+}
+
+impl Reps {
+    fn is_empty(&self) -> bool {
+        self.reps.is_empty()
+    }
+}
+
+fn representations(run: &Run, args: &InfolossArgs, sites: &[String]) -> anyhow::Result<Reps> {
+    let patterns = site_patterns(&args.sites);
+    let chosen: Vec<String> = if patterns.is_empty() {
+        sites.to_vec()
+    } else {
+        for p in &patterns {
+            if !sites.iter().any(|s| p.matches(s)) {
+                return Err(crate::Error::UnknownSite {
+                    name: p.as_str().to_string(),
+                    valid: sites.to_vec(),
+                }
+                .into());
+            }
+        }
+        sites.iter().filter(|s| patterns.iter().any(|p| p.matches(s))).cloned().collect()
+    };
+    let all_samples: Vec<u32> = sample_ids(run)?;
+    let keep = subsample(all_samples.len(), args.max_points, args.seed);
+    let samples: Vec<u32> = keep.iter().map(|&i| all_samples[i]).collect();
+    let index: HashMap<u32, usize> = samples.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+
+    let mut plan = Vec::new();
+    let mut bytes = 0usize;
+    for site in &chosen {
+        let available = site_steps(run, site)?;
+        let steps = pick_steps(&available, args.steps.as_deref())?;
+        let width = site_width(run, site).unwrap_or(0);
+        bytes += steps.len() * samples.len() * width * 4;
+        plan.push((site.clone(), steps));
+    }
+    anyhow::ensure!(
+        bytes <= MEMORY_BUDGET,
+        "the selected representations need {:.1} GB in memory; narrow them with --sites, \
+         --steps or --max-points",
+        bytes as f64 / 1e9
+    );
+
+    let mut reps = Vec::new();
+    let progress = bar(plan.len() as u64, "read");
+    for (site, steps) in plan {
+        reps.extend(pooled(run, &site, &steps, &index)?);
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    // Keep only samples every representation has, so all share rows.
+    let mut present = vec![true; samples.len()];
+    for r in &reps {
+        for (i, p) in present.iter_mut().enumerate() {
+            *p &= r.x[i * r.width..(i + 1) * r.width].iter().all(|v| !v.is_nan());
+        }
+    }
+    let rows: Vec<usize> = (0..samples.len()).filter(|&i| present[i]).collect();
+    if rows.len() < samples.len() {
+        eprintln!(
+            "{} of {} samples are missing from some representation; using the {} shared",
+            samples.len() - rows.len(),
+            samples.len(),
+            rows.len()
+        );
+    }
+    for r in &mut reps {
+        r.x = rows
+            .iter()
+            .flat_map(|&i| r.x[i * r.width..(i + 1) * r.width].to_vec())
+            .collect();
+    }
+    let samples = rows.iter().map(|&i| samples[i]).collect();
+    Ok(Reps { samples, reps })
+}
+
+fn sample_ids(run: &Run) -> anyhow::Result<Vec<u32>> {
+    let df = run.samples()?;
+    let col = df
+        .column("sample")
+        .context("samples.parquet has no `sample` column")?
+        .cast(&DataType::UInt32)?;
+    let mut ids: Vec<u32> = col.u32()?.into_iter().flatten().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The distinct steps a site fired at (one streaming pass).
+fn site_steps(run: &Run, site: &str) -> anyhow::Result<Vec<u16>> {
+    let mut steps = BTreeSet::new();
+    run.scan_latents(site, None, 65_536, &mut |l| {
+        steps.extend(l.step.iter().copied());
+        Ok(())
+    })?;
+    Ok(steps.into_iter().collect())
+}
+
+fn pick_steps(available: &[u16], spec: Option<&str>) -> anyhow::Result<Vec<u16>> {
+    if available.len() <= 1 {
+        return Ok(available.to_vec());
+    }
+    let (first, last) = (available[0], available[available.len() - 1]);
+    let wanted: Vec<u16> = match spec {
+        Some(spec) => match crate::steps::parse_steps(spec, first, last + 1)? {
+            Some(list) => list,
+            None => available.to_vec(),
+        },
+        None => evenly_spaced(available, DEFAULT_STEPS),
+    };
+    Ok(wanted.into_iter().filter(|s| available.contains(s)).collect())
+}
+
+/// Up to `k` entries of `v`, evenly spaced, first and last included.
+fn evenly_spaced(v: &[u16], k: usize) -> Vec<u16> {
+    if v.len() <= k || k < 2 {
+        return v.to_vec();
+    }
+    let mut out: Vec<u16> = (0..k)
+        .map(|i| v[(i * (v.len() - 1) + (k - 1) / 2) / (k - 1)])
+        .collect();
+    out.dedup();
+    out
+}
+
+/// Mean over positions of each (sample, step) row of a site, for the samples in `index`.
+/// Samples without rows stay NaN.
+fn pooled(
+    run: &Run,
+    site: &str,
+    steps: &[u16],
+    index: &HashMap<u32, usize>,
+) -> anyhow::Result<Vec<Rep>> {
+    let n = index.len();
+    let slot: HashMap<u16, usize> = steps.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    let mut width = 0;
+    let mut sums: Vec<Vec<f64>> = Vec::new();
+    let mut counts: Vec<Vec<u32>> = vec![vec![0; n]; steps.len()];
+    run.scan_latents(site, Some(steps), 65_536, &mut |l| {
+        if sums.is_empty() {
+            width = l.width;
+            sums = vec![vec![0.0; n * width]; steps.len()];
+        }
+        for i in 0..l.len() {
+            let (Some(&row), Some(&k)) = (index.get(&l.sample[i]), slot.get(&l.step[i])) else {
+                continue;
+            };
+            for (acc, &v) in sums[k][row * width..(row + 1) * width].iter_mut().zip(l.row(i)) {
+                *acc += v as f64;
+            }
+            counts[k][row] += 1;
+        }
+        Ok(())
+    })?;
+    Ok(sums
+        .into_iter()
+        .zip(counts)
+        .zip(steps)
+        .map(|((sum, count), &step)| {
+            let x = (0..n * width)
+                .map(|j| match count[j / width] {
+                    0 => f32::NAN,
+                    c => (sum[j] / c as f64) as f32,
+                })
+                .collect();
+            Rep {
+                site: site.to_string(),
+                step,
+                width,
+                x,
+            }
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------- CKA
+
+fn cka(run: &Run, reps: &Reps) -> anyhow::Result<()> {
+    let views: Vec<Representation<'_>> = reps
+        .reps
+        .iter()
+        .map(|r| Representation::new(&r.x, r.width))
+        .collect::<crate::Result<_>>()?;
+    let m = views.len();
+    let progress = bar(0, "cka");
+    let matrix = cka_matrix(&views, &progress)?;
+    progress.finish_and_clear();
+    let (mut site_a, mut step_a, mut site_b, mut step_b, mut value) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, a) in reps.reps.iter().enumerate() {
+        for (j, b) in reps.reps.iter().enumerate() {
+            site_a.push(a.site.clone());
+            step_a.push(a.step as u32);
+            site_b.push(b.site.clone());
+            step_b.push(b.step as u32);
+            value.push(matrix[i * m + j]);
+        }
+    }
+    let mut table = df!(
+        "site_a" => site_a, "step_a" => step_a, "site_b" => site_b, "step_b" => step_b,
+        "cka" => value, "n" => vec![reps.samples.len() as u32; m * m],
+    )?;
+    let path = run.write_table("cka", &mut table)?;
+    eprintln!("wrote {}", path.display());
+    let names: Vec<String> = reps.reps.iter().map(|r| format!("{}@{}", r.site, r.step)).collect();
+    let svg = cka_heatmap_svg(&names, &matrix, reps.samples.len())?;
+    let path = run.write_plot("infoloss-cka", &svg)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Linear CKA between every pair of representations as a heatmap with a colour bar.
+fn cka_heatmap_svg(names: &[String], matrix: &[f64], n: usize) -> anyhow::Result<String> {
+    let m = names.len();
+    let cell = (600 / m.max(1)).clamp(8, 40) as u32;
+    let label_area = 12 + 7 * names.iter().map(|s| s.len()).max().unwrap_or(1) as u32;
+    let side = cell * m as u32;
+    let (w, h) = (side + label_area + 140, side + label_area + 70);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (main, legend) = root.split_horizontally(side + label_area + 30);
+        let mut chart = ChartBuilder::on(&main)
+            .caption(format!("Linear CKA between representations (n = {n})"), ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(label_area)
+            .y_label_area_size(label_area)
+            .build_cartesian_2d(0..m, 0..m)?;
+        let label = |v: &usize| names.get(*v).cloned().unwrap_or_default();
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(m)
+            .y_labels(m)
+            .x_label_formatter(&label)
+            .y_label_formatter(&|v: &usize| label(&(m.saturating_sub(1 + *v))))
+            .x_label_style(
+                ("sans-serif", 11)
+                    .into_font()
+                    .transform(FontTransform::Rotate90),
+            )
+            .y_label_style(("sans-serif", 11))
+            .x_desc("representation (site@step)")
+            .y_desc("representation (site@step)")
+            .draw()?;
+        chart.draw_series((0..m).flat_map(|i| {
+            (0..m).map(move |j| {
+                // Row i at the top: flip the y index.
+                let y = m - 1 - i;
+                let v = matrix[i * m + j];
+                let color = if v.is_finite() { viridis(v) } else { RGBColor(200, 200, 200) };
+                Rectangle::new([(j, y), (j + 1, y + 1)], color.filled())
+            })
+        }))?;
+        let mut bar_chart = ChartBuilder::on(&legend)
+            .margin_top(40)
+            .margin_bottom(label_area as i32 + 20)
+            .margin_right(50)
+            .y_label_area_size(40)
+            .caption("CKA", ("sans-serif", 14))
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)?;
+        bar_chart
+            .configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_labels(6)
+            .draw()?;
+        bar_chart.draw_series((0..100).map(|k| {
+            let lo = k as f64 / 100.0;
+            Rectangle::new([(0.0, lo), (1.0, lo + 0.01)], viridis(lo + 0.005).filled())
+        }))?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// An approximation of matplotlib's viridis on [0, 1].
+fn viridis(t: f64) -> RGBColor {
+    const STOPS: [(f64, f64, f64); 5] = [
+        (68.0, 1.0, 84.0),
+        (59.0, 82.0, 139.0),
+        (33.0, 145.0, 140.0),
+        (94.0, 201.0, 98.0),
+        (253.0, 231.0, 37.0),
+    ];
+    let t = t.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
+    let i = (t.floor() as usize).min(STOPS.len() - 2);
+    let f = t - i as f64;
+    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    let mix = |p: f64, q: f64| (p + (q - p) * f).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+// ---------------------------------------------------------------- mutual information
+
+struct MiRow {
+    label: String,
+    site: String,
+    step: u16,
+    estimator: &'static str,
+    mi_nats: f64,
+    n: usize,
+    components: usize,
+}
+
+fn mutual_info(run: &Run, args: &InfolossArgs, reps: &Reps) -> anyhow::Result<()> {
+    let samples_df = run.samples()?;
+    let names: Vec<String> = if args.labels.is_empty() {
+        samples_df
+            .get_column_names()
+            .iter()
+            .map(|s| s.to_string())
+            .filter(|s| s != "sample")
+            .collect()
+    } else {
+        args.labels.iter().flat_map(|l| l.split(',')).map(|s| s.trim().to_string()).collect()
+    };
+    if names.is_empty() {
+        eprintln!("mutual information: samples.parquet has no label columns; skipped");
+        return Ok(());
+    }
+    let opts = MiOptions {
+        components: args.components,
+        neighbours: args.neighbours,
+        max_points: args.max_points,
+        seed: args.seed,
+    };
+    let mut rows = Vec::new();
+    let progress = bar((names.len() * reps.reps.len()) as u64, "mi");
+    for name in &names {
+        let (label, keep) = label_for(&samples_df, name, &reps.samples)?;
+        for r in &reps.reps {
+            progress.inc(1);
+            let x: Vec<f32> = keep
+                .iter()
+                .flat_map(|&i| r.x[i * r.width..(i + 1) * r.width].iter().copied())
+                .collect();
+            let rep = Representation::new(&x, r.width)?;
+            match mutual_information(rep, &label, &opts) {
+                Ok(estimates) => rows.extend(estimates.iter().map(|e| MiRow {
+                    label: name.clone(),
+                    site: r.site.clone(),
+                    step: r.step,
+                    estimator: e.estimator.as_str(),
+                    mi_nats: e.mi_nats,
+                    n: e.n,
+                    components: e.components,
+                })),
+                Err(err) => progress.suspend(|| {
+                    eprintln!("mutual information {name} / {}@{}: skipped: {err}", r.site, r.step)
+                }),
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let mut table = df!(
+        "label" => rows.iter().map(|r| r.label.clone()).collect::<Vec<_>>(),
+        "site" => rows.iter().map(|r| r.site.clone()).collect::<Vec<_>>(),
+        "step" => rows.iter().map(|r| r.step as u32).collect::<Vec<_>>(),
+        "estimator" => rows.iter().map(|r| r.estimator.to_string()).collect::<Vec<_>>(),
+        "mi_nats" => rows.iter().map(|r| r.mi_nats).collect::<Vec<_>>(),
+        "n" => rows.iter().map(|r| r.n as u32).collect::<Vec<_>>(),
+        "components" => rows.iter().map(|r| r.components as u32).collect::<Vec<_>>(),
+    )?;
+    let path = run.write_table("mutual_info", &mut table)?;
+    eprintln!("wrote {}", path.display());
+    for name in &names {
+        let mine: Vec<&MiRow> = rows.iter().filter(|r| &r.label == name).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let svg = mi_plot_svg(name, &mine)?;
+        let path = run.write_plot(&format!("infoloss-mi-{}", file_safe(name)), &svg)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect()
+}
+
+/// The label for the representation rows (`samples` order) and the rows that have one:
+/// strings and booleans are categorical, integers too when they take at most 32 values,
+/// everything else continuous. Null labels drop their rows.
+fn label_for(df: &DataFrame, name: &str, samples: &[u32]) -> anyhow::Result<(Label, Vec<usize>)> {
+    let col = df.column(name).with_context(|| {
+        let valid: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+        format!("no label column `{name}` in samples.parquet; it has: {}", valid.join(", "))
+    })?;
+    let ids = df.column("sample")?.cast(&DataType::UInt32)?;
+    let ids: Vec<Option<u32>> = ids.u32()?.into_iter().collect();
+    let dtype = col.dtype().clone();
+    // Every label as text or number keyed by sample id.
+    let as_text: Option<Vec<Option<String>>> = if dtype.is_string() || dtype.is_bool() {
+        let s = col.cast(&DataType::String)?;
+        Some(s.str()?.into_iter().map(|v| v.map(str::to_string)).collect())
+    } else {
+        None
+    };
+    let as_number: Vec<Option<f64>> = if as_text.is_none() {
+        let s = col.cast(&DataType::Float64).with_context(|| {
+            format!("label column `{name}` has type {dtype}, neither text nor numbers")
+        })?;
+        s.f64()?.into_iter().collect()
+    } else {
+        Vec::new()
+    };
+    let position: HashMap<u32, usize> = ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.map(|s| (s, i)))
+        .collect();
+    let mut keep = Vec::new();
+    let label = if let Some(text) = as_text {
+        let classes: BTreeSet<&String> = text.iter().flatten().collect();
+        let code: HashMap<&String, u32> = classes.into_iter().zip(0..).collect();
+        let mut out = Vec::new();
+        for (i, s) in samples.iter().enumerate() {
+            if let Some(Some(v)) = position.get(s).map(|&p| &text[p]) {
+                keep.push(i);
+                out.push(code[v]);
+            }
+        }
+        Label::Categorical(out)
+    } else {
+        let mut values = Vec::new();
+        for (i, s) in samples.iter().enumerate() {
+            if let Some(Some(v)) = position.get(s).map(|&p| as_number[p]) {
+                if v.is_finite() {
+                    keep.push(i);
+                    values.push(v);
+                }
+            }
+        }
+        let distinct: BTreeSet<i64> = values.iter().map(|&v| v as i64).collect();
+        if dtype.is_integer() && distinct.len() <= MAX_INTEGER_CLASSES {
+            let code: HashMap<i64, u32> = distinct.into_iter().zip(0..).collect();
+            Label::Categorical(values.iter().map(|&v| code[&(v as i64)]).collect())
+        } else {
+            Label::Continuous(values)
+        }
+    };
+    Ok((label, keep))
+}
+
+/// MI against step for one label: Gaussian and KSG panels side by side, one line per site,
+/// sharing the y range so the estimators compare at a glance.
+fn mi_plot_svg(label: &str, rows: &[&MiRow]) -> anyhow::Result<String> {
+    let sites: Vec<&str> = rows
+        .iter()
+        .map(|r| r.site.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let finite = rows.iter().map(|r| r.mi_nats).filter(|v| v.is_finite());
+    let y_min = finite.clone().fold(0.0f64, f64::min);
+    let y_max = finite.fold(0.0f64, f64::max);
+    let pad = ((y_max - y_min) * 0.08).max(0.02);
+    let x_max = rows.iter().map(|r| r.step).max().unwrap_or(0) as f64;
+    let n = rows.iter().map(|r| r.n).max().unwrap_or(0);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1100, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(
+            &format!("Mutual information between `{label}` and each site (n ≤ {n})"),
+            ("sans-serif", 20),
+        )?;
+        let panels = root.split_evenly((1, 2));
+        for (panel, estimator) in panels.iter().zip(["gaussian", "ksg"]) {
+            let title = match estimator {
+                "gaussian" => "Gaussian estimate on top principal components",
+                _ => "kNN estimate (KSG / Ross), k = 3 neighbours",
+            };
+            let mut chart = ChartBuilder::on(panel)
+                .caption(title, ("sans-serif", 15))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(55)
+                .build_cartesian_2d(-0.5..x_max + 0.5, (y_min - pad)..(y_max + pad))?;
+            chart
+                .configure_mesh()
+                .x_desc("step")
+                .y_desc("mutual information (nats)")
+                .label_style(("sans-serif", 12))
+                .axis_desc_style(("sans-serif", 13))
+                .draw()?;
+            for (k, site) in sites.iter().enumerate() {
+                let color = Palette99::pick(k).to_rgba();
+                let mut pts: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| r.site == *site && r.estimator == estimator && r.mi_nats.is_finite())
+                    .map(|r| (r.step as f64, r.mi_nats))
+                    .collect();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                    .label(*site)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 11))
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()?;
+        }
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evenly_spaced_keeps_the_ends() {
+        let v: Vec<u16> = (0..50).collect();
+        let s = evenly_spaced(&v, 8);
+        assert_eq!(s.len(), 8);
+        assert_eq!((s[0], s[7]), (0, 49));
+        assert!(s.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(evenly_spaced(&[0, 1, 2], 8), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn pick_steps_follows_the_spec_and_keeps_single_step_sites() {
+        let v: Vec<u16> = (0..20).collect();
+        assert_eq!(pick_steps(&v, Some("0..20:5")).unwrap(), vec![0, 5, 10, 15]);
+        assert_eq!(pick_steps(&v, Some("last")).unwrap(), vec![19]);
+        assert_eq!(pick_steps(&[0], Some("5")).unwrap(), vec![0]);
+        assert!(pick_steps(&v, Some("99")).is_err());
+    }
+
+    #[test]
+    fn plots_are_svg_with_titles_and_labels() {
+        let names = vec!["latent@0".to_string(), "unet.mid_block@0".to_string()];
+        let svg = cka_heatmap_svg(&names, &[1.0, 0.4, 0.4, 1.0], 100).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("Linear CKA") && svg.contains("unet.mid_block@0"));
+        let rows: Vec<MiRow> = [("gaussian", 0.5), ("ksg", 0.4)]
+            .iter()
+            .flat_map(|&(e, v)| {
+                (0..3).map(move |s| MiRow {
+                    label: "shape".into(),
+                    site: "latent".into(),
+                    step: s * 10,
+                    estimator: e,
+                    mi_nats: v + s as f64 * 0.1,
+                    n: 100,
+                    components: 8,
+                })
+            })
+            .collect();
+        let refs: Vec<&MiRow> = rows.iter().collect();
+        let svg = mi_plot_svg("shape", &refs).unwrap();
+        assert!(svg.contains("mutual information (nats)") && svg.contains("latent") && svg.contains("step"));
+    }
+
+    #[test]
+    fn labels_are_typed_and_aligned_by_sample() {
+        let df = df!(
+            "sample" => [3u32, 1, 2],
+            "shape" => ["square", "heart", "square"],
+            "scale" => [Some(0.5f64), None, Some(1.0)],
+            "digit" => [7i64, 3, 7],
+        )
+        .unwrap();
+        let (l, keep) = label_for(&df, "shape", &[1, 2, 3]).unwrap();
+        assert_eq!(l, Label::Categorical(vec![0, 1, 1]));
+        assert_eq!(keep, vec![0, 1, 2]);
+        let (l, keep) = label_for(&df, "scale", &[1, 2, 3]).unwrap();
+        assert_eq!(l, Label::Continuous(vec![1.0, 0.5]));
+        assert_eq!(keep, vec![1, 2]);
+        let (l, _) = label_for(&df, "digit", &[1, 2, 3]).unwrap();
+        assert_eq!(l, Label::Categorical(vec![0, 1, 1]));
+        let err = label_for(&df, "colour", &[1]).unwrap_err().to_string();
+        assert!(err.contains("colour") && err.contains("shape"), "{err}");
+    }
+}
