@@ -14,7 +14,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Print the version (placeholder until the subcommands land).
+    Version,
+}
 
 /// Exit codes: 0 success, 1 error, 2 usage error (clap), 130 interrupted.
 pub fn main() -> ExitCode {
@@ -26,7 +29,10 @@ pub fn main() -> ExitCode {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Version => println!("latentlens {}", env!("CARGO_PKG_VERSION")),
+    }
+    Ok(())
 }
 
 fn report(err: anyhow::Error) -> ExitCode {
