@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use plotters::prelude::*;
-use polars::prelude::*;
+use polars::prelude::{df, DataFrame, DataType};
 
 use crate::analysis::cka::{cka_matrix, Representation};
 use crate::analysis::infoloss::{
@@ -91,7 +91,10 @@ pub fn run(args: InfolossArgs) -> anyhow::Result<()> {
     let run = Run::open(&args.run)?;
     let sites = run.sites()?;
     if sites.is_empty() {
-        bail!("{} holds no latents; record some first", run.root().display());
+        bail!(
+            "{} holds no latents; record some first",
+            run.root().display()
+        );
     }
     reconstruction(&run, &args, &sites)?;
     let reps = representations(&run, &args, &sites)?;
@@ -141,10 +144,7 @@ fn reconstruction(run: &Run, args: &InfolossArgs, sites: &[String]) -> anyhow::R
     let a = one_row_per_sample(&run.read_latents(&from, None)?, &from, false)?;
     let b = one_row_per_sample(&run.read_latents(&to, None)?, &to, true)?;
     let common: Vec<u32> = a.keys().filter(|s| b.contains_key(s)).copied().collect();
-    anyhow::ensure!(
-        !common.is_empty(),
-        "{from} and {to} share no samples"
-    );
+    anyhow::ensure!(!common.is_empty(), "{from} and {to} share no samples");
     let flat = |m: &BTreeMap<u32, Vec<f32>>| -> Vec<f32> {
         common.iter().flat_map(|s| m[s].iter().copied()).collect()
     };
@@ -195,7 +195,10 @@ fn reconstruction(run: &Run, args: &InfolossArgs, sites: &[String]) -> anyhow::R
     println!(
         "{from} -> {to} ({n} samples): SSIM {:.4} [{:.4}, {:.4}], PSNR {:.2} dB, MSE {:.5}, \
          compression {ratio:.1}x",
-        summary.ssim.mean, summary.ssim.ci_low, summary.ssim.ci_high, summary.psnr.mean,
+        summary.ssim.mean,
+        summary.ssim.ci_low,
+        summary.ssim.ci_high,
+        summary.psnr.mean,
         summary.mse.mean
     );
     Ok(())
@@ -221,7 +224,10 @@ fn image_shape(run: &Run, site: &str) -> anyhow::Result<ImageShape> {
     let shape = match dims[..] {
         [c, h, w] => ImageShape::new(c, h, w),
         [h, w] => ImageShape::new(1, h, w),
-        _ => bail!("site `{site}` has dims {:?}; reconstruction needs an image site", record.dims),
+        _ => bail!(
+            "site `{site}` has dims {:?}; reconstruction needs an image site",
+            record.dims
+        ),
     };
     anyhow::ensure!(
         shape.numel() == record.width,
@@ -243,13 +249,20 @@ fn site_width(run: &Run, site: &str) -> Option<usize> {
 
 /// One row per sample of a once-per-generation site: its first step, or its last when
 /// `last` (e.g. a per-step site standing for the final output).
-fn one_row_per_sample(l: &Latents, site: &str, last: bool) -> anyhow::Result<BTreeMap<u32, Vec<f32>>> {
+fn one_row_per_sample(
+    l: &Latents,
+    site: &str,
+    last: bool,
+) -> anyhow::Result<BTreeMap<u32, Vec<f32>>> {
     let steps: BTreeSet<u16> = l.step.iter().copied().collect();
     let Some(&step) = (if last { steps.last() } else { steps.first() }) else {
         bail!("site `{site}` has no rows");
     };
     if steps.len() > 1 {
-        eprintln!("reconstruction: `{site}` fires at {} steps; using step {step}", steps.len());
+        eprintln!(
+            "reconstruction: `{site}` fires at {} steps; using step {step}",
+            steps.len()
+        );
     }
     let mut out = BTreeMap::new();
     for i in 0..l.len() {
@@ -300,7 +313,11 @@ fn representations(run: &Run, args: &InfolossArgs, sites: &[String]) -> anyhow::
                 .into());
             }
         }
-        sites.iter().filter(|s| patterns.iter().any(|p| p.matches(s))).cloned().collect()
+        sites
+            .iter()
+            .filter(|s| patterns.iter().any(|p| p.matches(s)))
+            .cloned()
+            .collect()
     };
     let all_samples: Vec<u32> = sample_ids(run)?;
     let keep = subsample(all_samples.len(), args.max_points, args.seed);
@@ -334,7 +351,9 @@ fn representations(run: &Run, args: &InfolossArgs, sites: &[String]) -> anyhow::
     let mut present = vec![true; samples.len()];
     for r in &reps {
         for (i, p) in present.iter_mut().enumerate() {
-            *p &= r.x[i * r.width..(i + 1) * r.width].iter().all(|v| !v.is_nan());
+            *p &= r.x[i * r.width..(i + 1) * r.width]
+                .iter()
+                .all(|v| !v.is_nan());
         }
     }
     let rows: Vec<usize> = (0..samples.len()).filter(|&i| present[i]).collect();
@@ -362,7 +381,7 @@ fn sample_ids(run: &Run) -> anyhow::Result<Vec<u32>> {
         .column("sample")
         .context("samples.parquet has no `sample` column")?
         .cast(&DataType::UInt32)?;
-    let mut ids: Vec<u32> = col.u32()?.into_iter().flatten().collect();
+    let mut ids: Vec<u32> = col.u32()?.iter().flatten().collect();
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
@@ -390,7 +409,10 @@ fn pick_steps(available: &[u16], spec: Option<&str>) -> anyhow::Result<Vec<u16>>
         },
         None => evenly_spaced(available, DEFAULT_STEPS),
     };
-    Ok(wanted.into_iter().filter(|s| available.contains(s)).collect())
+    Ok(wanted
+        .into_iter()
+        .filter(|s| available.contains(s))
+        .collect())
 }
 
 /// Up to `k` entries of `v`, evenly spaced, first and last included.
@@ -427,7 +449,10 @@ fn pooled(
             let (Some(&row), Some(&k)) = (index.get(&l.sample[i]), slot.get(&l.step[i])) else {
                 continue;
             };
-            for (acc, &v) in sums[k][row * width..(row + 1) * width].iter_mut().zip(l.row(i)) {
+            for (acc, &v) in sums[k][row * width..(row + 1) * width]
+                .iter_mut()
+                .zip(l.row(i))
+            {
                 *acc += v as f64;
             }
             counts[k][row] += 1;
@@ -484,7 +509,11 @@ fn cka(run: &Run, reps: &Reps) -> anyhow::Result<()> {
     )?;
     let path = run.write_table("cka", &mut table)?;
     eprintln!("wrote {}", path.display());
-    let names: Vec<String> = reps.reps.iter().map(|r| format!("{}@{}", r.site, r.step)).collect();
+    let names: Vec<String> = reps
+        .reps
+        .iter()
+        .map(|r| format!("{}@{}", r.site, r.step))
+        .collect();
     let svg = cka_heatmap_svg(&names, &matrix, reps.samples.len())?;
     let path = run.write_plot("infoloss-cka", &svg)?;
     eprintln!("wrote {}", path.display());
@@ -493,53 +522,72 @@ fn cka(run: &Run, reps: &Reps) -> anyhow::Result<()> {
 
 /// Linear CKA between every pair of representations as a heatmap with a colour bar.
 fn cka_heatmap_svg(names: &[String], matrix: &[f64], n: usize) -> anyhow::Result<String> {
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
     let m = names.len();
-    let cell = (600 / m.max(1)).clamp(8, 40) as u32;
-    let label_area = 12 + 7 * names.iter().map(|s| s.len()).max().unwrap_or(1) as u32;
+    let cell = (640 / m.max(1)).clamp(10, 48) as u32;
+    let longest = names.iter().map(|s| s.chars().count()).max().unwrap_or(1) as u32;
+    let label_area = 16 + 7 * longest;
     let side = cell * m as u32;
-    let (w, h) = (side + label_area + 140, side + label_area + 70);
+    let main_w = side + label_area + 30;
+    let (w, h) = (main_w + 110, (side + label_area + 60).max(320));
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
         root.fill(&WHITE)?;
-        let (main, legend) = root.split_horizontally(side + label_area + 30);
+        let (main, legend) = root.split_horizontally(main_w);
         let mut chart = ChartBuilder::on(&main)
-            .caption(format!("Linear CKA between representations (n = {n})"), ("sans-serif", 18))
+            .caption(
+                format!("Linear CKA between representations (n = {n})"),
+                ("sans-serif", 18),
+            )
             .margin(10)
             .x_label_area_size(label_area)
             .y_label_area_size(label_area)
-            .build_cartesian_2d(0..m, 0..m)?;
-        let label = |v: &usize| names.get(*v).cloned().unwrap_or_default();
+            .build_cartesian_2d(0.0..m as f64, 0.0..m as f64)?;
         chart
             .configure_mesh()
             .disable_mesh()
-            .x_labels(m)
-            .y_labels(m)
-            .x_label_formatter(&label)
-            .y_label_formatter(&|v: &usize| label(&(m.saturating_sub(1 + *v))))
-            .x_label_style(
-                ("sans-serif", 11)
-                    .into_font()
-                    .transform(FontTransform::Rotate90),
-            )
-            .y_label_style(("sans-serif", 11))
-            .x_desc("representation (site@step)")
-            .y_desc("representation (site@step)")
+            .x_labels(0)
+            .y_labels(0)
             .draw()?;
+        // Row i is drawn i cells from the top.
         chart.draw_series((0..m).flat_map(|i| {
             (0..m).map(move |j| {
-                // Row i at the top: flip the y index.
-                let y = m - 1 - i;
+                let top = (m - i) as f64;
                 let v = matrix[i * m + j];
-                let color = if v.is_finite() { viridis(v) } else { RGBColor(200, 200, 200) };
-                Rectangle::new([(j, y), (j + 1, y + 1)], color.filled())
+                let color = if v.is_finite() {
+                    viridis(v)
+                } else {
+                    RGBColor(200, 200, 200)
+                };
+                Rectangle::new(
+                    [(j as f64, top), (j as f64 + 1.0, top - 1.0)],
+                    color.filled(),
+                )
             })
         }))?;
+        // Labels by hand: the mesh centres rotated text on the tick, so long names would
+        // run into the plot.
+        let below = TextStyle::from(
+            ("sans-serif", 13)
+                .into_font()
+                .transform(FontTransform::Rotate90),
+        )
+        .pos(Pos::new(HPos::Left, VPos::Center));
+        let left = TextStyle::from(("sans-serif", 13).into_font())
+            .pos(Pos::new(HPos::Right, VPos::Center));
+        for (k, name) in names.iter().enumerate() {
+            let centre = k as f64 + 0.5;
+            let (x, y) = chart.backend_coord(&(centre, 0.0));
+            root.draw(&Text::new(name.clone(), (x, y + 6), below.clone()))?;
+            let (x, y) = chart.backend_coord(&(0.0, m as f64 - centre));
+            root.draw(&Text::new(name.clone(), (x - 6, y), left.clone()))?;
+        }
         let mut bar_chart = ChartBuilder::on(&legend)
-            .margin_top(40)
+            .margin_top(50)
             .margin_bottom(label_area as i32 + 20)
-            .margin_right(50)
-            .y_label_area_size(40)
+            .margin_right(20)
+            .y_label_area_size(45)
             .caption("CKA", ("sans-serif", 14))
             .build_cartesian_2d(0.0..1.0, 0.0..1.0)?;
         bar_chart
@@ -547,6 +595,8 @@ fn cka_heatmap_svg(names: &[String], matrix: &[f64], n: usize) -> anyhow::Result
             .disable_mesh()
             .disable_x_axis()
             .y_labels(6)
+            .label_style(("sans-serif", 12))
+            .y_label_formatter(&|v| format!("{v:.1}"))
             .draw()?;
         bar_chart.draw_series((0..100).map(|k| {
             let lo = k as f64 / 100.0;
@@ -596,7 +646,11 @@ fn mutual_info(run: &Run, args: &InfolossArgs, reps: &Reps) -> anyhow::Result<()
             .filter(|s| s != "sample")
             .collect()
     } else {
-        args.labels.iter().flat_map(|l| l.split(',')).map(|s| s.trim().to_string()).collect()
+        args.labels
+            .iter()
+            .flat_map(|l| l.split(','))
+            .map(|s| s.trim().to_string())
+            .collect()
     };
     if names.is_empty() {
         eprintln!("mutual information: samples.parquet has no label columns; skipped");
@@ -630,7 +684,10 @@ fn mutual_info(run: &Run, args: &InfolossArgs, reps: &Reps) -> anyhow::Result<()
                     components: e.components,
                 })),
                 Err(err) => progress.suspend(|| {
-                    eprintln!("mutual information {name} / {}@{}: skipped: {err}", r.site, r.step)
+                    eprintln!(
+                        "mutual information {name} / {}@{}: skipped: {err}",
+                        r.site, r.step
+                    )
                 }),
             }
         }
@@ -652,7 +709,7 @@ fn mutual_info(run: &Run, args: &InfolossArgs, reps: &Reps) -> anyhow::Result<()
         if mine.is_empty() {
             continue;
         }
-        let svg = mi_plot_svg(name, &mine)?;
+        let svg = mi_plot_svg(name, &mine, args.neighbours)?;
         let path = run.write_plot(&format!("infoloss-mi-{}", file_safe(name)), &svg)?;
         eprintln!("wrote {}", path.display());
     }
@@ -661,7 +718,13 @@ fn mutual_info(run: &Run, args: &InfolossArgs, reps: &Reps) -> anyhow::Result<()
 
 fn file_safe(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -670,16 +733,23 @@ fn file_safe(name: &str) -> String {
 /// everything else continuous. Null labels drop their rows.
 fn label_for(df: &DataFrame, name: &str, samples: &[u32]) -> anyhow::Result<(Label, Vec<usize>)> {
     let col = df.column(name).with_context(|| {
-        let valid: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
-        format!("no label column `{name}` in samples.parquet; it has: {}", valid.join(", "))
+        let valid: Vec<String> = df
+            .get_column_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        format!(
+            "no label column `{name}` in samples.parquet; it has: {}",
+            valid.join(", ")
+        )
     })?;
     let ids = df.column("sample")?.cast(&DataType::UInt32)?;
-    let ids: Vec<Option<u32>> = ids.u32()?.into_iter().collect();
+    let ids: Vec<Option<u32>> = ids.u32()?.iter().collect();
     let dtype = col.dtype().clone();
     // Every label as text or number keyed by sample id.
     let as_text: Option<Vec<Option<String>>> = if dtype.is_string() || dtype.is_bool() {
         let s = col.cast(&DataType::String)?;
-        Some(s.str()?.into_iter().map(|v| v.map(str::to_string)).collect())
+        Some(s.str()?.iter().map(|v| v.map(str::to_string)).collect())
     } else {
         None
     };
@@ -687,7 +757,7 @@ fn label_for(df: &DataFrame, name: &str, samples: &[u32]) -> anyhow::Result<(Lab
         let s = col.cast(&DataType::Float64).with_context(|| {
             format!("label column `{name}` has type {dtype}, neither text nor numbers")
         })?;
-        s.f64()?.into_iter().collect()
+        s.f64()?.iter().collect()
     } else {
         Vec::new()
     };
@@ -731,7 +801,7 @@ fn label_for(df: &DataFrame, name: &str, samples: &[u32]) -> anyhow::Result<(Lab
 
 /// MI against step for one label: Gaussian and KSG panels side by side, one line per site,
 /// sharing the y range so the estimators compare at a glance.
-fn mi_plot_svg(label: &str, rows: &[&MiRow]) -> anyhow::Result<String> {
+fn mi_plot_svg(label: &str, rows: &[&MiRow], neighbours: usize) -> anyhow::Result<String> {
     let sites: Vec<&str> = rows
         .iter()
         .map(|r| r.site.as_str())
@@ -741,7 +811,9 @@ fn mi_plot_svg(label: &str, rows: &[&MiRow]) -> anyhow::Result<String> {
     let finite = rows.iter().map(|r| r.mi_nats).filter(|v| v.is_finite());
     let y_min = finite.clone().fold(0.0f64, f64::min);
     let y_max = finite.fold(0.0f64, f64::max);
-    let pad = ((y_max - y_min) * 0.08).max(0.02);
+    let span = (y_max - y_min).max(0.05);
+    // Headroom above the data for the legend box, one line per site.
+    let (pad_low, pad_high) = (span * 0.06, span * (0.1 + 0.07 * sites.len() as f64));
     let x_max = rows.iter().map(|r| r.step).max().unwrap_or(0) as f64;
     let n = rows.iter().map(|r| r.n).max().unwrap_or(0);
     let mut svg = String::new();
@@ -755,19 +827,27 @@ fn mi_plot_svg(label: &str, rows: &[&MiRow]) -> anyhow::Result<String> {
         let panels = root.split_evenly((1, 2));
         for (panel, estimator) in panels.iter().zip(["gaussian", "ksg"]) {
             let title = match estimator {
-                "gaussian" => "Gaussian estimate on top principal components",
-                _ => "kNN estimate (KSG / Ross), k = 3 neighbours",
+                "gaussian" => "Gaussian estimate on top principal components".to_string(),
+                _ => format!("kNN estimate (KSG / Ross), k = {neighbours} neighbours"),
             };
             let mut chart = ChartBuilder::on(panel)
                 .caption(title, ("sans-serif", 15))
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(55)
-                .build_cartesian_2d(-0.5..x_max + 0.5, (y_min - pad)..(y_max + pad))?;
+                .build_cartesian_2d(-0.5..x_max + 0.5, (y_min - pad_low)..(y_max + pad_high))?;
             chart
                 .configure_mesh()
                 .x_desc("step")
                 .y_desc("mutual information (nats)")
+                .x_label_formatter(&|v| {
+                    if v.fract() == 0.0 {
+                        format!("{v:.0}")
+                    } else {
+                        String::new()
+                    }
+                })
+                .y_label_formatter(&|v| format!("{:.2}", if v.abs() < 1e-9 { 0.0 } else { *v }))
                 .label_style(("sans-serif", 12))
                 .axis_desc_style(("sans-serif", 13))
                 .draw()?;
@@ -775,7 +855,9 @@ fn mi_plot_svg(label: &str, rows: &[&MiRow]) -> anyhow::Result<String> {
                 let color = Palette99::pick(k).to_rgba();
                 let mut pts: Vec<(f64, f64)> = rows
                     .iter()
-                    .filter(|r| r.site == *site && r.estimator == estimator && r.mi_nats.is_finite())
+                    .filter(|r| {
+                        r.site == *site && r.estimator == estimator && r.mi_nats.is_finite()
+                    })
                     .map(|r| (r.step as f64, r.mi_nats))
                     .collect();
                 pts.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -827,7 +909,11 @@ mod tests {
     fn plots_are_svg_with_titles_and_labels() {
         let names = vec!["latent@0".to_string(), "unet.mid_block@0".to_string()];
         let svg = cka_heatmap_svg(&names, &[1.0, 0.4, 0.4, 1.0], 100).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("Linear CKA") && svg.contains("unet.mid_block@0"));
+        assert!(
+            svg.starts_with("<svg")
+                && svg.contains("Linear CKA")
+                && svg.contains("unet.mid_block@0")
+        );
         let rows: Vec<MiRow> = [("gaussian", 0.5), ("ksg", 0.4)]
             .iter()
             .flat_map(|&(e, v)| {
@@ -843,8 +929,12 @@ mod tests {
             })
             .collect();
         let refs: Vec<&MiRow> = rows.iter().collect();
-        let svg = mi_plot_svg("shape", &refs).unwrap();
-        assert!(svg.contains("mutual information (nats)") && svg.contains("latent") && svg.contains("step"));
+        let svg = mi_plot_svg("shape", &refs, 3).unwrap();
+        assert!(
+            svg.contains("mutual information (nats)")
+                && svg.contains("latent")
+                && svg.contains("step")
+        );
     }
 
     #[test]
@@ -866,5 +956,219 @@ mod tests {
         assert_eq!(l, Label::Categorical(vec![0, 1, 1]));
         let err = label_for(&df, "colour", &[1]).unwrap_err().to_string();
         assert!(err.contains("colour") && err.contains("shape"), "{err}");
+    }
+
+    /// A small run folder made through the store: an image site, its noisy reconstruction,
+    /// a latent, and a 3-step site whose signal about `scale` grows with the step.
+    fn tiny_run(dir: &std::path::Path) -> Run {
+        use crate::store::{Manifest, ModelInfo, SiteRecord};
+        let model = ModelInfo {
+            id: "test".into(),
+            weights: vec![],
+        };
+        let mut manifest = Manifest::new("test", serde_json::json!({}), 0, model);
+        let site = |name: &str, dims: &[&str], width| SiteRecord {
+            name: name.into(),
+            dims: dims.iter().map(|d| d.to_string()).collect(),
+            width,
+        };
+        manifest.sites = vec![
+            site("image", &["channel=3", "height=16", "width=16"], 768),
+            site(
+                "vae.decoder.out",
+                &["channel=3", "height=16", "width=16"],
+                768,
+            ),
+            site(
+                "vae.encoder.mean",
+                &["channel=4", "height=2", "width=2"],
+                16,
+            ),
+            site("latent", &["channel=4", "height=2", "width=2"], 16),
+        ];
+        let (run, _) = Run::create_or_resume(dir, manifest).unwrap();
+        let n = 60u32;
+        let noise = crate::rng::gaussian(1, 0, n as usize * (768 + 3 * 16));
+        let (mut image, mut decoded) = (Latents::new(768), Latents::new(768));
+        let (mut mean, mut latent) = (Latents::new(16), Latents::new(16));
+        let scale: Vec<f64> = (0..n).map(|s| (s % 7) as f64 / 7.0).collect();
+        for s in 0..n {
+            let img: Vec<f32> = (0..768)
+                .map(|k| (k as f32 * 0.1 + s as f32).sin() * 0.8)
+                .collect();
+            let rec: Vec<f32> = img
+                .iter()
+                .enumerate()
+                .map(|(k, v)| v + 0.05 * noise[s as usize * 768 + k])
+                .collect();
+            image.push(s, 0, None, None, &img);
+            decoded.push(s, 0, None, None, &rec);
+            mean.push(s, 0, None, None, &img[..16]);
+            for step in 0..3u16 {
+                let off = n as usize * 768 + (s as usize * 3 + step as usize) * 16;
+                let x: Vec<f32> = (0..16)
+                    .map(|j| {
+                        let signal = if j == 0 {
+                            4.0 * scale[s as usize] as f32 * step as f32
+                        } else {
+                            0.0
+                        };
+                        signal + noise[off + j]
+                    })
+                    .collect();
+                latent.push(s, step, Some(999 - step as i32 * 300), None, &x);
+            }
+        }
+        for (name, rows) in [
+            ("image", &image),
+            ("vae.decoder.out", &decoded),
+            ("vae.encoder.mean", &mean),
+            ("latent", &latent),
+        ] {
+            run.write_latents_part(name, 0, rows).unwrap();
+        }
+        let shapes = ["circle", "square", "heart"];
+        let mut samples = df!(
+            "sample" => (0..n).collect::<Vec<u32>>(),
+            "shape" => (0..n).map(|s| shapes[s as usize % 3]).collect::<Vec<_>>(),
+            "scale" => scale,
+        )
+        .unwrap();
+        run.write_samples_part(0, &mut samples).unwrap();
+        run.finish_samples(1).unwrap();
+        Run::open(dir).unwrap()
+    }
+
+    #[test]
+    fn writes_every_table_and_plot_of_a_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let run = tiny_run(&dir);
+        let args = InfolossArgs {
+            run: dir.clone(),
+            from: None,
+            to: None,
+            latent: "vae.encoder.mean".into(),
+            data_range: 2.0,
+            sites: vec!["latent,vae.encoder.mean".into()],
+            steps: None,
+            labels: vec![],
+            seed: 3,
+            max_points: 2000,
+            components: 2,
+            neighbours: 3,
+        };
+        super::run(args.clone()).unwrap();
+
+        let rec = run.table("infoloss_reconstruction").unwrap();
+        assert_eq!(rec.height(), 60);
+        let summary = run.table("infoloss_summary").unwrap();
+        assert_eq!(summary.height(), 3);
+        let ratio = summary
+            .column("compression_ratio")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .get(0);
+        assert_eq!(ratio, Some(48.0));
+        // The summary's SSIM mean is the mean of the per-sample SSIMs.
+        let ssim: Vec<f64> = rec
+            .column("ssim")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        let mean = summary
+            .column("mean")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .get(2)
+            .unwrap();
+        assert!((mean - ssim.iter().sum::<f64>() / 60.0).abs() < 1e-12);
+        assert!(mean > 0.5 && mean < 1.0, "{mean}");
+
+        // latent at 3 steps + vae.encoder.mean at 1: a 4 x 4 matrix with a unit diagonal.
+        let cka = run.table("cka").unwrap();
+        assert_eq!(cka.height(), 16);
+        let values: Vec<f64> = cka
+            .column("cka")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        for i in 0..4 {
+            assert!((values[i * 4 + i] - 1.0).abs() < 1e-9);
+        }
+
+        let mi = run.table("mutual_info").unwrap();
+        // 2 labels x 4 representations x 2 estimators.
+        assert_eq!(mi.height(), 16);
+        let label: Vec<&str> = mi
+            .column("label")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        let site: Vec<&str> = mi
+            .column("site")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        let step: Vec<u32> = mi
+            .column("step")
+            .unwrap()
+            .u32()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        let est: Vec<&str> = mi
+            .column("estimator")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        let val: Vec<f64> = mi
+            .column("mi_nats")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        let get = |st: u32| {
+            (0..16)
+                .find(|&i| {
+                    label[i] == "scale"
+                        && site[i] == "latent"
+                        && step[i] == st
+                        && est[i] == "gaussian"
+                })
+                .map(|i| val[i])
+                .unwrap()
+        };
+        // The scale signal is absent at step 0 and strongest at step 2.
+        assert!(get(2) > get(0) + 0.3, "{} vs {}", get(2), get(0));
+
+        for plot in ["infoloss-cka", "infoloss-mi-scale", "infoloss-mi-shape"] {
+            let svg =
+                std::fs::read_to_string(dir.join("plots").join(format!("{plot}.svg"))).unwrap();
+            assert!(svg.contains("</svg>"), "{plot}");
+        }
+        // Same seed, same tables.
+        super::run(args).unwrap();
+        assert!(run.table("mutual_info").unwrap().equals_missing(&mi));
     }
 }
