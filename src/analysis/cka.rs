@@ -159,9 +159,14 @@ pub fn linear_cka(x: Representation<'_>, y: Representation<'_>) -> Result<f64> {
     acc.finish()
 }
 
+/// Memory the kernel route may use for its `n x n` Gram matrices (f32).
+const KERNEL_BUDGET_BYTES: usize = 1 << 30;
+
 /// The symmetric matrix of linear CKA between every pair of representations (all with the
 /// same rows in the same order), row-major `m x m`. The diagonal is 1 (NaN for a constant
-/// representation). Cost: one `n x d_i x d_j` product per pair.
+/// representation). Picks the cheaper of two exact routes: feature-space cross products
+/// (`n·d_i·d_j` per pair) or, for representations wider than they are tall, centred
+/// `n x n` Gram matrices computed once each (`n²` per pair).
 pub fn cka_matrix(reps: &[Representation<'_>], progress: &ProgressBar) -> Result<Vec<f64>> {
     let m = reps.len();
     let n = reps.first().map_or(0, |r| r.rows());
@@ -179,16 +184,51 @@ pub fn cka_matrix(reps: &[Representation<'_>], progress: &ProgressBar) -> Result
             )));
         }
     }
-    progress.set_length((m * (m + 1) / 2) as u64);
+    progress.set_length((m + m * m.saturating_sub(1) / 2) as u64);
+    if kernel_route_is_cheaper(n, reps) {
+        Ok(by_kernels(reps, progress))
+    } else {
+        Ok(by_features(reps, progress))
+    }
+}
+
+fn kernel_route_is_cheaper(n: usize, reps: &[Representation<'_>]) -> bool {
+    let (nf, m) = (n as f64, reps.len() as f64);
+    let widths: Vec<f64> = reps.iter().map(|r| r.width as f64).collect();
+    let total: f64 = widths.iter().sum();
+    let squares: f64 = widths.iter().map(|d| d * d).sum();
+    let features = nf * (total * total - squares) / 2.0 + nf * squares;
+    let kernels = nf * nf * total + nf * nf * m * (m - 1.0) / 2.0;
+    kernels < features && reps.len() * n * n * 4 <= KERNEL_BUDGET_BYTES
+}
+
+/// Column-centred copy of a representation.
+fn centre(r: &Representation<'_>) -> Mat<f64> {
+    let n = r.rows() as f64;
+    let mut c = shifted(*r, &vec![0.0; r.width]);
+    for j in 0..c.ncols() {
+        let mean = c.col(j).iter().sum::<f64>() / n;
+        c.col_mut(j).iter_mut().for_each(|v| *v -= mean);
+    }
+    c
+}
+
+fn fill_symmetric(out: &mut [f64], m: usize, i: usize, j: usize, v: f64) {
+    out[i * m + j] = v;
+    out[j * m + i] = v;
+}
+
+fn diagonal(norm: f64) -> f64 {
+    if norm > 0.0 {
+        1.0
+    } else {
+        f64::NAN
+    }
+}
+
+fn by_features(reps: &[Representation<'_>], progress: &ProgressBar) -> Vec<f64> {
+    let m = reps.len();
     let par = faer::get_global_parallelism();
-    let centre = |r: &Representation<'_>| -> Mat<f64> {
-        let mut c = shifted(*r, &vec![0.0; r.width]);
-        for j in 0..c.ncols() {
-            let mean = c.col(j).iter().sum::<f64>() / n as f64;
-            c.col_mut(j).iter_mut().for_each(|v| *v -= mean);
-        }
-        c
-    };
     let mut self_norms = Vec::with_capacity(m);
     for r in reps {
         let c = centre(r);
@@ -199,7 +239,7 @@ pub fn cka_matrix(reps: &[Representation<'_>], progress: &ProgressBar) -> Result
     }
     let mut out = vec![f64::NAN; m * m];
     for i in 0..m {
-        out[i * m + i] = if self_norms[i] > 0.0 { 1.0 } else { f64::NAN };
+        out[i * m + i] = diagonal(self_norms[i]);
         if i + 1 == m {
             continue;
         }
@@ -209,12 +249,43 @@ pub fn cka_matrix(reps: &[Representation<'_>], progress: &ProgressBar) -> Result
             let mut g = Mat::<f64>::zeros(reps[j].width, reps[i].width);
             matmul(&mut g, Accum::Replace, cj.transpose(), &ci, 1.0, par);
             let v = cka_from_norms(g.squared_norm_l2(), self_norms[i], self_norms[j]);
-            out[i * m + j] = v;
-            out[j * m + i] = v;
+            fill_symmetric(&mut out, m, i, j, v);
             progress.inc(1);
         }
     }
-    Ok(out)
+    out
+}
+
+/// HSIC form: `<Kx, Ky>_F / (||Kx||_F ||Ky||_F)` with centred Grams `K = Xc Xcᵀ`, kept in
+/// f32 (their inner products still accumulate in f64).
+fn by_kernels(reps: &[Representation<'_>], progress: &ProgressBar) -> Vec<f64> {
+    let m = reps.len();
+    let par = faer::get_global_parallelism();
+    let mut grams: Vec<Vec<f32>> = Vec::with_capacity(m);
+    let mut norms = Vec::with_capacity(m);
+    for r in reps {
+        let c = centre(r);
+        let n = c.nrows();
+        let mut k = Mat::<f64>::zeros(n, n);
+        matmul(&mut k, Accum::Replace, &c, c.transpose(), 1.0, par);
+        norms.push(k.norm_l2());
+        grams.push((0..n * n).map(|t| k[(t / n, t % n)] as f32).collect());
+        progress.inc(1);
+    }
+    let mut out = vec![f64::NAN; m * m];
+    for i in 0..m {
+        out[i * m + i] = diagonal(norms[i]);
+        for j in i + 1..m {
+            let dot: f64 = grams[i]
+                .iter()
+                .zip(&grams[j])
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum();
+            fill_symmetric(&mut out, m, i, j, cka_from_norms(dot, norms[i], norms[j]));
+            progress.inc(1);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -362,6 +433,30 @@ mod tests {
             assert!(m[i * 4 + 3].is_nan());
         }
         assert!(m[15].is_nan());
+    }
+
+    #[test]
+    fn both_routes_agree_and_wide_sites_take_the_kernel_route() {
+        let n = 30;
+        let wide = random(n, 200, 10);
+        let narrow: Vec<f32> = (0..n * 3)
+            .map(|k| wide[(k / 3) * 200 + k % 3] + 0.5)
+            .collect();
+        let other = random(n, 150, 11);
+        let reps = [
+            Representation::new(&wide, 200).unwrap(),
+            Representation::new(&narrow, 3).unwrap(),
+            Representation::new(&other, 150).unwrap(),
+        ];
+        assert!(kernel_route_is_cheaper(n, &reps));
+        assert!(!kernel_route_is_cheaper(n, &reps[1..2]));
+        let a = by_kernels(&reps, &ProgressBar::hidden());
+        let b = by_features(&reps, &ProgressBar::hidden());
+        for (k, (p, q)) in a.iter().zip(&b).enumerate() {
+            assert!((p - q).abs() < 1e-6, "entry {k}: {p} vs {q}");
+        }
+        let want = cka_by_hsic(&wide, 200, &narrow, 3);
+        assert!((a[1] - want).abs() < 1e-6, "{} vs {want}", a[1]);
     }
 
     #[test]
