@@ -202,15 +202,26 @@ fn kernel_route_is_cheaper(n: usize, reps: &[Representation<'_>]) -> bool {
     kernels < features && reps.len() * n * n * 4 <= KERNEL_BUDGET_BYTES
 }
 
-/// Column-centred copy of a representation.
-fn centre(r: &Representation<'_>) -> Mat<f64> {
-    let n = r.rows() as f64;
-    let mut c = shifted(*r, &vec![0.0; r.width]);
-    for j in 0..c.ncols() {
-        let mean = c.col(j).iter().sum::<f64>() / n;
-        c.col_mut(j).iter_mut().for_each(|v| *v -= mean);
+/// Column-centred copy of a representation, row-major (view it with [`as_mat`]).
+fn centre(r: &Representation<'_>) -> Vec<f64> {
+    let d = r.width;
+    let mut means = vec![0.0f64; d];
+    for row in r.x.chunks_exact(d) {
+        for (m, &v) in means.iter_mut().zip(row) {
+            *m += v as f64;
+        }
     }
-    c
+    let n = r.rows() as f64;
+    means.iter_mut().for_each(|m| *m /= n);
+    let mut out = Vec::with_capacity(r.x.len());
+    for row in r.x.chunks_exact(d) {
+        out.extend(row.iter().zip(&means).map(|(&v, m)| v as f64 - m));
+    }
+    out
+}
+
+fn as_mat(buf: &[f64], width: usize) -> MatRef<'_, f64> {
+    MatRef::from_row_major_slice(buf, buf.len() / width, width)
 }
 
 fn fill_symmetric(out: &mut [f64], m: usize, i: usize, j: usize, v: f64) {
@@ -229,25 +240,39 @@ fn diagonal(norm: f64) -> f64 {
 fn by_features(reps: &[Representation<'_>], progress: &ProgressBar) -> Vec<f64> {
     let m = reps.len();
     let par = faer::get_global_parallelism();
+    // Keep every centred copy when they fit, otherwise recentre per pair.
+    let bytes: usize = reps.iter().map(|r| r.x.len() * 8).sum();
+    let mut kept: Vec<Option<Vec<f64>>> = vec![None; m];
     let mut self_norms = Vec::with_capacity(m);
-    for r in reps {
+    for (i, r) in reps.iter().enumerate() {
         let c = centre(r);
+        let c_mat = as_mat(&c, r.width);
         let mut g = Mat::<f64>::zeros(r.width, r.width);
-        matmul(&mut g, Accum::Replace, c.transpose(), &c, 1.0, par);
+        matmul(&mut g, Accum::Replace, c_mat.transpose(), c_mat, 1.0, par);
         self_norms.push(g.norm_l2());
+        if bytes <= KERNEL_BUDGET_BYTES {
+            kept[i] = Some(c);
+        }
         progress.inc(1);
     }
+    let centred = |i: usize| -> std::borrow::Cow<'_, [f64]> {
+        match &kept[i] {
+            Some(c) => std::borrow::Cow::Borrowed(c.as_slice()),
+            None => std::borrow::Cow::Owned(centre(&reps[i])),
+        }
+    };
     let mut out = vec![f64::NAN; m * m];
     for i in 0..m {
         out[i * m + i] = diagonal(self_norms[i]);
         if i + 1 == m {
             continue;
         }
-        let ci = centre(&reps[i]);
+        let ci = centred(i);
         for j in i + 1..m {
-            let cj = centre(&reps[j]);
+            let cj = centred(j);
             let mut g = Mat::<f64>::zeros(reps[j].width, reps[i].width);
-            matmul(&mut g, Accum::Replace, cj.transpose(), &ci, 1.0, par);
+            let (a, b) = (as_mat(&cj, reps[j].width), as_mat(&ci, reps[i].width));
+            matmul(&mut g, Accum::Replace, a.transpose(), b, 1.0, par);
             let v = cka_from_norms(g.squared_norm_l2(), self_norms[i], self_norms[j]);
             fill_symmetric(&mut out, m, i, j, v);
             progress.inc(1);
@@ -256,32 +281,40 @@ fn by_features(reps: &[Representation<'_>], progress: &ProgressBar) -> Vec<f64> 
     out
 }
 
-/// HSIC form: `<Kx, Ky>_F / (||Kx||_F ||Ky||_F)` with centred Grams `K = Xc Xcᵀ`, kept in
-/// f32 (their inner products still accumulate in f64).
+/// HSIC form: `<Kx, Ky>_F / (||Kx||_F ||Ky||_F)` with centred Grams `K = Xc Xcᵀ`. Every
+/// Gram is flattened into one column of an `n² x m` f32 matrix, so all the inner products
+/// are a single matrix product; the self norms stay in f64.
 fn by_kernels(reps: &[Representation<'_>], progress: &ProgressBar) -> Vec<f64> {
     let m = reps.len();
+    let n = reps[0].rows();
     let par = faer::get_global_parallelism();
-    let mut grams: Vec<Vec<f32>> = Vec::with_capacity(m);
+    let mut flat = Mat::<f32>::zeros(n * n, m);
     let mut norms = Vec::with_capacity(m);
-    for r in reps {
+    for (i, r) in reps.iter().enumerate() {
         let c = centre(r);
-        let n = c.nrows();
+        let c_mat = as_mat(&c, r.width);
         let mut k = Mat::<f64>::zeros(n, n);
-        matmul(&mut k, Accum::Replace, &c, c.transpose(), 1.0, par);
+        matmul(&mut k, Accum::Replace, c_mat, c_mat.transpose(), 1.0, par);
         norms.push(k.norm_l2());
-        grams.push((0..n * n).map(|t| k[(t / n, t % n)] as f32).collect());
+        let dst = flat.col_as_slice_mut(i);
+        for col in 0..n {
+            for (d, &v) in dst[col * n..(col + 1) * n]
+                .iter_mut()
+                .zip(k.col_as_slice(col))
+            {
+                *d = v as f32;
+            }
+        }
         progress.inc(1);
     }
+    let mut dots = Mat::<f32>::zeros(m, m);
+    matmul(&mut dots, Accum::Replace, flat.transpose(), &flat, 1.0, par);
     let mut out = vec![f64::NAN; m * m];
     for i in 0..m {
         out[i * m + i] = diagonal(norms[i]);
         for j in i + 1..m {
-            let dot: f64 = grams[i]
-                .iter()
-                .zip(&grams[j])
-                .map(|(&a, &b)| a as f64 * b as f64)
-                .sum();
-            fill_symmetric(&mut out, m, i, j, cka_from_norms(dot, norms[i], norms[j]));
+            let v = cka_from_norms(dots[(i, j)] as f64, norms[i], norms[j]);
+            fill_symmetric(&mut out, m, i, j, v);
             progress.inc(1);
         }
     }

@@ -138,7 +138,8 @@ impl Label {
         self.len() == 0
     }
 
-    fn select(&self, idx: &[usize]) -> Label {
+    /// The labels of the given rows.
+    pub fn select(&self, idx: &[usize]) -> Label {
         match self {
             Label::Continuous(v) => Label::Continuous(idx.iter().map(|&i| v[i]).collect()),
             Label::Categorical(v) => Label::Categorical(idx.iter().map(|&i| v[i]).collect()),
@@ -199,8 +200,42 @@ pub struct MiEstimate {
     pub components: usize,
 }
 
+/// A representation's rows projected on its top principal components, row-major
+/// `rows x components`. Computed once per representation and reused for every label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrincipalScores {
+    pub z: Vec<f64>,
+    pub components: usize,
+}
+
+impl PrincipalScores {
+    /// Top `components` principal components of `rep` (fewer if it is narrower or has
+    /// few rows).
+    pub fn new(rep: Representation<'_>, components: usize) -> Result<Self> {
+        let k = components.min(rep.width).min(rep.rows().saturating_sub(1));
+        let z = mi::principal_scores(rep.x, rep.width, k)?;
+        Ok(Self { z, components: k })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.z.len().checked_div(self.components).unwrap_or(0)
+    }
+
+    /// The scores of the given rows.
+    pub fn select(&self, rows: &[usize]) -> PrincipalScores {
+        let k = self.components;
+        PrincipalScores {
+            z: rows
+                .iter()
+                .flat_map(|&i| self.z[i * k..(i + 1) * k].iter().copied())
+                .collect(),
+            components: k,
+        }
+    }
+}
+
 /// MI between `label` and a representation, by both estimators, on the same seeded
-/// subsample and the same top principal components.
+/// subsample of at most `opts.max_points` rows and the same top principal components.
 pub fn mutual_information(
     rep: Representation<'_>,
     label: &Label,
@@ -213,6 +248,29 @@ pub fn mutual_information(
             label.len()
         )));
     }
+    let idx = mi::subsample(rows, opts.max_points, opts.seed);
+    let x: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| rep.x[i * rep.width..(i + 1) * rep.width].iter().copied())
+        .collect();
+    let scores = PrincipalScores::new(Representation::new(&x, rep.width)?, opts.components)?;
+    mutual_information_from_scores(&scores, &label.select(&idx), opts)
+}
+
+/// MI between `label` and precomputed principal scores (one label per score row), by
+/// both estimators. `opts.components` and `opts.max_points` are not used here.
+pub fn mutual_information_from_scores(
+    scores: &PrincipalScores,
+    label: &Label,
+    opts: &MiOptions,
+) -> Result<[MiEstimate; 2]> {
+    let (z, k, n) = (&scores.z, scores.components, scores.rows());
+    if n != label.len() {
+        return Err(Error::Invalid(format!(
+            "MI: {n} representation rows but {} labels",
+            label.len()
+        )));
+    }
     if let Label::Continuous(v) = label {
         if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
             return Err(Error::Invalid(format!(
@@ -220,23 +278,14 @@ pub fn mutual_information(
             )));
         }
     }
-    let idx = mi::subsample(rows, opts.max_points, opts.seed);
-    let x: Vec<f32> = idx
-        .iter()
-        .flat_map(|&i| rep.x[i * rep.width..(i + 1) * rep.width].iter().copied())
-        .collect();
-    let label = label.select(&idx);
-    let n = idx.len();
-    let k = opts.components.min(rep.width).min(n.saturating_sub(1));
-    let z = mi::principal_scores(&x, rep.width, k)?;
-    let gaussian = match &label {
-        Label::Continuous(y) => mi::gaussian_mi_continuous(&z, k, y)?,
-        Label::Categorical(c) => mi::gaussian_mi_categorical(&z, k, c)?,
+    let gaussian = match label {
+        Label::Continuous(y) => mi::gaussian_mi_continuous(z, k, y)?,
+        Label::Categorical(c) => mi::gaussian_mi_categorical(z, k, c)?,
     };
     // The kNN estimators use a max-norm, so give every axis unit variance (as
     // scikit-learn does) and break exact ties with a seeded 1e-10 jitter.
-    let zs = jitter(&standardise_columns(&z, k), opts.seed, 1);
-    let ksg = match &label {
+    let zs = jitter(&standardise_columns(z, k), opts.seed, 1);
+    let ksg = match label {
         Label::Continuous(y) => {
             let ys = jitter(&standardise_columns(y, 1), opts.seed, 2);
             mi::ksg(&zs, k, &ys, opts.neighbours)?
@@ -468,9 +517,19 @@ mod tests {
         assert!((gauss.mi_nats - want).abs() < 0.03, "{gauss:?}");
         assert!((ksg.mi_nats - want).abs() < 0.06, "{ksg:?}");
         assert_eq!(
-            mutual_information(rep, &Label::Continuous(y), &opts).unwrap()[1],
+            mutual_information(rep, &Label::Continuous(y.clone()), &opts).unwrap()[1],
             ksg
         );
+        // Scores computed once and reused give the same estimates.
+        let idx = crate::analysis::mi::subsample(n, 2000, 3);
+        let sub: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| x[i * 6..(i + 1) * 6].to_vec())
+            .collect();
+        let scores = PrincipalScores::new(Representation::new(&sub, 6).unwrap(), 2).unwrap();
+        let label = Label::Continuous(y.clone()).select(&idx);
+        let again = mutual_information_from_scores(&scores, &label, &opts).unwrap();
+        assert_eq!(again, [gauss, ksg]);
         let short = Label::Categorical(vec![0; 10]);
         assert!(mutual_information(rep, &short, &opts).is_err());
     }

@@ -12,8 +12,8 @@ use polars::prelude::{df, DataFrame, DataType};
 
 use crate::analysis::cka::{cka_matrix, Representation};
 use crate::analysis::infoloss::{
-    compression_ratio, mutual_information, reconstruction_per_sample, summarise_reconstruction,
-    Label, MiOptions, Summary,
+    compression_ratio, mutual_information_from_scores, reconstruction_per_sample,
+    summarise_reconstruction, Label, MiOptions, PrincipalScores, Summary,
 };
 use crate::analysis::mi::subsample;
 use crate::analysis::ssim::ImageShape;
@@ -662,18 +662,28 @@ fn mutual_info(run: &Run, args: &InfolossArgs, reps: &Reps) -> anyhow::Result<()
         max_points: args.max_points,
         seed: args.seed,
     };
+    let labels: Vec<(Label, Vec<usize>)> = names
+        .iter()
+        .map(|name| label_for(&samples_df, name, &reps.samples))
+        .collect::<anyhow::Result<_>>()?;
     let mut rows = Vec::new();
     let progress = bar((names.len() * reps.reps.len()) as u64, "mi");
-    for name in &names {
-        let (label, keep) = label_for(&samples_df, name, &reps.samples)?;
-        for r in &reps.reps {
+    for r in &reps.reps {
+        // One PCA per representation, shared by every label.
+        let scores = PrincipalScores::new(Representation::new(&r.x, r.width)?, args.components);
+        for (name, (label, keep)) in names.iter().zip(&labels) {
             progress.inc(1);
-            let x: Vec<f32> = keep
-                .iter()
-                .flat_map(|&i| r.x[i * r.width..(i + 1) * r.width].iter().copied())
-                .collect();
-            let rep = Representation::new(&x, r.width)?;
-            match mutual_information(rep, &label, &opts) {
+            let result = scores
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .and_then(|s| {
+                    Ok(mutual_information_from_scores(
+                        &s.select(keep),
+                        label,
+                        &opts,
+                    )?)
+                });
+            match result {
                 Ok(estimates) => rows.extend(estimates.iter().map(|e| MiRow {
                     label: name.clone(),
                     site: r.site.clone(),
