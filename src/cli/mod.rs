@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod diffusion;
+
 /// Look inside the latent spaces of generative models.
 #[derive(Debug, Parser)]
 #[command(name = "latentlens", version, about, propagate_version = true)]
@@ -14,7 +16,26 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Train a built-in model.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Measure a built-in model against its targets.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// The tiny latent diffusion model (VAE, UNet, shape classifier).
+    Diffusion(diffusion::TrainArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// The tiny latent diffusion model: PSNR, classifier and generation accuracy.
+    Diffusion(diffusion::EvalArgs),
+}
 
 /// Exit codes: 0 success, 1 error, 2 usage error (clap), 130 interrupted.
 pub fn main() -> ExitCode {
@@ -26,7 +47,10 @@ pub fn main() -> ExitCode {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Train(TrainCommand::Diffusion(args)) => diffusion::run_train(&args),
+        Command::Eval(EvalCommand::Diffusion(args)) => diffusion::run_eval(&args),
+    }
 }
 
 fn report(err: anyhow::Error) -> ExitCode {
