@@ -75,9 +75,9 @@ pub struct EvalArgs {
 
 fn progress(label: &str) -> ProgressBar {
     let pb = ProgressBar::new(0);
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>10} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta}) {msg}")
-    {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix:>10} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta}) {msg}",
+    ) {
         pb.set_style(style);
     }
     pb.set_prefix(label.to_string());
@@ -101,7 +101,10 @@ fn options_for(part: Part, args: &TrainArgs) -> TrainOptions {
 }
 
 fn report(s: &TrainSummary) {
-    let loss = s.final_loss.map(|l| format!("{l:.5}")).unwrap_or_else(|| "-".into());
+    let loss = s
+        .final_loss
+        .map(|l| format!("{l:.5}"))
+        .unwrap_or_else(|| "-".into());
     println!(
         "{}: {} steps (resumed from {}), final loss {loss}, {:.0} s -> {}",
         s.part.name(),
@@ -166,8 +169,15 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!("weights: {}", args.weights.display());
-        println!("VAE reconstruction PSNR ({} held-out images): {:.2} dB", opts.n_reconstruct, r.vae_psnr_db);
-        println!("classifier accuracy ({} held-out shapes): {:.1}%", opts.n_classify, 100.0 * r.classifier_accuracy);
+        println!(
+            "VAE reconstruction PSNR ({} held-out images): {:.2} dB",
+            opts.n_reconstruct, r.vae_psnr_db
+        );
+        println!(
+            "classifier accuracy ({} held-out shapes): {:.1}%",
+            opts.n_classify,
+            100.0 * r.classifier_accuracy
+        );
         println!(
             "generated images showing the requested shape ({}, {} DDIM steps, guidance {}): {:.1}%",
             opts.n_generate,

@@ -100,7 +100,12 @@ mod tests {
         assert_eq!(s.dims(), &[2, 12, 2, 2]);
         // torch.nn.functional.pixel_unshuffle(arange(96).reshape(2,3,4,4), 2)[0, 1, 0, 0] == 1
         // (channel 1 = c0, dy0, dx1) and [0, 2, 0, 0] == 4 (c0, dy1, dx0).
-        let s0: Vec<f32> = s.get(0)?.narrow(1, 0, 1)?.narrow(2, 0, 1)?.flatten_all()?.to_vec1()?;
+        let s0: Vec<f32> = s
+            .get(0)?
+            .narrow(1, 0, 1)?
+            .narrow(2, 0, 1)?
+            .flatten_all()?
+            .to_vec1()?;
         assert_eq!(&s0[..4], &[0.0, 1.0, 4.0, 5.0]);
         let back = depth_to_space(&s, 2)?;
         let diff = (back - x)?.abs()?.max_all()?.to_scalar::<f32>()?;

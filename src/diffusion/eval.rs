@@ -64,7 +64,9 @@ pub fn evaluate(
     })?;
     let began = Instant::now();
     let bs = opts.batch_size.max(1);
-    let total = opts.n_reconstruct.div_ceil(bs) + opts.n_classify.div_ceil(bs) + opts.n_generate.div_ceil(bs);
+    let total = opts.n_reconstruct.div_ceil(bs)
+        + opts.n_classify.div_ceil(bs)
+        + opts.n_generate.div_ceil(bs);
     pb.set_length(total as u64);
     pb.set_position(0);
     let heldout = Shapes::new(model.config.image_size, HELDOUT_SEED);
@@ -73,7 +75,9 @@ pub fn evaluate(
     let mut sq_err = 0.0f64;
     let mut count = 0usize;
     for start in (0..opts.n_reconstruct).step_by(bs) {
-        let idx: Vec<u64> = (start..(start + bs).min(opts.n_reconstruct)).map(|i| i as u64).collect();
+        let idx: Vec<u64> = (start..(start + bs).min(opts.n_reconstruct))
+            .map(|i| i as u64)
+            .collect();
         let (_, images) = heldout.batch(idx, &model.device)?;
         let mut hooks = Hooks::none();
         let (mean, _) = model.vae.encode(&images, &mut hooks)?;
@@ -96,7 +100,11 @@ pub fn evaluate(
             .collect();
         let (factors, images) = heldout.batch(idx, &model.device)?;
         let pred = classifier.predict(&images)?;
-        correct += pred.iter().zip(&factors).filter(|(p, f)| **p == f.shape).count();
+        correct += pred
+            .iter()
+            .zip(&factors)
+            .filter(|(p, f)| **p == f.shape)
+            .count();
         pb.inc(1);
     }
     let classifier_accuracy = correct as f64 / opts.n_classify.max(1) as f64;

@@ -83,15 +83,22 @@ impl DiffusionConfig {
                 self.unet.in_channels, self.vae.latent_channels
             ));
         }
-        if self.image_size == 0 || self.image_size % (2 * DOWNSAMPLE) != 0 {
+        if self.image_size == 0 || !self.image_size.is_multiple_of(2 * DOWNSAMPLE) {
             return Err(format!(
                 "image_size = {} must be a positive multiple of {}",
                 self.image_size,
                 2 * DOWNSAMPLE
             ));
         }
+        let groups = [self.vae.groups, self.unet.groups, self.classifier.groups];
+        if groups.contains(&0) || self.unet.attention_heads == 0 {
+            return Err("vae.groups, unet.groups, classifier.groups and unet.attention_heads must be positive".into());
+        }
         if !(self.latent_scale.is_finite() && self.latent_scale > 0.0) {
-            return Err(format!("latent_scale = {} must be positive", self.latent_scale));
+            return Err(format!(
+                "latent_scale = {} must be positive",
+                self.latent_scale
+            ));
         }
         Ok(())
     }
@@ -194,7 +201,10 @@ impl DiffusionModel {
     pub fn sites(&self) -> Vec<SiteInfo> {
         let img = self.config.image_size;
         let lat = self.config.latent_size();
-        let (ic, lc) = (self.config.vae.image_channels, self.config.vae.latent_channels);
+        let (ic, lc) = (
+            self.config.vae.image_channels,
+            self.config.vae.latent_channels,
+        );
         let [c0, c1] = self.config.unet.channels;
         let chw = |c: usize, s: usize| [("channel", c), ("height", s), ("width", s)];
         vec![
@@ -238,7 +248,9 @@ impl DiffusionModel {
         }
         let n = self.config.n_classes() as u32;
         if let Some(bad) = classes.iter().find(|&&c| c > n) {
-            candle_core::bail!("class {bad} out of range: 0..{n} are classes, {n} is unconditional");
+            candle_core::bail!(
+                "class {bad} out of range: 0..{n} are classes, {n} is unconditional"
+            );
         }
         Ok(())
     }
@@ -311,12 +323,18 @@ impl DiffusionModel {
     ) -> Result<Tensor> {
         let b = classes.len();
         let null = self.config.n_classes() as u32;
-        let both_classes: Vec<u32> = classes.iter().copied().chain(std::iter::repeat_n(null, b)).collect();
+        let both_classes: Vec<u32> = classes
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(null, b))
+            .collect();
         for (i, &t) in timesteps.iter().enumerate() {
             hooks.set_step(i as u16, Some(t as i32));
             x = hooks.site("latent", x)?;
             let both = Tensor::cat(&[&x, &x], 0)?;
-            let eps_both = self.unet.forward(&both, &vec![t; 2 * b], &both_classes, hooks)?;
+            let eps_both = self
+                .unet
+                .forward(&both, &vec![t; 2 * b], &both_classes, hooks)?;
             let eps_c = eps_both.narrow(0, 0, b)?;
             let eps_u = eps_both.narrow(0, b, b)?;
             let eps = (&eps_u + ((eps_c - &eps_u)? * opts.guidance)?)?;
@@ -357,7 +375,8 @@ pub fn load_part<T>(
     device: &Device,
     build: impl FnOnce(VarBuilder) -> Result<T>,
 ) -> crate::Result<T> {
-    let bytes = std::fs::read(path).map_err(|e| weights_error(path, format!("cannot read: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| weights_error(path, format!("cannot read: {e}")))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
         weights_error(
             path,
@@ -480,7 +499,8 @@ pub(crate) mod tests {
             true
         }
         fn tap(&mut self, x: &Tensor, at: &Firing) -> Result<Option<Tensor>> {
-            self.seen.push((at.site.to_string(), at.step, at.t, x.clone()));
+            self.seen
+                .push((at.site.to_string(), at.step, at.t, x.clone()));
             Ok(None)
         }
     }
@@ -510,13 +530,22 @@ pub(crate) mod tests {
             let firings: Vec<_> = rec.seen.iter().filter(|s| s.0 == info.name).collect();
             let expected_firings = if info.per_step { timesteps.len() } else { 1 };
             assert_eq!(firings.len(), expected_firings, "{}", info.name);
-            let rows = if info.name.starts_with("unet.") { 2 * b } else { b };
+            let rows = if info.name.starts_with("unet.") {
+                2 * b
+            } else {
+                b
+            };
             let mut want = vec![rows];
             want.extend(info.dims.iter().map(|d| d.1));
             for (i, (_, step, t, x)) in firings.iter().enumerate() {
                 assert_eq!(x.dims(), want.as_slice(), "{}", info.name);
                 if info.per_step {
-                    assert_eq!((*step, *t), (i as u16, Some(timesteps[i] as i32)), "{}", info.name);
+                    assert_eq!(
+                        (*step, *t),
+                        (i as u16, Some(timesteps[i] as i32)),
+                        "{}",
+                        info.name
+                    );
                 } else {
                     assert_eq!((*step, *t), (0, None), "{}", info.name);
                 }
@@ -526,7 +555,10 @@ pub(crate) mod tests {
         let order: Vec<&str> = rec.seen.iter().map(|s| s.0.as_str()).collect();
         let names: Vec<String> = model.sites().into_iter().map(|s| s.name).collect();
         let first_step: Vec<&str> = order[..3 + 8].to_vec();
-        assert_eq!(first_step, names[..11].iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        assert_eq!(
+            first_step,
+            names[..11].iter().map(|s| s.as_str()).collect::<Vec<_>>()
+        );
         assert_eq!(*order.last().unwrap(), "vae.decoder.out");
 
         // generate() fires the per-step sites and the decoder, not the encoder.
@@ -535,7 +567,10 @@ pub(crate) mod tests {
         let out = model.generate(&[1], &[3], &opts, &mut hooks)?;
         drop(hooks);
         assert_eq!(out.dims(), &[1, 3, 32, 32]);
-        assert!(!rec.seen.iter().any(|s| s.0 == "image" || s.0.starts_with("vae.encoder")));
+        assert!(!rec
+            .seen
+            .iter()
+            .any(|s| s.0 == "image" || s.0.starts_with("vae.encoder")));
         assert_eq!(rec.seen.iter().filter(|s| s.0 == "latent").count(), 4);
         Ok(())
     }
@@ -592,7 +627,9 @@ pub(crate) mod tests {
         };
         let b = 2;
         let with = Tensor::from_vec(
-            (0..b * 256).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<f32>>(),
+            (0..b * 256)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect::<Vec<f32>>(),
             (b, 4, 8, 8),
             &Device::Cpu,
         )?;
@@ -614,7 +651,11 @@ pub(crate) mod tests {
             let (c, u) = (eps_rows[i] as f64, eps_rows[n + i] as f64);
             let eps = u + opts.guidance * (c - u);
             let want = a_prev.sqrt() * with[i] as f64 + (1.0 - a_prev).sqrt() * eps;
-            assert!((next[i] as f64 - want).abs() < 1e-4, "{i}: {} vs {want}", next[i]);
+            assert!(
+                (next[i] as f64 - want).abs() < 1e-4,
+                "{i}: {} vs {want}",
+                next[i]
+            );
         }
         Ok(())
     }
@@ -674,16 +715,25 @@ pub(crate) mod tests {
         });
         let (path, detail) = load_err(d);
         assert_eq!(path, unet);
-        assert!(detail.contains("mid_block.attentions.0.to_q.weight"), "{detail}");
+        assert!(
+            detail.contains("mid_block.attentions.0.to_q.weight"),
+            "{detail}"
+        );
 
         // Unexpected tensor.
         std::fs::write(&unet, &good).unwrap();
         rewrite(&unet, |t| {
-            t.insert("extra.weight".into(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap());
+            t.insert(
+                "extra.weight".into(),
+                Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+            );
         });
         let (path, detail) = load_err(d);
         assert_eq!(path, unet);
-        assert!(detail.contains("unexpected") && detail.contains("extra.weight"), "{detail}");
+        assert!(
+            detail.contains("unexpected") && detail.contains("extra.weight"),
+            "{detail}"
+        );
         std::fs::write(&unet, &good).unwrap();
 
         // Truncated file.

@@ -47,7 +47,11 @@ impl Scheduler {
         let (lo, hi) = (cfg.beta_start.sqrt(), cfg.beta_end.sqrt());
         let betas: Vec<f64> = (0..n)
             .map(|i| {
-                let frac = if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 };
+                let frac = if n == 1 {
+                    0.0
+                } else {
+                    i as f64 / (n - 1) as f64
+                };
                 let s = lo + (hi - lo) * frac;
                 s * s
             })
@@ -172,7 +176,10 @@ mod tests {
         let s = Scheduler::new(&SchedulerConfig::default());
         for (t, beta, acp) in NUMPY {
             assert!((s.betas[t] - beta).abs() < 1e-15, "beta[{t}]");
-            assert!((s.alphas_cumprod[t] - acp).abs() < 1e-12, "alphas_cumprod[{t}]");
+            assert!(
+                (s.alphas_cumprod[t] - acp).abs() < 1e-12,
+                "alphas_cumprod[{t}]"
+            );
         }
     }
 
@@ -234,7 +241,10 @@ mod tests {
         let got: Vec<Vec<f32>> = s.add_noise(&x0, &n, &[100, 500])?.to_vec2()?;
         let (a1, a2) = (0.8942234775865594f64, 0.2763326838229746f64);
         let want = [
-            [a1.sqrt() + 0.5 * (1.0 - a1).sqrt(), 2.0 * a1.sqrt() - 0.5 * (1.0 - a1).sqrt()],
+            [
+                a1.sqrt() + 0.5 * (1.0 - a1).sqrt(),
+                2.0 * a1.sqrt() - 0.5 * (1.0 - a1).sqrt(),
+            ],
             [3.0 * a2.sqrt() + (1.0 - a2).sqrt(), 4.0 * a2.sqrt()],
         ];
         for r in 0..2 {

@@ -144,6 +144,9 @@ struct CheckpointMeta {
     step: usize,
     options: TrainOptions,
     config: serde_json::Value,
+    /// Mean training loss over the last (up to) 50 steps, to follow a run from outside.
+    #[serde(default)]
+    recent_loss: Option<f64>,
 }
 
 /// The variables of one network, with the checkpoint/resume bookkeeping around them.
@@ -171,10 +174,11 @@ impl Trainer {
             return Ok(0);
         }
         let text = std::fs::read_to_string(&meta_path).at(&meta_path)?;
-        let meta: CheckpointMeta = serde_json::from_str(&text).map_err(|e| crate::Error::BadFile {
-            path: meta_path.clone(),
-            detail: format!("not a checkpoint description: {e}"),
-        })?;
+        let meta: CheckpointMeta =
+            serde_json::from_str(&text).map_err(|e| crate::Error::BadFile {
+                path: meta_path.clone(),
+                detail: format!("not a checkpoint description: {e}"),
+            })?;
         if meta.config != self.part_config {
             return Err(crate::Error::BadFile {
                 path: meta_path,
@@ -185,14 +189,16 @@ impl Trainer {
                 ),
             });
         }
-        self.varmap.load(&weights).map_err(|e| crate::Error::Weights {
-            path: weights.clone(),
-            detail: e.to_string(),
-        })?;
+        self.varmap
+            .load(&weights)
+            .map_err(|e| crate::Error::Weights {
+                path: weights.clone(),
+                detail: e.to_string(),
+            })?;
         Ok(meta.step)
     }
 
-    fn checkpoint(&self, step: usize) -> crate::Result<()> {
+    fn checkpoint(&self, step: usize, recent_loss: Option<f64>) -> crate::Result<()> {
         let (weights, meta_path) = self.ckpt_paths();
         save_varmap(&self.varmap, &weights)?;
         let meta = CheckpointMeta {
@@ -200,6 +206,7 @@ impl Trainer {
             step,
             options: self.options.clone(),
             config: self.part_config.clone(),
+            recent_loss,
         };
         write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())
     }
@@ -220,7 +227,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> crate::Result<()> {
 }
 
 fn tmp_name(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }
@@ -269,22 +279,26 @@ fn run_loop(
             recent.remove(0);
         }
         pb.set_position(step as u64 + 1);
-        pb.set_message(format!("loss {:.5}", recent.iter().sum::<f64>() / recent.len() as f64));
+        pb.set_message(format!("loss {:.5}", mean(&recent).unwrap_or(f64::NAN)));
         if last_ckpt.elapsed() >= Duration::from_secs(opts.checkpoint_every) {
-            trainer.checkpoint(step + 1)?;
+            trainer.checkpoint(step + 1, mean(&recent))?;
             last_ckpt = Instant::now();
         }
     }
-    trainer.checkpoint(opts.steps)?;
+    trainer.checkpoint(opts.steps, mean(&recent))?;
     let weights = trainer.finish()?;
     Ok(TrainSummary {
         part: trainer.part,
         steps: opts.steps,
         resumed_from: start,
-        final_loss: (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64),
+        final_loss: mean(&recent),
         seconds: began.elapsed().as_secs_f64(),
         weights,
     })
+}
+
+fn mean(xs: &[f64]) -> Option<f64> {
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }
 
 /// The training images of step `step`: indices `step*B .. (step+1)*B` of the training seed,
@@ -295,7 +309,9 @@ fn train_batch(
     batch: usize,
     device: &Device,
 ) -> candle_core::Result<(Vec<u32>, Tensor)> {
-    let indices: Vec<u64> = (0..batch as u64).map(|i| (step * batch) as u64 + i).collect();
+    let indices: Vec<u64> = (0..batch as u64)
+        .map(|i| (step * batch) as u64 + i)
+        .collect();
     let (factors, images) = shapes.batch(indices, device)?;
     Ok((factors.iter().map(|f| f.shape).collect(), images))
 }
@@ -313,7 +329,10 @@ pub fn train_vae(
     pb: &ProgressBar,
 ) -> crate::Result<TrainSummary> {
     let varmap = VarMap::new();
-    let vae = Vae::new(&config.vae, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let vae = Vae::new(
+        &config.vae,
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
+    )?;
     let mut trainer = Trainer {
         part: Part::Vae,
         out: out.to_path_buf(),
@@ -327,14 +346,21 @@ pub fn train_vae(
         let (mean, logvar) = vae.encode(&images, &mut Hooks::none())?;
         let b = images.dim(0)?;
         let eps = Tensor::from_vec(
-            rng::gaussian(options.seed, rng::mix(&[Part::Vae.stream_id(), step as u64]), mean.elem_count()),
+            rng::gaussian(
+                options.seed,
+                rng::mix(&[Part::Vae.stream_id(), step as u64]),
+                mean.elem_count(),
+            ),
             mean.shape(),
             device,
         )?;
         let z = (&mean + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)?;
         let recon = vae.decode(&z, &mut Hooks::none())?;
         // Stable Diffusion's VAE loss: per-sample sums, averaged over the batch.
-        let rec = (recon - &images)?.sqr()?.sum_all()?.affine(1.0 / b as f64, 0.0)?;
+        let rec = (recon - &images)?
+            .sqr()?
+            .sum_all()?
+            .affine(1.0 / b as f64, 0.0)?;
         let kl = ((mean.sqr()? + logvar.exp()?)? - 1.0)?
             .sub(&logvar)?
             .sum_all()?
@@ -390,7 +416,10 @@ pub fn train_unet(
     let vae_path = out.join(VAE_FILE);
     let vae = load_part(&vae_path, device, |vb| Vae::new(&config.vae, vb))?;
     let varmap = VarMap::new();
-    let unet = UNet::new(&config.unet, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let unet = UNet::new(
+        &config.unet,
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
+    )?;
     let mut trainer = Trainer {
         part: Part::Unet,
         out: out.to_path_buf(),
@@ -406,14 +435,27 @@ pub fn train_unet(
         let (labels, images) = train_batch(&shapes, step, options.batch_size, device)?;
         let (mean, _) = vae.encode(&images, &mut Hooks::none())?;
         let x0 = (mean * config.latent_scale)?.detach();
-        let mut r = rng::stream(options.seed, rng::mix(&[Part::Unet.stream_id(), step as u64]));
+        let mut r = rng::stream(
+            options.seed,
+            rng::mix(&[Part::Unet.stream_id(), step as u64]),
+        );
         let timesteps: Vec<usize> = labels.iter().map(|_| r.gen_range(0..t_max)).collect();
         let classes: Vec<u32> = labels
             .iter()
-            .map(|&c| if r.gen::<f64>() < options.class_dropout { null } else { c })
+            .map(|&c| {
+                if r.gen::<f64>() < options.class_dropout {
+                    null
+                } else {
+                    c
+                }
+            })
             .collect();
         let noise = Tensor::from_vec(
-            rng::gaussian(options.seed, rng::mix(&[Part::Unet.stream_id(), step as u64, 1]), x0.elem_count()),
+            rng::gaussian(
+                options.seed,
+                rng::mix(&[Part::Unet.stream_id(), step as u64, 1]),
+                x0.elem_count(),
+            ),
             x0.shape(),
             device,
         )?;
@@ -434,8 +476,10 @@ pub fn train_classifier(
     pb: &ProgressBar,
 ) -> crate::Result<TrainSummary> {
     let varmap = VarMap::new();
-    let classifier =
-        Classifier::new(&config.classifier, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let classifier = Classifier::new(
+        &config.classifier,
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
+    )?;
     let mut trainer = Trainer {
         part: Part::Classifier,
         out: out.to_path_buf(),

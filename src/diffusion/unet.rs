@@ -67,7 +67,7 @@ struct SpatialAttention {
 
 impl SpatialAttention {
     fn new(channels: usize, groups: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
-        if channels % heads != 0 {
+        if !channels.is_multiple_of(heads) {
             candle_core::bail!("attention: {channels} channels do not split into {heads} heads");
         }
         Ok(Self {
@@ -173,7 +173,10 @@ impl UNet {
                 classes.len()
             );
         }
-        if let Some(&bad) = classes.iter().find(|&&c| c as usize > self.config.n_classes) {
+        if let Some(&bad) = classes
+            .iter()
+            .find(|&&c| c as usize > self.config.n_classes)
+        {
             candle_core::bail!(
                 "unet: class {bad} out of range (0..{} real, {} = unconditional)",
                 self.config.n_classes,

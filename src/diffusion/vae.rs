@@ -50,7 +50,15 @@ impl Encoder {
     fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
         let cin = cfg.image_channels * DOWNSAMPLE * DOWNSAMPLE;
         let blocks = (0..cfg.blocks)
-            .map(|i| ResBlock::new(cfg.hidden, cfg.hidden, cfg.groups, None, vb.pp(format!("blocks.{i}"))))
+            .map(|i| {
+                ResBlock::new(
+                    cfg.hidden,
+                    cfg.hidden,
+                    cfg.groups,
+                    None,
+                    vb.pp(format!("blocks.{i}")),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             conv_in: conv3x3(cin, cfg.hidden, 1, vb.pp("conv_in"))?,
@@ -82,7 +90,15 @@ pub struct Decoder {
 impl Decoder {
     fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
         let blocks = (0..cfg.blocks)
-            .map(|i| ResBlock::new(cfg.hidden, cfg.hidden, cfg.groups, None, vb.pp(format!("blocks.{i}"))))
+            .map(|i| {
+                ResBlock::new(
+                    cfg.hidden,
+                    cfg.hidden,
+                    cfg.groups,
+                    None,
+                    vb.pp(format!("blocks.{i}")),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             conv_in: conv3x3(cfg.latent_channels, cfg.hidden, 1, vb.pp("conv_in"))?,
@@ -113,7 +129,7 @@ pub struct Vae {
 
 impl Vae {
     pub fn new(config: &VaeConfig, vb: VarBuilder) -> Result<Self> {
-        if config.hidden % 4 != 0 || config.hidden % config.groups != 0 {
+        if !config.hidden.is_multiple_of(4) || !config.hidden.is_multiple_of(config.groups) {
             candle_core::bail!(
                 "vae.hidden = {} must be a multiple of 4 and of groups = {}",
                 config.hidden,
