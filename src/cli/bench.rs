@@ -54,8 +54,13 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     let BenchCmd::Record(args) = cmd;
     let model = DiffusionModel::load(&args.weights, &common::device()?)?;
     let sites = model.sites();
-    let site_refs: Vec<_> = sites.iter().filter(|s| s.per_step || s.name == "vae.decoder.out").collect();
-    let classes: Vec<u32> = (0..args.samples).map(|i| i % model.config.n_classes() as u32).collect();
+    let site_refs: Vec<_> = sites
+        .iter()
+        .filter(|s| s.per_step || s.name == "vae.decoder.out")
+        .collect();
+    let classes: Vec<u32> = (0..args.samples)
+        .map(|i| i % model.config.n_classes() as u32)
+        .collect();
     let seeds: Vec<u64> = (0..args.samples as u64).collect();
     let ids: Vec<u32> = (0..args.samples).collect();
     let opts = SampleOptions {
@@ -74,7 +79,12 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         let mut recorder = Recorder::new(&site_refs, None, Pool::None);
         recorder.begin_batch(&ids);
         let t0 = Instant::now();
-        model.generate(&classes, &seeds, &opts, &mut Hooks::none().with(&mut recorder))?;
+        model.generate(
+            &classes,
+            &seeds,
+            &opts,
+            &mut Hooks::none().with(&mut recorder),
+        )?;
         recorded.push(t0.elapsed().as_secs_f64());
         recorded_bytes = recorder.buffered_bytes();
     }
@@ -92,7 +102,13 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         .arg("--run")
         .arg(&run)
         .arg("--sites")
-        .arg(site_refs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","))
+        .arg(
+            site_refs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
         .stdout(std::process::Stdio::null())
         .status()?;
     let to_disk = t0.elapsed().as_secs_f64();
@@ -141,7 +157,11 @@ fn dir_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        total += if path.is_dir() { dir_bytes(&path)? } else { std::fs::metadata(&path)?.len() };
+        total += if path.is_dir() {
+            dir_bytes(&path)?
+        } else {
+            std::fs::metadata(&path)?.len()
+        };
     }
     Ok(total)
 }

@@ -136,7 +136,13 @@ fn record_diffusion(args: &RecordDiffusion) -> anyhow::Result<()> {
     let mut forward = |ids: &[u32], hooks: &mut Hooks| -> crate::Result<DataFrame> {
         forward_batch(&model, args, &plan, &shapes, ids, hooks)
     };
-    let summary = record(&mut run, &plan.record, &mut forward, &bar, common::interrupt_flag())?;
+    let summary = record(
+        &mut run,
+        &plan.record,
+        &mut forward,
+        &bar,
+        common::interrupt_flag(),
+    )?;
     bar.finish_and_clear();
     println!(
         "recorded {} samples, {} rows ({:.1} MB of latents) in {:.1} s to {}",
@@ -171,8 +177,14 @@ fn resolve<'a>(
     sites: Vec<&'a SiteInfo>,
 ) -> anyhow::Result<Plan<'a>> {
     anyhow::ensure!(args.samples > 0, "--samples must be at least 1");
-    anyhow::ensure!(args.ddim_steps > 0 && args.ddim_steps <= 1000, "--ddim-steps must be in 1..=1000");
-    anyhow::ensure!((0.0..=1.0).contains(&args.strength) && args.strength > 0.0, "--strength must be in (0, 1]");
+    anyhow::ensure!(
+        args.ddim_steps > 0 && args.ddim_steps <= 1000,
+        "--ddim-steps must be in 1..=1000"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.strength) && args.strength > 0.0,
+        "--strength must be in (0, 1]"
+    );
     let total = args.ddim_steps as u16;
     let first = match args.source {
         Source::Noise => 0,
@@ -188,7 +200,10 @@ fn resolve<'a>(
     };
     let steps = crate::steps::parse_steps(&args.steps, first, total)?;
     if args.source == Source::Noise {
-        if let Some(site) = sites.iter().find(|s| s.name == "image" || s.name.starts_with("vae.encoder")) {
+        if let Some(site) = sites
+            .iter()
+            .find(|s| s.name == "image" || s.name.starts_with("vae.encoder"))
+        {
             anyhow::bail!(
                 "site `{}` does not fire when generating from noise (nothing is encoded); \
                  use --source shapes, or leave it out of --sites",
@@ -262,7 +277,14 @@ fn forward_batch(
         Source::Shapes => {
             let (factors, images) = shapes.batch(ids.iter().map(|&i| i as u64), &model.device)?;
             let classes: Vec<u32> = factors.iter().map(|f| f.shape).collect();
-            let out = model.img2img(&images, &classes, &seeds, args.strength, &plan.options, hooks)?;
+            let out = model.img2img(
+                &images,
+                &classes,
+                &seeds,
+                args.strength,
+                &plan.options,
+                hooks,
+            )?;
             let labels = df!(
                 "sample" => ids,
                 "shape" => classes,
