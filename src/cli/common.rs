@@ -13,7 +13,8 @@ static HANDLER: OnceLock<bool> = OnceLock::new();
 /// A flag that turns true on Ctrl-C. Long jobs check it between units of work, so an
 /// interrupted run keeps its finished parts and can be resumed.
 pub fn interrupt_flag() -> &'static AtomicBool {
-    HANDLER.get_or_init(|| ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).is_ok());
+    HANDLER
+        .get_or_init(|| ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).is_ok());
     &INTERRUPTED
 }
 
