@@ -138,6 +138,36 @@ impl Label {
         self.len() == 0
     }
 
+    /// Entropy of a categorical label's empirical distribution, in nats: the upper bound
+    /// of its MI with anything. `None` for a continuous label.
+    pub fn entropy_nats(&self) -> Option<f64> {
+        let Label::Categorical(c) = self else {
+            return None;
+        };
+        let mut counts = std::collections::BTreeMap::<u32, usize>::new();
+        for &v in c {
+            *counts.entry(v).or_default() += 1;
+        }
+        let n = c.len() as f64;
+        Some(
+            counts
+                .values()
+                .map(|&k| {
+                    let p = k as f64 / n;
+                    -p * p.ln()
+                })
+                .sum(),
+        )
+    }
+
+    /// Whether every row has the same value (no information to measure).
+    pub fn is_constant(&self) -> bool {
+        match self {
+            Label::Continuous(v) => v.windows(2).all(|w| w[0] == w[1]),
+            Label::Categorical(v) => v.windows(2).all(|w| w[0] == w[1]),
+        }
+    }
+
     /// The labels of the given rows.
     pub fn select(&self, idx: &[usize]) -> Label {
         match self {
@@ -150,7 +180,9 @@ impl Label {
 /// Which MI estimator produced a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Estimator {
-    /// Gaussian entropies on the top principal components.
+    /// Gaussian entropies on the top principal components. For a categorical label this
+    /// is not bounded by the label's entropy (the Gaussian stand-in for H(Z) is an upper
+    /// bound that tight classes inflate); compare with `Label::entropy_nats`.
     Gaussian,
     /// KSG (continuous label) or Ross's mixed variant (categorical label), on the
     /// standardised top principal components.
@@ -550,6 +582,20 @@ mod tests {
         };
         let [_, ksg] = mutual_information(rep, &Label::Categorical(c), &opts).unwrap();
         assert!((ksg.mi_nats - 2f64.ln()).abs() < 0.05, "{ksg:?}");
+    }
+
+    #[test]
+    fn label_entropy_and_constancy() {
+        let l = Label::Categorical(vec![0, 1, 1, 2, 2, 2, 2, 2]);
+        // p = (1/8, 2/8, 5/8).
+        let want: f64 = [1.0f64, 2.0, 5.0]
+            .iter()
+            .map(|k| -(k / 8.0) * (k / 8.0).ln())
+            .sum();
+        assert!((l.entropy_nats().unwrap() - want).abs() < 1e-12);
+        assert_eq!(Label::Continuous(vec![1.0]).entropy_nats(), None);
+        assert!(Label::Categorical(vec![3, 3]).is_constant());
+        assert!(!l.is_constant());
     }
 
     #[test]

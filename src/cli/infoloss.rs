@@ -634,6 +634,8 @@ struct MiRow {
     mi_nats: f64,
     n: usize,
     components: usize,
+    /// Entropy of a categorical label (the MI ceiling); `None` for continuous labels.
+    label_entropy: Option<f64>,
 }
 
 fn mutual_info(run: &Run, args: &InfolossArgs, reps: &Reps) -> anyhow::Result<()> {
@@ -662,16 +664,21 @@ fn mutual_info(run: &Run, args: &InfolossArgs, reps: &Reps) -> anyhow::Result<()
         max_points: args.max_points,
         seed: args.seed,
     };
-    let labels: Vec<(Label, Vec<usize>)> = names
-        .iter()
-        .map(|name| label_for(&samples_df, name, &reps.samples))
-        .collect::<anyhow::Result<_>>()?;
+    let mut labels: Vec<(String, Label, Vec<usize>)> = Vec::new();
+    for name in &names {
+        let (label, keep) = label_for(&samples_df, name, &reps.samples)?;
+        if label.is_constant() {
+            eprintln!("mutual information: label `{name}` takes a single value here; skipped");
+            continue;
+        }
+        labels.push((name.clone(), label, keep));
+    }
     let mut rows = Vec::new();
-    let progress = bar((names.len() * reps.reps.len()) as u64, "mi");
+    let progress = bar((labels.len() * reps.reps.len()) as u64, "mi");
     for r in &reps.reps {
         // One PCA per representation, shared by every label.
         let scores = PrincipalScores::new(Representation::new(&r.x, r.width)?, args.components);
-        for (name, (label, keep)) in names.iter().zip(&labels) {
+        for (name, label, keep) in &labels {
             progress.inc(1);
             let result = scores
                 .as_ref()
@@ -692,6 +699,7 @@ fn mutual_info(run: &Run, args: &InfolossArgs, reps: &Reps) -> anyhow::Result<()
                     mi_nats: e.mi_nats,
                     n: e.n,
                     components: e.components,
+                    label_entropy: label.entropy_nats(),
                 })),
                 Err(err) => progress.suspend(|| {
                     eprintln!(
@@ -711,6 +719,7 @@ fn mutual_info(run: &Run, args: &InfolossArgs, reps: &Reps) -> anyhow::Result<()
         "mi_nats" => rows.iter().map(|r| r.mi_nats).collect::<Vec<_>>(),
         "n" => rows.iter().map(|r| r.n as u32).collect::<Vec<_>>(),
         "components" => rows.iter().map(|r| r.components as u32).collect::<Vec<_>>(),
+        "label_entropy_nats" => rows.iter().map(|r| r.label_entropy).collect::<Vec<_>>(),
     )?;
     let path = run.write_table("mutual_info", &mut table)?;
     eprintln!("wrote {}", path.display());
@@ -818,12 +827,18 @@ fn mi_plot_svg(label: &str, rows: &[&MiRow], neighbours: usize) -> anyhow::Resul
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let finite = rows.iter().map(|r| r.mi_nats).filter(|v| v.is_finite());
+    let ceiling = rows.iter().find_map(|r| r.label_entropy);
+    let finite = rows
+        .iter()
+        .map(|r| r.mi_nats)
+        .chain(ceiling)
+        .filter(|v| v.is_finite());
     let y_min = finite.clone().fold(0.0f64, f64::min);
     let y_max = finite.fold(0.0f64, f64::max);
     let span = (y_max - y_min).max(0.05);
     // Headroom above the data for the legend box, one line per site.
-    let (pad_low, pad_high) = (span * 0.06, span * (0.1 + 0.07 * sites.len() as f64));
+    let entries = sites.len() + usize::from(ceiling.is_some());
+    let (pad_low, pad_high) = (span * 0.06, span * (0.1 + 0.07 * entries as f64));
     let x_max = rows.iter().map(|r| r.step).max().unwrap_or(0) as f64;
     let n = rows.iter().map(|r| r.n).max().unwrap_or(0);
     let mut svg = String::new();
@@ -878,6 +893,18 @@ fn mi_plot_svg(label: &str, rows: &[&MiRow], neighbours: usize) -> anyhow::Resul
                         PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                     });
                 chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            }
+            if let Some(h) = ceiling {
+                let grey = RGBColor(110, 110, 110);
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        [(-0.5, h), (x_max + 0.5, h)],
+                        6,
+                        4,
+                        grey.stroke_width(1),
+                    ))?
+                    .label("label entropy (ceiling)")
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
             }
             chart
                 .configure_series_labels()
@@ -935,6 +962,7 @@ mod tests {
                     mi_nats: v + s as f64 * 0.1,
                     n: 100,
                     components: 8,
+                    label_entropy: Some(3f64.ln()),
                 })
             })
             .collect();
@@ -944,6 +972,7 @@ mod tests {
             svg.contains("mutual information (nats)")
                 && svg.contains("latent")
                 && svg.contains("step")
+                && svg.contains("label entropy (ceiling)")
         );
     }
 
