@@ -48,7 +48,14 @@ pub struct Reconstruction {
     pub ssim: f64,
 }
 
-/// MSE, PSNR and SSIM between an original and its reconstruction.
+/// Whether images of this shape are large enough for the 11x11 SSIM window.
+pub fn ssim_applies(shape: ImageShape) -> bool {
+    let win = 2 * SSIM_RADIUS + 1;
+    shape.channels > 0 && shape.height >= win && shape.width >= win
+}
+
+/// MSE, PSNR and SSIM between an original and its reconstruction. SSIM is NaN for
+/// images smaller than its window (e.g. 8x8 latents), where it is undefined.
 pub fn reconstruction(
     original: &[f32],
     reconstructed: &[f32],
@@ -59,7 +66,11 @@ pub fn reconstruction(
     Ok(Reconstruction {
         mse,
         psnr: psnr(mse, data_range)?,
-        ssim: ssim(original, reconstructed, shape, data_range)?,
+        ssim: if ssim_applies(shape) {
+            ssim(original, reconstructed, shape, data_range)?
+        } else {
+            f64::NAN
+        },
     })
 }
 
@@ -289,5 +300,8 @@ mod tests {
             .to_string();
         assert!(msg.contains("11x11"), "{msg}");
         assert!(mse(&a, &a[..3]).is_err());
+        // Too small for SSIM: the other metrics still come out.
+        let r = reconstruction(&small, &small, ImageShape::new(1, 10, 10), 2.0).unwrap();
+        assert!(r.ssim.is_nan() && r.mse == 0.0);
     }
 }

@@ -148,6 +148,9 @@ fn reconstruction(run: &Run, args: &InfolossArgs, sites: &[String]) -> anyhow::R
     let flat = |m: &BTreeMap<u32, Vec<f32>>| -> Vec<f32> {
         common.iter().flat_map(|s| m[s].iter().copied()).collect()
     };
+    if !crate::analysis::ssim::ssim_applies(shape) {
+        eprintln!("reconstruction: {shape:?} images are smaller than the 11x11 SSIM window; SSIM left empty");
+    }
     let progress = bar(common.len() as u64, "ssim");
     let rows = reconstruction_per_sample(&flat(&a), &flat(&b), shape, args.data_range, &progress)?;
     progress.finish_and_clear();
