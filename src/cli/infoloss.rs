@@ -149,7 +149,11 @@ fn reconstruction(run: &Run, args: &InfolossArgs, sites: &[String]) -> anyhow::R
         common.iter().flat_map(|s| m[s].iter().copied()).collect()
     };
     if !crate::analysis::ssim::ssim_applies(shape) {
-        eprintln!("reconstruction: {shape:?} images are smaller than the 11x11 SSIM window; SSIM left empty");
+        eprintln!(
+            "reconstruction: {}x{}x{} images are smaller than the 11x11 SSIM window; \
+             SSIM left empty",
+            shape.channels, shape.height, shape.width
+        );
     }
     let progress = bar(common.len() as u64, "ssim");
     let rows = reconstruction_per_sample(&flat(&a), &flat(&b), shape, args.data_range, &progress)?;
