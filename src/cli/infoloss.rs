@@ -930,6 +930,55 @@ fn mi_plot_svg(label: &str, rows: &[&MiRow], neighbours: usize) -> anyhow::Resul
 mod tests {
     use super::*;
 
+    #[derive(Debug, clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: InfolossArgs,
+    }
+
+    #[test]
+    fn flags_parse_and_from_needs_to() {
+        use clap::Parser;
+        let w = Wrapper::try_parse_from([
+            "infoloss",
+            "--run",
+            "r",
+            "--from",
+            "image",
+            "--to",
+            "vae.decoder.out",
+            "--sites",
+            "latent,unet.*",
+            "--sites",
+            "x0_pred",
+            "--labels",
+            "shape",
+            "scale",
+            "--steps",
+            "0..50:5",
+            "--seed",
+            "3",
+            "--max-points",
+            "500",
+        ])
+        .unwrap();
+        let a = w.args;
+        assert_eq!(a.run, PathBuf::from("r"));
+        assert_eq!(
+            (a.from.as_deref(), a.to.as_deref()),
+            (Some("image"), Some("vae.decoder.out"))
+        );
+        assert_eq!(site_patterns(&a.sites).len(), 3);
+        assert_eq!(a.labels, vec!["shape", "scale"]);
+        assert_eq!(
+            (a.seed, a.max_points, a.components, a.neighbours),
+            (3, 500, 8, 3)
+        );
+        assert_eq!(a.data_range, 2.0);
+        assert!(Wrapper::try_parse_from(["infoloss", "--run", "r", "--from", "image"]).is_err());
+        assert!(Wrapper::try_parse_from(["infoloss"]).is_err());
+    }
+
     #[test]
     fn evenly_spaced_keeps_the_ends() {
         let v: Vec<u16> = (0..50).collect();
