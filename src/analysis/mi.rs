@@ -8,7 +8,8 @@
 //! Matrices are row-major `&[f64]` with an explicit width. The kNN estimators search by
 //! brute force (O(n²)); subsample with [`subsample`] first (fine to ~5k points).
 
-use faer::{Mat, Side};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Side};
 use rand::seq::index;
 
 use crate::{Error, Result};
@@ -282,15 +283,40 @@ pub fn mixed_ksg(z: &[f64], width: usize, labels: &[u32], k: usize) -> Result<f6
     Ok(digamma(nf) + (sum_k - sum_nc - sum_m) / nf)
 }
 
-/// Scores of the rows of `x` (`n x width`, f32) on their top `k` principal components,
-/// row-major `n x k` f64. Uses the `width x width` covariance, or the `n x n` Gram matrix
-/// when there are fewer rows than columns; signs are arbitrary (MI does not care).
-pub(crate) fn principal_scores(x: &[f32], width: usize, k: usize) -> Result<Vec<f64>> {
-    let n = x.len().checked_div(width).unwrap_or(0);
-    scores_by_route(x, width, k, width > n)
+/// Above this size (of the smaller side) the top components come from a randomized
+/// subspace iteration instead of a full eigendecomposition.
+const EXACT_PCA_LIMIT: usize = 128;
+/// Power iterations and oversampling of the randomized route (Halko et al. 2011).
+const POWER_ITERATIONS: usize = 4;
+const OVERSAMPLING: usize = 10;
+/// Fixed seed of the randomized route's test matrix: the same data give the same scores.
+const PCA_SEED: u64 = 0x0050_4341;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PcaRoute {
+    Covariance,
+    Gram,
+    Randomized,
 }
 
-fn scores_by_route(x: &[f32], width: usize, k: usize, gram_route: bool) -> Result<Vec<f64>> {
+/// Scores of the rows of `x` (`n x width`, f32) on their top `k` principal components,
+/// row-major `n x k` f64. Small problems use an exact eigendecomposition (of the
+/// `width x width` covariance, or of the `n x n` Gram matrix when there are fewer rows
+/// than columns); large ones a randomized subspace iteration that recovers the same top
+/// components. Signs are arbitrary (MI does not care).
+pub(crate) fn principal_scores(x: &[f32], width: usize, k: usize) -> Result<Vec<f64>> {
+    let n = x.len().checked_div(width).unwrap_or(0);
+    let route = if n.min(width) > EXACT_PCA_LIMIT {
+        PcaRoute::Randomized
+    } else if width > n {
+        PcaRoute::Gram
+    } else {
+        PcaRoute::Covariance
+    };
+    scores_by_route(x, width, k, route)
+}
+
+fn scores_by_route(x: &[f32], width: usize, k: usize, route: PcaRoute) -> Result<Vec<f64>> {
     if width == 0 || !x.len().is_multiple_of(width) {
         return Err(Error::Invalid(format!(
             "PCA: {} values do not make rows of width {width}",
@@ -311,50 +337,77 @@ fn scores_by_route(x: &[f32], width: usize, k: usize, gram_route: bool) -> Resul
         }
     }
     means.iter_mut().for_each(|m| *m /= n as f64);
-    let xc = Mat::from_fn(n, width, |i, j| x[i * width + j] as f64 - means[j]);
+    let mut buf = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(width) {
+        buf.extend(row.iter().zip(&means).map(|(&v, m)| v as f64 - m));
+    }
+    let xc = MatRef::from_row_major_slice(&buf, n, width);
     let par = faer::get_global_parallelism();
     let eig_err = |e| Error::Invalid(format!("PCA: eigendecomposition failed: {e:?}"));
-    let mut scores = vec![0.0; n * k];
-    if !gram_route {
-        let mut cov = Mat::<f64>::zeros(width, width);
-        faer::linalg::matmul::matmul(
-            &mut cov,
-            faer::Accum::Replace,
-            xc.transpose(),
-            &xc,
-            1.0,
-            par,
-        );
-        let eig = cov.self_adjoint_eigen(Side::Lower).map_err(eig_err)?;
-        let u = eig.U();
-        // Eigenvalues ascend: the top components are the last columns.
-        for c in 0..k {
-            let col = u.col(width - 1 - c);
-            for i in 0..n {
-                scores[i * k + c] = (0..width).map(|j| xc[(i, j)] * col[j]).sum();
-            }
+    let scores: Mat<f64> = match route {
+        PcaRoute::Covariance => {
+            let mut cov = Mat::<f64>::zeros(width, width);
+            matmul(&mut cov, Accum::Replace, xc.transpose(), xc, 1.0, par);
+            let eig = cov.self_adjoint_eigen(Side::Lower).map_err(eig_err)?;
+            let u = eig.U();
+            // Eigenvalues ascend: the top components are the last columns.
+            let top = Mat::from_fn(width, k, |j, c| u[(j, width - 1 - c)]);
+            let mut s = Mat::<f64>::zeros(n, k);
+            matmul(&mut s, Accum::Replace, xc, &top, 1.0, par);
+            s
         }
-    } else {
-        let mut gram = Mat::<f64>::zeros(n, n);
-        faer::linalg::matmul::matmul(
-            &mut gram,
-            faer::Accum::Replace,
-            &xc,
-            xc.transpose(),
-            1.0,
-            par,
-        );
-        let eig = gram.self_adjoint_eigen(Side::Lower).map_err(eig_err)?;
-        let (u, s) = (eig.U(), eig.S().column_vector());
-        // Xc = U S^½ Vᵀ, so the scores Xc V are U S^½.
-        for c in 0..k {
-            let idx = n - 1 - c;
-            let root = s[idx].max(0.0).sqrt();
-            for i in 0..n {
-                scores[i * k + c] = u[(i, idx)] * root;
-            }
+        PcaRoute::Gram => {
+            let mut gram = Mat::<f64>::zeros(n, n);
+            matmul(&mut gram, Accum::Replace, xc, xc.transpose(), 1.0, par);
+            let eig = gram.self_adjoint_eigen(Side::Lower).map_err(eig_err)?;
+            let (u, s) = (eig.U(), eig.S().column_vector());
+            // Xc = U S^½ Vᵀ, so the scores Xc V are U S^½.
+            Mat::from_fn(n, k, |i, c| {
+                u[(i, n - 1 - c)] * s[n - 1 - c].max(0.0).sqrt()
+            })
         }
+        PcaRoute::Randomized => randomized_scores(xc, k).map_err(eig_err)?,
+    };
+    let mut out = Vec::with_capacity(n * k);
+    for i in 0..n {
+        out.extend((0..k).map(|c| scores[(i, c)]));
     }
+    Ok(out)
+}
+
+/// Top-`k` scores by subspace iteration: an orthonormal basis `Q` of the range of `Xc`'s
+/// leading singular vectors, then the exact SVD of the small `Qᵀ Xc` (via its Gram).
+fn randomized_scores(
+    xc: MatRef<'_, f64>,
+    k: usize,
+) -> std::result::Result<Mat<f64>, faer::linalg::evd::EvdError> {
+    let (n, d) = (xc.nrows(), xc.ncols());
+    let l = (k + OVERSAMPLING).min(n).min(d);
+    let par = faer::get_global_parallelism();
+    let g = crate::rng::gaussian(PCA_SEED, 0, d * l);
+    let omega = Mat::from_fn(d, l, |i, j| g[i * l + j] as f64);
+    let mut y = Mat::<f64>::zeros(n, l);
+    matmul(&mut y, Accum::Replace, xc, &omega, 1.0, par);
+    let mut z = Mat::<f64>::zeros(d, l);
+    for _ in 0..POWER_ITERATIONS {
+        // Re-orthonormalise at every half step so small directions are not lost.
+        let q = y.qr().compute_thin_Q();
+        matmul(&mut z, Accum::Replace, xc.transpose(), &q, 1.0, par);
+        let qz = z.qr().compute_thin_Q();
+        matmul(&mut y, Accum::Replace, xc, &qz, 1.0, par);
+    }
+    let q = y.qr().compute_thin_Q();
+    let mut b = Mat::<f64>::zeros(l, d);
+    matmul(&mut b, Accum::Replace, q.transpose(), xc, 1.0, par);
+    let mut bbt = Mat::<f64>::zeros(l, l);
+    matmul(&mut bbt, Accum::Replace, &b, b.transpose(), 1.0, par);
+    let eig = bbt.self_adjoint_eigen(Side::Lower)?;
+    let (u, s) = (eig.U(), eig.S().column_vector());
+    let top = Mat::from_fn(l, k, |i, c| {
+        u[(i, l - 1 - c)] * s[l - 1 - c].max(0.0).sqrt()
+    });
+    let mut scores = Mat::<f64>::zeros(n, k);
+    matmul(&mut scores, Accum::Replace, &q, &top, 1.0, par);
     Ok(scores)
 }
 
@@ -533,8 +586,8 @@ mod tests {
         assert!((var(0) - 9.0).abs() < 1.0 && (var(1) - 1.0).abs() < 0.2);
         // Both routes on the same data give the same scores up to the sign of each column.
         let x: Vec<f32> = rng::gaussian(52, 0, 12 * 5);
-        let by_cov = scores_by_route(&x, 5, 3, false).unwrap();
-        let by_gram = scores_by_route(&x, 5, 3, true).unwrap();
+        let by_cov = scores_by_route(&x, 5, 3, PcaRoute::Covariance).unwrap();
+        let by_gram = scores_by_route(&x, 5, 3, PcaRoute::Gram).unwrap();
         for c in 0..3 {
             let sign = (by_cov[c] * by_gram[c]).signum();
             for i in 0..12 {
@@ -545,6 +598,36 @@ mod tests {
         // Fewer rows than columns picks the Gram route and keeps at most n - 1 components.
         let wide: Vec<f32> = rng::gaussian(53, 0, 4 * 10);
         assert_eq!(principal_scores(&wide, 10, 8).unwrap().len(), 4 * 3);
+    }
+
+    #[test]
+    fn randomized_route_recovers_the_exact_top_components() {
+        // 500 x 420 with singular values decaying by 0.8 per direction.
+        let (n, d) = (500, 420);
+        let g = rng::gaussian(54, 0, n * d);
+        let x: Vec<f32> = (0..n * d)
+            .map(|t| g[t] * 10.0 * 0.8f32.powi((t % d) as i32))
+            .collect();
+        assert_eq!(principal_scores(&x, d, 8).unwrap().len(), n * 8);
+        let exact = scores_by_route(&x, d, 8, PcaRoute::Covariance).unwrap();
+        let fast = scores_by_route(&x, d, 8, PcaRoute::Randomized).unwrap();
+        assert_eq!(
+            fast,
+            scores_by_route(&x, d, 8, PcaRoute::Randomized).unwrap()
+        );
+        for c in 0..8 {
+            let sign = (exact[c] * fast[c]).signum();
+            let norm = (0..n).map(|i| exact[i * 8 + c].powi(2)).sum::<f64>().sqrt();
+            let err = (0..n)
+                .map(|i| (exact[i * 8 + c] - sign * fast[i * 8 + c]).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                err / norm < 1e-4,
+                "component {c}: relative error {}",
+                err / norm
+            );
+        }
     }
 
     #[test]
