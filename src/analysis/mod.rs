@@ -1,1 +1,6 @@
 //! See ARCHITECTURE.md.
+
+pub mod cv;
+pub mod design;
+pub mod logistic;
+pub mod metrics;
