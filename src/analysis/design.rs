@@ -162,6 +162,23 @@ impl Standardizer {
     }
 }
 
+impl Standardizer {
+    /// Weights (one Vec per output) and biases acting on raw features, from weights `w`
+    /// (d x k) and biases `b` in standardized space: w / scale and b - sum(w mean / scale).
+    /// `raw_offset` is what was subtracted from the raw features before fitting.
+    pub fn raw_direction(&self, w: MatRef<'_, f64>, b: &[f64], raw_offset: &[f64]) -> (Vec<Vec<f64>>, Vec<f64>) {
+        let d = self.mean.len();
+        let weights: Vec<Vec<f64>> =
+            (0..w.ncols()).map(|c| (0..d).map(|j| w[(j, c)] / self.scale[j]).collect()).collect();
+        let bias = weights
+            .iter()
+            .zip(b)
+            .map(|(wc, bc)| bc - (0..d).map(|j| wc[j] * (self.mean[j] + raw_offset[j])).sum::<f64>())
+            .collect();
+        (weights, bias)
+    }
+}
+
 /// Adds a bias per column to an n x k matrix.
 pub fn add_bias(m: &mut Mat<f32>, b: &[f64]) {
     for (c, &bc) in b.iter().enumerate() {

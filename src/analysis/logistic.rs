@@ -141,13 +141,7 @@ impl LogisticModel {
     /// can steer along. `raw_offset` is what was subtracted from the features before
     /// fitting (zero if nothing).
     pub fn raw_direction(&self, st: &Standardizer, raw_offset: &[f64]) -> (Vec<Vec<f64>>, Vec<f64>) {
-        let d = st.mean.len();
-        let k = self.w.ncols();
-        let weights: Vec<Vec<f64>> = (0..k).map(|c| (0..d).map(|j| self.w[(j, c)] / st.scale[j]).collect()).collect();
-        let bias = (0..k)
-            .map(|c| self.b[c] - (0..d).map(|j| weights[c][j] * (st.mean[j] + raw_offset[j])).sum::<f64>())
-            .collect();
-        (weights, bias)
+        st.raw_direction(self.w.as_ref(), &self.b, raw_offset)
     }
 }
 

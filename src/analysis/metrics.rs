@@ -221,14 +221,17 @@ mod tests {
 
     #[test]
     fn bootstrap_interval_covers_the_estimate_and_is_seeded() {
-        // 200 groups of 3 rows; metric = mean of a 0/1 value with true rate 0.3.
-        let vals: Vec<f64> = (0..600).map(|i| if (i * 7) % 10 < 3 { 1.0 } else { 0.0 }).collect();
+        // 200 groups of 3 rows; metric = mean of an iid 0/1 value with rate 0.3.
+        let mut r = rng::stream(1, 2);
+        let vals: Vec<f64> = (0..600).map(|_| if r.gen::<f64>() < 0.3 { 1.0 } else { 0.0 }).collect();
         let groups: Vec<Vec<usize>> = (0..200).map(|g| vec![3 * g, 3 * g + 1, 3 * g + 2]).collect();
         let m = |rows: &[usize]| rows.iter().map(|&r| vals[r]).sum::<f64>() / rows.len() as f64;
         let (lo, hi) = bootstrap_ci(&groups, 1000, 5, &m);
-        assert!(lo < 0.3 && 0.3 < hi, "{lo} {hi}");
-        // Normal-approximation width for a proportion over 600 rows is about +-0.037.
-        assert!(hi - lo > 0.04 && hi - lo < 0.12, "{lo} {hi}");
+        let est = m(&(0..600).collect::<Vec<_>>());
+        assert!(lo < est && est < hi, "{lo} {est} {hi}");
+        // Normal approximation: 2 * 1.96 * sqrt(p (1 - p) / 600) = 0.073 wide.
+        let se = (est * (1.0 - est) / 600.0).sqrt();
+        assert!((hi - lo - 3.92 * se).abs() < 0.15 * 3.92 * se, "{lo} {hi} {se}");
         assert_eq!((lo, hi), bootstrap_ci(&groups, 1000, 5, &m));
     }
 

@@ -4,3 +4,5 @@ pub mod cv;
 pub mod design;
 pub mod logistic;
 pub mod metrics;
+pub mod probe;
+pub mod ridge;
