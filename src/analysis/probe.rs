@@ -115,7 +115,9 @@ pub struct MetricEstimate {
     pub control_value: f64,
     /// value - control_value.
     pub selectivity: f64,
-    /// Majority-class (categorical) or training-mean (continuous) predictor.
+    /// Majority-class (categorical) or training-mean (continuous) predictor of each
+    /// training fold, evaluated like the probe. For balanced classes it lands slightly
+    /// below chance (a fold's training majority is its test minority).
     pub baseline_value: f64,
     pub p_value: f64,
 }
@@ -777,4 +779,218 @@ fn regress(data: &Prepared, y: &[f64], cfg: &ProbeConfig, pb: &ProgressBar) -> c
         chosen_lambda: Some(lambda),
         direction: Direction { outputs: vec!["value".to_string()], weights, bias },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quick(permutations: usize) -> ProbeConfig {
+        ProbeConfig { permutations, bootstrap: 300, ..ProbeConfig::default() }
+    }
+
+    fn metric<'a>(r: &'a ProbeResult, name: &str) -> &'a MetricEstimate {
+        r.metrics.iter().find(|m| m.metric == name).unwrap()
+    }
+
+    fn binary(codes: Vec<u32>) -> Target {
+        Target::Categorical { codes, names: vec!["no".into(), "yes".into()] }
+    }
+
+    /// Two Gaussian classes in `d` dims: class means +-delta on feature 0 (unit
+    /// covariance), then each feature shifted and scaled so standardization matters.
+    fn gaussians(n: usize, d: usize, delta: f64, seed: u64) -> (Vec<f32>, Vec<u32>, Vec<u32>) {
+        let z = rng::gaussian(seed, 1, n * d);
+        let mut x = Vec::with_capacity(n * d);
+        let mut y = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = (i % 2) as u32;
+            for j in 0..d {
+                let mut v = z[i * d + j] as f64;
+                if j == 0 {
+                    v += if c == 1 { delta } else { -delta };
+                }
+                x.push((10.0 * j as f64 + v * (1.0 + j as f64)) as f32);
+            }
+            y.push(c);
+        }
+        (x, y, (0..n as u32).collect())
+    }
+
+    #[test]
+    fn separable_data_gives_accuracy_and_auc_one_with_a_small_p_value() {
+        let (x, y, groups) = gaussians(120, 5, 8.0, 3);
+        let input = ProbeInput { x: &x, width: 5, groups: &groups };
+        let r = probe(&input, &binary(y), &quick(9), &ProgressBar::hidden()).unwrap();
+        for name in ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] {
+            let m = metric(&r, name);
+            assert_eq!(m.value, 1.0, "{name}");
+            assert!((m.p_value - 0.1).abs() < 1e-12, "{name} p {}", m.p_value);
+            assert!(m.control_value < 0.75 && m.selectivity > 0.25, "{name} {m:?}");
+        }
+        assert_eq!(metric(&r, "roc_auc").baseline_value, 0.5);
+        assert_eq!((r.n_samples, r.n_rows, r.folds), (120, 120, 5));
+        assert_eq!(r.direction.outputs, vec!["yes".to_string()]);
+        // The direction points along feature 0 in raw units: positive, others small.
+        let w = &r.direction.weights[0];
+        assert!(w[0] > 0.0 && w[1..].iter().all(|v| v.abs() < w[0].abs() / 3.0), "{w:?}");
+    }
+
+    #[test]
+    fn accuracy_matches_the_bayes_accuracy_of_two_gaussians() {
+        // Mahalanobis distance 1.5 -> Bayes accuracy Phi(0.75) (scipy norm.cdf).
+        let bayes = 0.7733726476231317;
+        let (x, y, groups) = gaussians(2000, 8, 0.75, 9);
+        let input = ProbeInput { x: &x, width: 8, groups: &groups };
+        let r = probe(&input, &binary(y), &quick(19), &ProgressBar::hidden()).unwrap();
+        let acc = metric(&r, "accuracy");
+        assert!(acc.ci_low <= bayes && bayes <= acc.ci_high + 0.005, "{acc:?}");
+        assert!(acc.ci_high - acc.ci_low < 0.08);
+        assert!((acc.control_value - 0.5).abs() < 0.05, "control {}", acc.control_value);
+        assert!((acc.baseline_value - 0.5).abs() < 0.05);
+        assert!((acc.p_value - 0.05).abs() < 1e-12);
+        assert!((metric(&r, "roc_auc").control_value - 0.5).abs() < 0.05);
+    }
+
+    #[test]
+    fn memorizing_samples_does_not_help_under_grouped_cv() {
+        // 40 samples x 10 rows: each sample has its own feature signature and a random
+        // label. Row-level CV would memorize the signatures (accuracy ~1); grouped CV
+        // must stay at chance.
+        let (g, rows, d) = (40, 10, 12);
+        let sig = rng::gaussian(1, 1, g * d);
+        let noise = rng::gaussian(1, 2, g * rows * d);
+        let mut labels_rng = rng::stream(1, 3);
+        let label_of: Vec<u32> = (0..g).map(|_| labels_rng.gen_range(0..2)).collect();
+        let mut x = Vec::new();
+        let mut groups = Vec::new();
+        let mut y = Vec::new();
+        for s in 0..g {
+            for r in 0..rows {
+                for j in 0..d {
+                    x.push(3.0 * sig[s * d + j] + 0.1 * noise[(s * rows + r) * d + j]);
+                }
+                groups.push(s as u32 * 7);
+                y.push(label_of[s]);
+            }
+        }
+        let input = ProbeInput { x: &x, width: d, groups: &groups };
+        let r = probe(&input, &binary(y), &quick(0), &ProgressBar::hidden()).unwrap();
+        let acc = metric(&r, "accuracy");
+        assert!(acc.value < 0.75 && acc.ci_low < 0.5, "{acc:?}");
+        assert!(acc.p_value.is_nan());
+        assert_eq!((r.n_samples, r.n_rows), (40, 400));
+    }
+
+    #[test]
+    fn permutation_p_values_are_spread_out_for_noise() {
+        let cfg = ProbeConfig { permutations: 19, bootstrap: 0, c_grid: vec![1.0], ..ProbeConfig::default() };
+        let mut ps = Vec::new();
+        for seed in 0..8 {
+            let x = rng::gaussian(seed, 10, 80 * 4);
+            let mut r = rng::stream(seed, 11);
+            let y: Vec<u32> = (0..80).map(|_| r.gen_range(0..2)).collect();
+            let groups: Vec<u32> = (0..80).collect();
+            let input = ProbeInput { x: &x, width: 4, groups: &groups };
+            let res = probe(&input, &binary(y), &cfg, &ProgressBar::hidden()).unwrap();
+            ps.push(metric(&res, "balanced_accuracy").p_value);
+        }
+        let mean = ps.iter().sum::<f64>() / ps.len() as f64;
+        assert!((0.25..0.75).contains(&mean), "{ps:?}");
+        assert!(ps.iter().filter(|&&p| p <= 0.05).count() <= 2, "{ps:?}");
+    }
+
+    #[test]
+    fn multinomial_probe_separates_three_classes() {
+        let (n, d) = (150, 3);
+        let z = rng::gaussian(4, 1, n * d);
+        let y: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+        let x: Vec<f32> = (0..n * d).map(|i| z[i] * 0.2 + if i % d == (y[i / d] as usize) { 4.0 } else { 0.0 }).collect();
+        let groups: Vec<u32> = (0..n as u32).map(|i| i / 2).collect();
+        let target = Target::Categorical { codes: y.iter().map(|c| c + 1).collect(), names: vec!["-".into(), "a".into(), "b".into(), "c".into()] };
+        let r = probe(&ProbeInput { x: &x, width: d, groups: &groups }, &target, &quick(0), &ProgressBar::hidden()).unwrap();
+        assert_eq!(metric(&r, "accuracy").value, 1.0);
+        assert!(r.metrics.iter().all(|m| m.metric != "roc_auc"));
+        assert_eq!(r.direction.outputs, vec!["a", "b", "c"]);
+        // Majority of each training fold, pooled: for balanced classes that majority is
+        // the class the test fold has fewest of, so the baseline lands below 1/3.
+        let b = metric(&r, "balanced_accuracy").baseline_value;
+        assert!(b <= 1.0 / 3.0 + 1e-9 && b > 0.2, "{b}");
+    }
+
+    #[test]
+    fn ridge_probe_reaches_the_true_r2_and_recovers_the_raw_direction() {
+        let (n, d) = (1500, 5);
+        let z = rng::gaussian(8, 1, n * d);
+        let e = rng::gaussian(8, 2, n);
+        let a = [2.0, -1.0, 0.0, 0.5, 0.0];
+        let (scale, shift) = ([1.0, 3.0, 0.5, 2.0, 10.0], [5.0, -2.0, 100.0, 0.0, 1.0]);
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..n {
+            let mut v = 4.0;
+            for j in 0..d {
+                let raw = shift[j] + scale[j] * z[i * d + j] as f64;
+                x.push(raw as f32);
+                v += a[j] * raw;
+            }
+            y.push(v + 2.0 * e[i] as f64);
+        }
+        // Signal variance sum (a_j scale_j)^2 = 4 + 9 + 1 = 14, noise 4: R2 = 14/18.
+        let true_r2 = 14.0 / 18.0;
+        let groups: Vec<u32> = (0..n as u32).collect();
+        let r = probe(&ProbeInput { x: &x, width: d, groups: &groups }, &Target::Continuous(y), &quick(9), &ProgressBar::hidden())
+            .unwrap();
+        let r2 = metric(&r, "r2");
+        assert!(r2.ci_low - 0.005 <= true_r2 && true_r2 <= r2.ci_high + 0.005, "{r2:?}");
+        assert!(r2.control_value < 0.01 && r2.baseline_value <= 0.0 && r2.baseline_value > -0.01, "{r2:?}");
+        assert!((metric(&r, "pearson").value - true_r2.sqrt()).abs() < 0.02);
+        assert!((r2.p_value - 0.1).abs() < 1e-12);
+        let w = &r.direction.weights[0];
+        for j in 0..d {
+            // 4 standard errors: noise sd / (sqrt(n) * feature scale).
+            assert!((w[j] - a[j]).abs() < 4.0 * 2.0 / ((n as f64).sqrt() * scale[j]), "w {w:?}");
+        }
+        let mean_bias = 4.0 + (0..d).map(|j| (a[j] - w[j]) * shift[j]).sum::<f64>();
+        assert!((r.direction.bias[0] - mean_bias).abs() < 0.2, "{} vs {}", r.direction.bias[0], mean_bias);
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_with_the_counts() {
+        let (mut x, y, groups) = gaussians(40, 3, 1.0, 2);
+        let input = ProbeInput { x: &x, width: 3, groups: &groups };
+        let err = probe(&input, &binary(vec![1; 40]), &quick(0), &ProgressBar::hidden()).unwrap_err().to_string();
+        assert!(err.contains("same class `yes`"), "{err}");
+        let few: Vec<u32> = (0..40).map(|i| i % 3).collect();
+        let input = ProbeInput { x: &x, width: 3, groups: &few };
+        let err = probe(&input, &binary(y.clone()), &quick(0), &ProgressBar::hidden()).unwrap_err().to_string();
+        assert!(err.contains("3 distinct samples"), "{err}");
+        x[7] = f32::NAN; // row 2, column 1
+        x[3 * 10 + 1] = f32::INFINITY; // row 10, column 1
+        let input = ProbeInput { x: &x, width: 3, groups: &groups };
+        let err = probe(&input, &binary(y.clone()), &quick(0), &ProgressBar::hidden()).unwrap_err().to_string();
+        assert!(err.contains("2 of 40 rows") && err.contains("1 of 3 columns") && err.contains("row 2, column 1"), "{err}");
+        let cfg = ProbeConfig { drop_nonfinite: true, ..quick(0) };
+        let r = probe(&input, &binary(y), &cfg, &ProgressBar::hidden()).unwrap();
+        assert_eq!((r.n_rows, r.dropped_rows), (38, 2));
+    }
+
+    #[test]
+    fn control_and_permuted_labels_keep_the_sample_structure() {
+        let groups: Vec<u32> = (0..300).map(|i| i / 3).collect();
+        let labels: Vec<u32> = (0..300).map(|i| ((i / 3) % 4 == 0) as u32).collect();
+        let control = control_labels(&groups, &labels, |c| c as u64, 5);
+        for g in groups.chunks(3).enumerate().map(|(i, _)| i) {
+            assert!(control[3 * g] == control[3 * g + 1] && control[3 * g] == control[3 * g + 2]);
+        }
+        // Drawn from the empirical distribution (25% ones) independently of the truth.
+        let ones = control.iter().filter(|&&c| c == 1).count() as f64 / 300.0;
+        assert!((ones - 0.25).abs() < 0.12, "{ones}");
+        let agree = control.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / 300.0;
+        assert!((agree - (0.25 * 0.25 + 0.75 * 0.75)).abs() < 0.12, "{agree}");
+        let perm = permuted_labels(&groups, &labels, 5, 0);
+        assert_ne!(perm, labels);
+        assert_eq!(perm.iter().filter(|&&c| c == 1).count(), labels.iter().filter(|&&c| c == 1).count());
+        assert_eq!(perm, permuted_labels(&groups, &labels, 5, 0));
+    }
 }
