@@ -5,4 +5,5 @@ pub mod design;
 pub mod logistic;
 pub mod metrics;
 pub mod probe;
+pub mod probe_bench;
 pub mod ridge;
