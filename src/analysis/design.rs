@@ -86,12 +86,10 @@ impl Moments {
             par(),
         );
         let gram = Mat::<f64>::from_fn(d, d, |i, j| if i >= j { g[(i, j)] as f64 } else { g[(j, i)] as f64 });
-        let mut sum = vec![0.0f64; d];
-        for r in 0..x.nrows() {
-            for (s, &v) in sum.iter_mut().zip(x.row(r).iter()) {
-                *s += v as f64;
-            }
-        }
+        // Column sums as X^T 1 (a matmul, see the module note on dev builds).
+        let ones = Mat::<f32>::from_fn(x.nrows(), MIN_COLS, |_, c| if c == 0 { 1.0 } else { 0.0 });
+        let sums = Blocks { blocks: vec![x], width: d }.tmul(ones.as_ref());
+        let sum = (0..d).map(|j| sums[(j, 0)] as f64).collect();
         Moments { n: x.nrows(), sum, gram }
     }
 
