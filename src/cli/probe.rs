@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 use clap::Args;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use polars::prelude::*;
 
 use super::common;
@@ -409,47 +410,57 @@ fn heatmap_svg(label: &str, metric: &str, rows: &[&ProbeRow]) -> anyhow::Result<
     let vals: Vec<f64> = rows.iter().filter_map(|r| r.value).collect();
     let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min).min(0.0);
     let hi = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max).max(lo + 1e-9);
-    let (w, h) = (220 + 60 * steps.len().clamp(4, 20) as u32, 160 + 36 * sites.len() as u32);
+    let longest = sites.iter().map(|s| s.len()).max().unwrap_or(4) as u32;
+    let (w, h) = ((260 + 8 * longest + 56 * steps.len() as u32).max(720), 170 + 40 * sites.len() as u32);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let (main, bar) = root.split_horizontally(w - 110);
-        let longest = sites.iter().map(|s| s.len()).max().unwrap_or(4) as u32;
         let mut chart = ChartBuilder::on(&main)
-            .caption(format!("probe {metric} for `{label}` (site x step)"), (FONT, 22))
+            .caption(format!("`{label}`: probe {metric} by site and step"), (FONT, 20))
             .margin(12)
             .x_label_area_size(50)
             .y_label_area_size(20 + 8 * longest)
-            .build_cartesian_2d(0..steps.len(), 0..sites.len())
+            .build_cartesian_2d(-0.5..steps.len() as f64 - 0.5, -0.5..sites.len() as f64 - 0.5)
             .map_err(plot_err)?;
+        // Cell i spans [i - 0.5, i + 0.5], so integer ticks sit at cell centers.
+        let name_at = |v: f64, names: &dyn Fn(usize) -> String| {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 { names(i as usize) } else { String::new() }
+        };
+        let step_name = |i: usize| steps.get(i).map_or(String::new(), |s| s.to_string());
+        let site_name = |i: usize| sites.get(i).cloned().unwrap_or_default();
         chart
             .configure_mesh()
             .disable_mesh()
-            .x_labels(steps.len().min(20))
-            .y_labels(sites.len())
-            .x_label_formatter(&|i| steps.get(*i).map_or(String::new(), |s| s.to_string()))
-            .y_label_formatter(&|i| sites.get(*i).cloned().unwrap_or_default())
+            .x_labels(steps.len().min(25) + 1)
+            .y_labels(sites.len().min(40) + 1)
+            .x_label_formatter(&|v| name_at(*v, &step_name))
+            .y_label_formatter(&|v| name_at(*v, &site_name))
             .x_desc("step")
             .label_style((FONT, 15))
             .axis_desc_style((FONT, 17))
             .draw()
             .map_err(plot_err)?;
-        let annotate = steps.len() * sites.len() <= 120;
+        let annotate = steps.len() * sites.len() <= 150;
         for r in rows {
             let (Some(si), Some(ti)) = (sites.iter().position(|s| *s == r.site), steps.iter().position(|s| *s == r.step))
             else {
                 continue;
             };
+            let (x, y) = (ti as f64, si as f64);
             let t = r.value.map_or(0.0, |v| (v - lo) / (hi - lo));
             chart
-                .draw_series(std::iter::once(Rectangle::new([(ti, si), (ti + 1, si + 1)], shade(t).filled())))
+                .draw_series(std::iter::once(Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], shade(t).filled())))
                 .map_err(plot_err)?;
             if annotate {
                 let text = r.value.map_or("-".to_string(), |v| format!("{v:.2}"));
                 let color = if t > 0.55 { WHITE } else { BLACK };
-                let style = TextStyle::from((FONT, 13).into_font()).color(&color);
-                chart.draw_series(std::iter::once(Text::new(text, (ti, si), style))).map_err(plot_err)?;
+                let style = TextStyle::from((FONT, 14).into_font())
+                    .color(&color)
+                    .pos(Pos::new(HPos::Center, VPos::Center));
+                chart.draw_series(std::iter::once(Text::new(text, (x, y), style))).map_err(plot_err)?;
             }
         }
         // Color bar from lo to hi.
@@ -497,7 +508,7 @@ fn steps_svg(label: &str, metric: &str, rows: &[&ProbeRow]) -> anyhow::Result<St
         let root = SVGBackend::with_string(&mut svg, (960, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("probe {metric} for `{label}` by step (95% CI band; thin: control task)"), (FONT, 20))
+            .caption(format!("probe {metric} for `{label}` by step (band/bars: 95% CI; thin line, x: control task)"), (FONT, 20))
             .margin(14)
             .x_label_area_size(50)
             .y_label_area_size(70)
@@ -505,6 +516,8 @@ fn steps_svg(label: &str, metric: &str, rows: &[&ProbeRow]) -> anyhow::Result<St
             .map_err(plot_err)?;
         chart
             .configure_mesh()
+            .x_labels(((x_hi - x_lo).round() as usize + 1).clamp(2, 12))
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("step")
             .y_desc(metric)
             .label_style((FONT, 15))
@@ -530,8 +543,17 @@ fn steps_svg(label: &str, metric: &str, rows: &[&ProbeRow]) -> anyhow::Result<St
                 .label(site.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
             chart.draw_series(PointSeries::of_element(line, 4, color.filled(), &|c, s, st| Circle::new(c, s, st))).map_err(plot_err)?;
+            // Vertical 95% bars (visible even with a single step, where no band forms).
+            let bars = pts.iter().filter_map(|r| {
+                let (lo, hi) = (r.ci_low?, r.ci_high?);
+                Some(PathElement::new(vec![(r.step as f64, lo), (r.step as f64, hi)], color.stroke_width(1)))
+            });
+            chart.draw_series(bars).map_err(plot_err)?;
             let control: Vec<(f64, f64)> = pts.iter().filter_map(|r| r.control_value.map(|v| (r.step as f64, v))).collect();
-            chart.draw_series(LineSeries::new(control, color.mix(0.6).stroke_width(1))).map_err(plot_err)?;
+            chart.draw_series(LineSeries::new(control.clone(), color.mix(0.6).stroke_width(1))).map_err(plot_err)?;
+            chart
+                .draw_series(control.into_iter().map(|c| Cross::new(c, 4, color.mix(0.8).stroke_width(1))))
+                .map_err(plot_err)?;
         }
         chart
             .configure_series_labels()
@@ -620,6 +642,20 @@ mod tests {
             let svg = std::fs::read_to_string(run.root().join("plots").join(format!("{plot}.svg"))).unwrap();
             assert!(svg.contains("<svg") && svg.contains("step"), "{plot}");
         }
+    }
+
+    #[test]
+    fn one_site_and_one_step_still_make_readable_plots() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = tiny_run(&dir.path().join("run"));
+        let mut a = args(run.root(), &["shape"]);
+        a.sites = vec!["a".into()];
+        a.steps = "last".into();
+        run_probe_quietly(&a);
+        let probes = run.table("probes").unwrap();
+        assert_eq!(probes.height(), 4);
+        let svg = std::fs::read_to_string(run.root().join("plots/probes-shape-heatmap.svg")).unwrap();
+        assert!(svg.contains("1.00"), "the single cell is drawn and annotated");
     }
 
     fn run_probe_quietly(a: &ProbeArgs) {
