@@ -92,8 +92,14 @@ mod tests {
         assert!(per_fold.iter().all(|&c| c == 7 || c == 8), "{per_fold:?}");
         assert_eq!(folds.n_groups, 37);
         // Deterministic by seed, different across seeds.
-        assert_eq!(GroupFolds::new(&groups, 5, 11).unwrap().fold_of_row, folds.fold_of_row);
-        assert_ne!(GroupFolds::new(&groups, 5, 12).unwrap().fold_of_row, folds.fold_of_row);
+        assert_eq!(
+            GroupFolds::new(&groups, 5, 11).unwrap().fold_of_row,
+            folds.fold_of_row
+        );
+        assert_ne!(
+            GroupFolds::new(&groups, 5, 12).unwrap().fold_of_row,
+            folds.fold_of_row
+        );
         // fold_order lists each fold contiguously.
         let (order, ranges) = folds.fold_order();
         for (f, r) in ranges.iter().enumerate() {
@@ -104,7 +110,12 @@ mod tests {
 
     #[test]
     fn too_few_groups_is_an_error_naming_the_counts() {
-        let err = GroupFolds::new(&[1, 1, 2, 2, 3], 5, 0).unwrap_err().to_string();
-        assert!(err.contains("3 distinct samples") && err.contains("5 folds"), "{err}");
+        let err = GroupFolds::new(&[1, 1, 2, 2, 3], 5, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("3 distinct samples") && err.contains("5 folds"),
+            "{err}"
+        );
     }
 }

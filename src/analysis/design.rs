@@ -49,7 +49,14 @@ impl<'a> Blocks<'a> {
         let mut start = 0;
         for b in &self.blocks {
             let rows = r.subrows(start, b.nrows());
-            faer::linalg::matmul::matmul(out.as_mut(), Accum::Add, b.transpose(), rows, 1.0f32, par());
+            faer::linalg::matmul::matmul(
+                out.as_mut(),
+                Accum::Add,
+                b.transpose(),
+                rows,
+                1.0f32,
+                par(),
+            );
             start += b.nrows();
         }
         out
@@ -66,7 +73,11 @@ pub struct Moments {
 
 impl Moments {
     pub fn zeros(d: usize) -> Moments {
-        Moments { n: 0, sum: vec![0.0; d], gram: Mat::zeros(d, d) }
+        Moments {
+            n: 0,
+            sum: vec![0.0; d],
+            gram: Mat::zeros(d, d),
+        }
     }
 
     /// Statistics of one row-major block (the lower triangle of X^T X in f32, then
@@ -85,12 +96,26 @@ impl Moments {
             1.0f32,
             par(),
         );
-        let gram = Mat::<f64>::from_fn(d, d, |i, j| if i >= j { g[(i, j)] as f64 } else { g[(j, i)] as f64 });
+        let gram = Mat::<f64>::from_fn(d, d, |i, j| {
+            if i >= j {
+                g[(i, j)] as f64
+            } else {
+                g[(j, i)] as f64
+            }
+        });
         // Column sums as X^T 1 (a matmul, see the module note on dev builds).
         let ones = Mat::<f32>::from_fn(x.nrows(), MIN_COLS, |_, c| if c == 0 { 1.0 } else { 0.0 });
-        let sums = Blocks { blocks: vec![x], width: d }.tmul(ones.as_ref());
+        let sums = Blocks {
+            blocks: vec![x],
+            width: d,
+        }
+        .tmul(ones.as_ref());
         let sum = (0..d).map(|j| sums[(j, 0)] as f64).collect();
-        Moments { n: x.nrows(), sum, gram }
+        Moments {
+            n: x.nrows(),
+            sum,
+            gram,
+        }
     }
 
     pub fn add(&mut self, other: &Moments) {
@@ -121,7 +146,11 @@ impl Moments {
             .map(|(j, m)| {
                 let var = self.gram[(j, j)] / n - m * m;
                 let floor = 1e-6 * (self.gram[(j, j)] / n).sqrt();
-                if var > 0.0 && var.sqrt() > floor { var.sqrt() } else { 1.0 }
+                if var > 0.0 && var.sqrt() > floor {
+                    var.sqrt()
+                } else {
+                    1.0
+                }
             })
             .collect();
         Standardizer { mean, scale }
@@ -154,9 +183,21 @@ impl Standardizer {
         let k = w.ncols();
         let wr = Mat::<f64>::from_fn(d, k, |j, c| w[(j, c)] / self.scale[j]);
         let br = (0..k)
-            .map(|c| b.get(c).copied().unwrap_or(0.0) - (0..d).map(|j| self.mean[j] * wr[(j, c)]).sum::<f64>())
+            .map(|c| {
+                b.get(c).copied().unwrap_or(0.0)
+                    - (0..d).map(|j| self.mean[j] * wr[(j, c)]).sum::<f64>()
+            })
             .collect();
-        (Mat::from_fn(d, k.max(MIN_COLS), |j, c| if c < k { wr[(j, c)] as f32 } else { 0.0 }), br)
+        (
+            Mat::from_fn(d, k.max(MIN_COLS), |j, c| {
+                if c < k {
+                    wr[(j, c)] as f32
+                } else {
+                    0.0
+                }
+            }),
+            br,
+        )
     }
 }
 
@@ -164,14 +205,24 @@ impl Standardizer {
     /// Weights (one Vec per output) and biases acting on raw features, from weights `w`
     /// (d x k) and biases `b` in standardized space: w / scale and b - sum(w mean / scale).
     /// `raw_offset` is what was subtracted from the raw features before fitting.
-    pub fn raw_direction(&self, w: MatRef<'_, f64>, b: &[f64], raw_offset: &[f64]) -> (Vec<Vec<f64>>, Vec<f64>) {
+    pub fn raw_direction(
+        &self,
+        w: MatRef<'_, f64>,
+        b: &[f64],
+        raw_offset: &[f64],
+    ) -> (Vec<Vec<f64>>, Vec<f64>) {
         let d = self.mean.len();
-        let weights: Vec<Vec<f64>> =
-            (0..w.ncols()).map(|c| (0..d).map(|j| w[(j, c)] / self.scale[j]).collect()).collect();
+        let weights: Vec<Vec<f64>> = (0..w.ncols())
+            .map(|c| (0..d).map(|j| w[(j, c)] / self.scale[j]).collect())
+            .collect();
         let bias = weights
             .iter()
             .zip(b)
-            .map(|(wc, bc)| bc - (0..d).map(|j| wc[j] * (self.mean[j] + raw_offset[j])).sum::<f64>())
+            .map(|(wc, bc)| {
+                bc - (0..d)
+                    .map(|j| wc[j] * (self.mean[j] + raw_offset[j]))
+                    .sum::<f64>()
+            })
             .collect();
         (weights, bias)
     }
@@ -193,14 +244,18 @@ mod tests {
     #[test]
     fn moments_add_up_across_blocks_and_match_direct_sums() {
         let (n, d) = (23, 5);
-        let x: Vec<f32> = (0..n * d).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3 + (i % d) as f32).collect();
+        let x: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3 + (i % d) as f32)
+            .collect();
         let all = Moments::of(MatRef::from_row_major_slice(&x, n, d));
         let a = Moments::of(MatRef::from_row_major_slice(&x[..10 * d], 10, d));
         let b = Moments::of(MatRef::from_row_major_slice(&x[10 * d..], 13, d));
         let sum = Moments::total(d, [&a, &b]);
         for i in 0..d {
             for j in 0..d {
-                let direct: f64 = (0..n).map(|r| x[r * d + i] as f64 * x[r * d + j] as f64).sum();
+                let direct: f64 = (0..n)
+                    .map(|r| x[r * d + i] as f64 * x[r * d + j] as f64)
+                    .sum();
                 assert!((all.gram[(i, j)] - direct).abs() < 1e-3);
                 assert!((sum.gram[(i, j)] - direct).abs() < 1e-3);
             }

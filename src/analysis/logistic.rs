@@ -49,7 +49,11 @@ pub struct LogisticOptions {
 
 impl Default for LogisticOptions {
     fn default() -> Self {
-        LogisticOptions { tol: 1e-4, ftol: 2.2e-9, max_iter: 500 }
+        LogisticOptions {
+            tol: 1e-4,
+            ftol: 2.2e-9,
+            max_iter: 500,
+        }
     }
 }
 
@@ -66,13 +70,20 @@ impl Preconditioner {
         let d = corr.nrows();
         // A small floor keeps the bound invertible when lambda is tiny and features collinear.
         let ridge = lambda.max(1e-8 * c);
-        let p = Mat::<f64>::from_fn(d, d, |i, j| c * corr[(i, j)] + if i == j { ridge } else { 0.0 });
+        let p = Mat::<f64>::from_fn(d, d, |i, j| {
+            c * corr[(i, j)] + if i == j { ridge } else { 0.0 }
+        });
         let llt = p.llt(Side::Lower).map_err(|e| {
-            crate::Error::Invalid(format!("probe preconditioner: Cholesky of the feature correlation failed ({e:?})"))
+            crate::Error::Invalid(format!(
+                "probe preconditioner: Cholesky of the feature correlation failed ({e:?})"
+            ))
         })?;
         let mut inv = Mat::<f64>::identity(d, d);
         llt.solve_in_place(inv.as_mut());
-        Ok(Preconditioner { inv, intercept: 1.0 / c })
+        Ok(Preconditioner {
+            inv,
+            intercept: 1.0 / c,
+        })
     }
 
     /// Applies the inverse bound to a parameter vector (W column-major, then b).
@@ -80,7 +91,14 @@ impl Preconditioner {
         let d = self.inv.nrows();
         let vm = weights_mat(v, d, k);
         let mut out = Mat::<f64>::zeros(d, vm.ncols());
-        faer::linalg::matmul::matmul(out.as_mut(), faer::Accum::Replace, self.inv.as_ref(), vm.as_ref(), 1.0, design::par());
+        faer::linalg::matmul::matmul(
+            out.as_mut(),
+            faer::Accum::Replace,
+            self.inv.as_ref(),
+            vm.as_ref(),
+            1.0,
+            design::par(),
+        );
         let mut r = vec![0.0; v.len()];
         for c in 0..k {
             for j in 0..d {
@@ -140,7 +158,11 @@ impl LogisticModel {
     /// Weights and biases acting on raw (unstandardized) features: the direction a tap
     /// can steer along. `raw_offset` is what was subtracted from the features before
     /// fitting (zero if nothing).
-    pub fn raw_direction(&self, st: &Standardizer, raw_offset: &[f64]) -> (Vec<Vec<f64>>, Vec<f64>) {
+    pub fn raw_direction(
+        &self,
+        st: &Standardizer,
+        raw_offset: &[f64],
+    ) -> (Vec<Vec<f64>>, Vec<f64>) {
         st.raw_direction(self.w.as_ref(), &self.b, raw_offset)
     }
 }
@@ -167,7 +189,13 @@ fn softmax(m: &[f64]) -> Vec<f64> {
 
 /// Copies the W part of a flat parameter vector into a d x max(k, MIN_COLS) matrix.
 fn weights_mat(theta: &[f64], d: usize, k: usize) -> Mat<f64> {
-    Mat::from_fn(d, k.max(MIN_COLS), |j, c| if c < k { theta[c * d + j] } else { 0.0 })
+    Mat::from_fn(d, k.max(MIN_COLS), |j, c| {
+        if c < k {
+            theta[c * d + j]
+        } else {
+            0.0
+        }
+    })
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -242,12 +270,18 @@ fn evaluate(p: &LogisticProblem<'_>, lambda: f64, theta: Vec<f64>, margins: Mat<
     for c in 0..k {
         let rsum: f64 = resid.col(c).iter().map(|&v| v as f64).sum();
         for j in 0..d {
-            grad[c * d + j] = (xtr[(j, c)] as f64 - st.mean[j] * rsum) / (st.scale[j] * n) + lambda * theta[c * d + j];
+            grad[c * d + j] = (xtr[(j, c)] as f64 - st.mean[j] * rsum) / (st.scale[j] * n)
+                + lambda * theta[c * d + j];
         }
         grad[d * k + c] = rsum / n;
     }
     let w_norm2: f64 = theta[..d * k].iter().map(|v| v * v).sum();
-    Point { f: loss + 0.5 * lambda * w_norm2, theta, margins, grad }
+    Point {
+        f: loss + 0.5 * lambda * w_norm2,
+        theta,
+        margins,
+        grad,
+    }
 }
 
 /// Margins of a parameter vector on the problem's rows.
@@ -273,7 +307,10 @@ pub fn fit(
     let k = p.outputs();
     let theta0 = match warm {
         Some(w) => {
-            let mut t: Vec<f64> = (0..k).flat_map(|c| (0..d).map(move |j| (c, j))).map(|(c, j)| w.w[(j, c)]).collect();
+            let mut t: Vec<f64> = (0..k)
+                .flat_map(|c| (0..d).map(move |j| (c, j)))
+                .map(|(c, j)| w.w[(j, c)])
+                .collect();
             t.extend_from_slice(&w.b);
             t
         }
@@ -290,12 +327,21 @@ pub fn fit(
         iterations += 1;
         let dir = two_loop(&x.grad, &hist, pre, k, gamma);
         let dphi0 = dot(&dir, &x.grad);
-        let dir = if dphi0 < 0.0 { dir } else { x.grad.iter().map(|g| -g).collect() };
+        let dir = if dphi0 < 0.0 {
+            dir
+        } else {
+            x.grad.iter().map(|g| -g).collect()
+        };
         // Margins are linear in theta, so the margins of the step are those of `dir`.
         let dm = margins_of(p, &dir);
         let alpha = line_search(p, lambda, &x, &dir, dm.as_ref());
         let Some(alpha) = alpha else { break };
-        let theta: Vec<f64> = x.theta.iter().zip(&dir).map(|(t, s)| t + alpha * s).collect();
+        let theta: Vec<f64> = x
+            .theta
+            .iter()
+            .zip(&dir)
+            .map(|(t, s)| t + alpha * s)
+            .collect();
         let mut margins = x.margins.clone();
         for c in 0..k {
             for r in 0..margins.nrows() {
@@ -319,7 +365,13 @@ pub fn fit(
         converged = max_abs(&x.grad) <= opts.tol || decrease <= opts.ftol;
     }
     let w = Mat::from_fn(d, k, |j, c| x.theta[c * d + j]);
-    LogisticModel { w, b: x.theta[d * k..].to_vec(), iterations, converged, objective: x.f }
+    LogisticModel {
+        w,
+        b: x.theta[d * k..].to_vec(),
+        iterations,
+        converged,
+        objective: x.f,
+    }
 }
 
 fn max_abs(v: &[f64]) -> f64 {
@@ -355,7 +407,13 @@ fn two_loop(
 
 /// Strong-Wolfe line search along `dir` (c1 = 1e-4, c2 = 0.9), each trial costing only
 /// a pass over the n x k margins. None if no decrease is possible (at machine precision).
-fn line_search(p: &LogisticProblem<'_>, lambda: f64, x: &Point, dir: &[f64], dm: MatRef<'_, f32>) -> Option<f64> {
+fn line_search(
+    p: &LogisticProblem<'_>,
+    lambda: f64,
+    x: &Point,
+    dir: &[f64],
+    dm: MatRef<'_, f32>,
+) -> Option<f64> {
     let d = p.x.width;
     let k = p.outputs();
     let (ww, wp, pp) = (
@@ -381,7 +439,11 @@ fn line_search(p: &LogisticProblem<'_>, lambda: f64, x: &Point, dir: &[f64], dm:
         } else {
             return Some(a);
         }
-        a = if hi.is_finite() { 0.5 * (lo + hi) } else { 2.0 * a };
+        a = if hi.is_finite() {
+            0.5 * (lo + hi)
+        } else {
+            2.0 * a
+        };
         if hi.is_finite() && hi - lo < 1e-12 {
             break;
         }
@@ -417,19 +479,29 @@ mod tests {
         let lambda = 1.0 / (c * n as f64);
         let pre = Preconditioner::new(&moments.correlation(&st), n_classes, lambda).unwrap();
         let problem = LogisticProblem {
-            x: Blocks { blocks: vec![view], width: d },
+            x: Blocks {
+                blocks: vec![view],
+                width: d,
+            },
             labels,
             n_classes,
             standardizer: &st,
         };
-        let opts = LogisticOptions { tol: 1e-9, ftol: 0.0, max_iter: 1000 };
+        let opts = LogisticOptions {
+            tol: 1e-9,
+            ftol: 0.0,
+            max_iter: 1000,
+        };
         let model = fit(&problem, lambda, &pre, None, &opts);
         assert!(model.converged);
         model
     }
 
     fn assert_close(got: f64, want: f64) {
-        assert!((got - want).abs() < 2e-4 * (1.0 + want.abs()), "{got} vs sklearn {want}");
+        assert!(
+            (got - want).abs() < 2e-4 * (1.0 + want.abs()),
+            "{got} vs sklearn {want}"
+        );
     }
 
     // scikit-learn 1.9.1: LogisticRegression(C=0.5, tol=1e-10) on the standardized data.
@@ -438,7 +510,12 @@ mod tests {
         let (x, q) = dataset();
         let y: Vec<u32> = q.iter().map(|&v| (v > 0.0) as u32).collect();
         let m = fit_all(&x, &y, 2, 0.5);
-        let want = [1.3661539965266667, 0.8428515700595943, -0.11129027884869273, -0.17842138374425212];
+        let want = [
+            1.3661539965266667,
+            0.8428515700595943,
+            -0.11129027884869273,
+            -0.17842138374425212,
+        ];
         for (j, w) in want.iter().enumerate() {
             assert_close(m.w[(j, 0)], *w);
         }
@@ -448,19 +525,37 @@ mod tests {
     #[test]
     fn multinomial_coefficients_match_sklearn() {
         let (x, q) = dataset();
-        let y: Vec<u32> = q.iter().map(|&v| (v >= -0.5) as u32 + (v >= 0.5) as u32).collect();
+        let y: Vec<u32> = q
+            .iter()
+            .map(|&v| (v >= -0.5) as u32 + (v >= 0.5) as u32)
+            .collect();
         let m = fit_all(&x, &y, 3, 0.5);
         let want = [
-            [-1.3044495627351729, -0.6014256377501295, -0.07711025278013785, -0.0014007427251695641],
-            [0.28750665942250475, 0.24315085237986506, 0.14042970490555018, 0.025083383840224103],
-            [1.0169429033126685, 0.3582747853702643, -0.06331945212541275, -0.02368264111505461],
+            [
+                -1.3044495627351729,
+                -0.6014256377501295,
+                -0.07711025278013785,
+                -0.0014007427251695641,
+            ],
+            [
+                0.28750665942250475,
+                0.24315085237986506,
+                0.14042970490555018,
+                0.025083383840224103,
+            ],
+            [
+                1.0169429033126685,
+                0.3582747853702643,
+                -0.06331945212541275,
+                -0.02368264111505461,
+            ],
         ];
         let want_b = [-0.8062004544353482, 0.4936515030486735, 0.3125489513866754];
-        for c in 0..3 {
-            for j in 0..4 {
-                assert_close(m.w[(j, c)], want[c][j]);
+        for (c, (wc, bc)) in want.iter().zip(want_b).enumerate() {
+            for (j, w) in wc.iter().enumerate() {
+                assert_close(m.w[(j, c)], *w);
             }
-            assert_close(m.b[c], want_b[c]);
+            assert_close(m.b[c], bc);
         }
     }
 
@@ -471,12 +566,21 @@ mod tests {
         let m = fit_all(&x, &y, 2, 0.5);
         let view = MatRef::from_row_major_slice(&x, 60, 4);
         let st = Moments::of(view).standardizer();
-        let margins = m.margins(&Blocks { blocks: vec![view], width: 4 }, &st);
+        let margins = m.margins(
+            &Blocks {
+                blocks: vec![view],
+                width: 4,
+            },
+            &st,
+        );
         let offset = [0.25, -1.0, 0.0, 3.0];
         // Features shifted by `offset` before fitting: the raw direction acts on x + offset.
         let (w, b) = m.raw_direction(&st, &offset);
         for r in 0..60 {
-            let direct: f64 = (0..4).map(|j| w[0][j] * (x[r * 4 + j] as f64 + offset[j])).sum::<f64>() + b[0];
+            let direct: f64 = (0..4)
+                .map(|j| w[0][j] * (x[r * 4 + j] as f64 + offset[j]))
+                .sum::<f64>()
+                + b[0];
             assert!((direct - margins[(r, 0)] as f64).abs() < 1e-4);
         }
     }

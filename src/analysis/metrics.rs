@@ -18,7 +18,12 @@ pub fn accuracy(truth: &[u32], pred: &[u32]) -> f64 {
 
 /// Per-class (true positives, true count, predicted count), indexed by class code.
 fn confusion_counts(truth: &[u32], pred: &[u32]) -> Vec<(usize, usize, usize)> {
-    let k = truth.iter().chain(pred).copied().max().map_or(0, |m| m as usize + 1);
+    let k = truth
+        .iter()
+        .chain(pred)
+        .copied()
+        .max()
+        .map_or(0, |m| m as usize + 1);
     let mut c = vec![(0, 0, 0); k];
     for (&t, &p) in truth.iter().zip(pred) {
         c[t as usize].1 += 1;
@@ -60,7 +65,12 @@ pub fn roc_auc(positive: &[bool], score: &[f64]) -> f64 {
         return f64::NAN;
     }
     let ranks = average_ranks(score);
-    let rank_sum: f64 = ranks.iter().zip(positive).filter(|(_, &p)| p).map(|(r, _)| r).sum();
+    let rank_sum: f64 = ranks
+        .iter()
+        .zip(positive)
+        .filter(|(_, &p)| p)
+        .map(|(r, _)| r)
+        .sum();
     let u = rank_sum - (n_pos * (n_pos + 1)) as f64 / 2.0;
     u / (n_pos as f64 * n_neg as f64)
 }
@@ -223,15 +233,22 @@ mod tests {
     fn bootstrap_interval_covers_the_estimate_and_is_seeded() {
         // 200 groups of 3 rows; metric = mean of an iid 0/1 value with rate 0.3.
         let mut r = rng::stream(1, 2);
-        let vals: Vec<f64> = (0..600).map(|_| if r.gen::<f64>() < 0.3 { 1.0 } else { 0.0 }).collect();
-        let groups: Vec<Vec<usize>> = (0..200).map(|g| vec![3 * g, 3 * g + 1, 3 * g + 2]).collect();
+        let vals: Vec<f64> = (0..600)
+            .map(|_| if r.gen::<f64>() < 0.3 { 1.0 } else { 0.0 })
+            .collect();
+        let groups: Vec<Vec<usize>> = (0..200)
+            .map(|g| vec![3 * g, 3 * g + 1, 3 * g + 2])
+            .collect();
         let m = |rows: &[usize]| rows.iter().map(|&r| vals[r]).sum::<f64>() / rows.len() as f64;
         let (lo, hi) = bootstrap_ci(&groups, 1000, 5, &m);
         let est = m(&(0..600).collect::<Vec<_>>());
         assert!(lo < est && est < hi, "{lo} {est} {hi}");
         // Normal approximation: 2 * 1.96 * sqrt(p (1 - p) / 600) = 0.073 wide.
         let se = (est * (1.0 - est) / 600.0).sqrt();
-        assert!((hi - lo - 3.92 * se).abs() < 0.15 * 3.92 * se, "{lo} {hi} {se}");
+        assert!(
+            (hi - lo - 3.92 * se).abs() < 0.15 * 3.92 * se,
+            "{lo} {hi} {se}"
+        );
         assert_eq!((lo, hi), bootstrap_ci(&groups, 1000, 5, &m));
     }
 

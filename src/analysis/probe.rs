@@ -24,7 +24,9 @@ use serde::Serialize;
 
 use crate::analysis::cv::GroupFolds;
 use crate::analysis::design::{Blocks, Moments, Standardizer};
-use crate::analysis::logistic::{self, LogisticModel, LogisticOptions, LogisticProblem, Preconditioner};
+use crate::analysis::logistic::{
+    self, LogisticModel, LogisticOptions, LogisticProblem, Preconditioner,
+};
 use crate::analysis::metrics;
 use crate::analysis::ridge::{RidgeMoments, RidgeSolver};
 use crate::rng;
@@ -291,26 +293,50 @@ impl Prepared {
         offset.iter_mut().for_each(|o| *o /= n);
         let mut x = Vec::with_capacity(source.len() * d);
         for &r in &source {
-            x.extend(input.x[r * d..(r + 1) * d].iter().zip(&offset).map(|(&v, &o)| (v as f64 - o) as f32));
+            x.extend(
+                input.x[r * d..(r + 1) * d]
+                    .iter()
+                    .zip(&offset)
+                    .map(|(&v, &o)| (v as f64 - o) as f32),
+            );
         }
         let groups = source.iter().map(|&r| input.groups[r]).collect();
-        let mut p = Prepared { x, width: d, groups, ranges, offset, moments: Vec::new(), source };
-        p.moments = (0..p.ranges.len()).map(|f| Moments::of(p.fold(f))).collect();
+        let mut p = Prepared {
+            x,
+            width: d,
+            groups,
+            ranges,
+            offset,
+            moments: Vec::new(),
+            source,
+        };
+        p.moments = (0..p.ranges.len())
+            .map(|f| Moments::of(p.fold(f)))
+            .collect();
         p
     }
 
     fn fold(&self, f: usize) -> MatRef<'_, f32> {
         let r = &self.ranges[f];
-        MatRef::from_row_major_slice(&self.x[r.start * self.width..r.end * self.width], r.len(), self.width)
+        MatRef::from_row_major_slice(
+            &self.x[r.start * self.width..r.end * self.width],
+            r.len(),
+            self.width,
+        )
     }
 
     /// Folds except those listed.
     fn folds_except(&self, skip: &[usize]) -> Vec<usize> {
-        (0..self.ranges.len()).filter(|f| !skip.contains(f)).collect()
+        (0..self.ranges.len())
+            .filter(|f| !skip.contains(f))
+            .collect()
     }
 
     fn blocks(&self, folds: &[usize]) -> Blocks<'_> {
-        Blocks { blocks: folds.iter().map(|&f| self.fold(f)).collect(), width: self.width }
+        Blocks {
+            blocks: folds.iter().map(|&f| self.fold(f)).collect(),
+            width: self.width,
+        }
     }
 
     fn moments(&self, folds: &[usize]) -> Moments {
@@ -319,7 +345,10 @@ impl Prepared {
 
     /// Values of a row-aligned vector restricted to the rows of `folds`, in order.
     fn gather<T: Copy>(&self, v: &[T], folds: &[usize]) -> Vec<T> {
-        folds.iter().flat_map(|&f| v[self.ranges[f].clone()].iter().copied()).collect()
+        folds
+            .iter()
+            .flat_map(|&f| v[self.ranges[f].clone()].iter().copied())
+            .collect()
     }
 
     fn rows_of_group(&self) -> Vec<Vec<usize>> {
@@ -335,8 +364,17 @@ impl Prepared {
 
 /// Control labels: each distinct (group, label) unit gets a label drawn from the
 /// empirical distribution of the units' labels, keyed by (seed, group, label).
-fn control_labels<T: Copy>(groups: &[u32], labels: &[T], key: impl Fn(T) -> u64, seed: u64) -> Vec<T> {
-    let mut units: Vec<(u32, u64, T)> = groups.iter().zip(labels).map(|(&g, &l)| (g, key(l), l)).collect();
+fn control_labels<T: Copy>(
+    groups: &[u32],
+    labels: &[T],
+    key: impl Fn(T) -> u64,
+    seed: u64,
+) -> Vec<T> {
+    let mut units: Vec<(u32, u64, T)> = groups
+        .iter()
+        .zip(labels)
+        .map(|(&g, &l)| (g, key(l), l))
+        .collect();
     units.sort_by_key(|u| (u.0, u.1));
     units.dedup_by_key(|u| (u.0, u.1));
     let pool: Vec<T> = units.iter().map(|u| u.2).collect();
@@ -380,7 +418,12 @@ fn permuted_labels<T: Copy>(groups: &[u32], labels: &[T], seed: u64, p: usize) -
 }
 
 /// Fits one probe. See the module note for the protocol.
-pub fn probe(input: &ProbeInput<'_>, target: &Target, cfg: &ProbeConfig, pb: &ProgressBar) -> crate::Result<ProbeResult> {
+pub fn probe(
+    input: &ProbeInput<'_>,
+    target: &Target,
+    cfg: &ProbeConfig,
+    pb: &ProgressBar,
+) -> crate::Result<ProbeResult> {
     let n = input.groups.len();
     if input.width == 0 || input.x.len() != n * input.width {
         return Err(crate::Error::Invalid(format!(
@@ -394,7 +437,9 @@ pub fn probe(input: &ProbeInput<'_>, target: &Target, cfg: &ProbeConfig, pb: &Pr
         Target::Continuous(v) => v.len(),
     };
     if target_len != n {
-        return Err(crate::Error::Invalid(format!("probe label: {target_len} values for {n} feature rows")));
+        return Err(crate::Error::Invalid(format!(
+            "probe label: {target_len} values for {n} feature rows"
+        )));
     }
     let (keep, dropped) = finite_rows(input, cfg.drop_nonfinite)?;
     let keep_groups: Vec<u32> = keep.iter().map(|&r| input.groups[r]).collect();
@@ -482,7 +527,12 @@ fn classify(
     let mut present: Vec<u32> = raw_codes.to_vec();
     present.sort_unstable();
     present.dedup();
-    let name_of = |c: u32| names.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
+    let name_of = |c: u32| {
+        names
+            .get(c as usize)
+            .cloned()
+            .unwrap_or_else(|| c.to_string())
+    };
     if present.len() < 2 {
         return Err(crate::Error::Invalid(format!(
             "probe label: every one of the {} rows has the same class `{}`; a probe needs at least two classes",
@@ -490,14 +540,24 @@ fn classify(
             present.first().map(|&c| name_of(c)).unwrap_or_default()
         )));
     }
-    let index: HashMap<u32, u32> = present.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+    let index: HashMap<u32, u32> = present
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| (c, i as u32))
+        .collect();
     let y: Vec<u32> = raw_codes.iter().map(|c| index[c]).collect();
     let k = present.len();
     let n_folds = data.ranges.len();
     let opts = &cfg.logistic;
 
-    let mut oof = ClassOof { pred: vec![0; y.len()], score: vec![0.0; y.len()] };
-    let mut baseline = ClassOof { pred: vec![0; y.len()], score: vec![0.5; y.len()] };
+    let mut oof = ClassOof {
+        pred: vec![0; y.len()],
+        score: vec![0.0; y.len()],
+    };
+    let mut baseline = ClassOof {
+        pred: vec![0; y.len()],
+        score: vec![0.5; y.len()],
+    };
     let mut outer = Vec::with_capacity(n_folds);
     let mut chosen = Vec::with_capacity(n_folds);
     for i in 0..n_folds {
@@ -519,22 +579,40 @@ fn classify(
         let lambda = 1.0 / (cfg.c_grid[best] * n_train);
         let pre = pres.swap_remove(best);
         let yt = data.gather(&y, &train);
-        let problem = LogisticProblem { x: data.blocks(&train), labels: &yt, n_classes: k, standardizer: &st };
+        let problem = LogisticProblem {
+            x: data.blocks(&train),
+            labels: &yt,
+            n_classes: k,
+            standardizer: &st,
+        };
         let model = logistic::fit(&problem, lambda, &pre, None, opts);
         predict_into(&model, data, i, &st, &mut oof);
         let majority = majority(&yt, k);
         for r in data.ranges[i].clone() {
             baseline.pred[r] = majority;
         }
-        outer.push(OuterFit { train, standardizer: st, pre, lambda });
+        outer.push(OuterFit {
+            train,
+            standardizer: st,
+            pre,
+            lambda,
+        });
         pb.inc(1);
     }
 
     let fit_oof = |labels: &[u32]| {
-        let mut o = ClassOof { pred: vec![0; labels.len()], score: vec![0.0; labels.len()] };
+        let mut o = ClassOof {
+            pred: vec![0; labels.len()],
+            score: vec![0.0; labels.len()],
+        };
         for (i, f) in outer.iter().enumerate() {
             let yt = data.gather(labels, &f.train);
-            let problem = LogisticProblem { x: data.blocks(&f.train), labels: &yt, n_classes: k, standardizer: &f.standardizer };
+            let problem = LogisticProblem {
+                x: data.blocks(&f.train),
+                labels: &yt,
+                n_classes: k,
+                standardizer: &f.standardizer,
+            };
             let model = logistic::fit(&problem, f.lambda, &f.pre, None, opts);
             predict_into(&model, data, i, &f.standardizer, &mut o);
         }
@@ -561,7 +639,9 @@ fn classify(
         .map(|(mi, name)| {
             let value = class_metric(name, &y, &oof, &all);
             let (ci_low, ci_high) =
-                metrics::bootstrap_ci(&groups, cfg.bootstrap, cfg.seed, &|rows| class_metric(name, &y, &oof, rows));
+                metrics::bootstrap_ci(&groups, cfg.bootstrap, cfg.seed, &|rows| {
+                    class_metric(name, &y, &oof, rows)
+                });
             let control_value = class_metric(name, &control_y, &control, &all);
             MetricEstimate {
                 metric: name.to_string(),
@@ -571,7 +651,11 @@ fn classify(
                 control_value,
                 selectivity: value - control_value,
                 baseline_value: class_metric(name, &y, &baseline, &all),
-                p_value: if cfg.permutations > 0 { metrics::permutation_p_value(value, &null[mi]) } else { f64::NAN },
+                p_value: if cfg.permutations > 0 {
+                    metrics::permutation_p_value(value, &null[mi])
+                } else {
+                    f64::NAN
+                },
             }
         })
         .collect();
@@ -583,10 +667,19 @@ fn classify(
     let st = m.standardizer();
     let lambda = 1.0 / (c_final * m.n as f64);
     let pre = Preconditioner::new(&m.correlation(&st), k, lambda)?;
-    let problem = LogisticProblem { x: data.blocks(&every), labels: &y, n_classes: k, standardizer: &st };
+    let problem = LogisticProblem {
+        x: data.blocks(&every),
+        labels: &y,
+        n_classes: k,
+        standardizer: &st,
+    };
     let model = logistic::fit(&problem, lambda, &pre, None, opts);
     let (weights, bias) = model.raw_direction(&st, &data.offset);
-    let outputs = if k == 2 { vec![name_of(present[1])] } else { present.iter().map(|&c| name_of(c)).collect() };
+    let outputs = if k == 2 {
+        vec![name_of(present[1])]
+    } else {
+        present.iter().map(|&c| name_of(c)).collect()
+    };
     Ok(ProbeResult {
         kind: Kind::Categorical,
         metrics: metrics_out,
@@ -596,7 +689,11 @@ fn classify(
         dropped_rows: 0,
         chosen_c: Some(c_final),
         chosen_lambda: None,
-        direction: Direction { outputs, weights, bias },
+        direction: Direction {
+            outputs,
+            weights,
+            bias,
+        },
     })
 }
 
@@ -617,10 +714,21 @@ fn inner_cv_logistic(
         let inner: Vec<usize> = train.iter().copied().filter(|&f| f != j).collect();
         let st = data.moments(&inner).standardizer();
         let yt = data.gather(y, &inner);
-        let problem = LogisticProblem { x: data.blocks(&inner), labels: &yt, n_classes: k, standardizer: &st };
+        let problem = LogisticProblem {
+            x: data.blocks(&inner),
+            labels: &yt,
+            n_classes: k,
+            standardizer: &st,
+        };
         let mut warm: Option<LogisticModel> = None;
         for (ci, &c) in grid.iter().enumerate() {
-            let model = logistic::fit(&problem, 1.0 / (c * yt.len() as f64), &pres[ci], warm.as_ref(), opts);
+            let model = logistic::fit(
+                &problem,
+                1.0 / (c * yt.len() as f64),
+                &pres[ci],
+                warm.as_ref(),
+                opts,
+            );
             let probs = model.probabilities(&data.blocks(&[j]), &st);
             loss[ci] += data.ranges[j]
                 .clone()
@@ -639,7 +747,13 @@ fn inner_cv_logistic(
     best
 }
 
-fn predict_into(model: &LogisticModel, data: &Prepared, fold: usize, st: &Standardizer, out: &mut ClassOof) {
+fn predict_into(
+    model: &LogisticModel,
+    data: &Prepared,
+    fold: usize,
+    st: &Standardizer,
+    out: &mut ClassOof,
+) {
     let probs = model.probabilities(&data.blocks(&[fold]), st);
     for (r, p) in data.ranges[fold].clone().zip(&probs) {
         out.pred[r] = argmax(p) as u32;
@@ -689,7 +803,12 @@ fn cont_metric(name: &str, truth: &[f64], pred: &[f64], rows: &[usize]) -> f64 {
     }
 }
 
-fn regress(data: &Prepared, y: &[f64], cfg: &ProbeConfig, pb: &ProgressBar) -> crate::Result<ProbeResult> {
+fn regress(
+    data: &Prepared,
+    y: &[f64],
+    cfg: &ProbeConfig,
+    pb: &ProgressBar,
+) -> crate::Result<ProbeResult> {
     let n_folds = data.ranges.len();
     // Targets: real, control, then each permutation; one pass gives all their X^T y.
     let control_y = control_labels(&data.groups, y, f64::to_bits, cfg.seed);
@@ -699,11 +818,16 @@ fn regress(data: &Prepared, y: &[f64], cfg: &ProbeConfig, pb: &ProgressBar) -> c
     }
     let fold_moments: Vec<RidgeMoments> = (0..n_folds)
         .map(|f| {
-            let cols: Vec<Vec<f64>> = targets.iter().map(|t| t[data.ranges[f].clone()].to_vec()).collect();
+            let cols: Vec<Vec<f64>> = targets
+                .iter()
+                .map(|t| t[data.ranges[f].clone()].to_vec())
+                .collect();
             RidgeMoments::with_x_moments(data.moments[f].clone(), data.fold(f), &cols)
         })
         .collect();
-    let total = |folds: &[usize]| RidgeMoments::total(&folds.iter().map(|&f| &fold_moments[f]).collect::<Vec<_>>());
+    let total = |folds: &[usize]| {
+        RidgeMoments::total(&folds.iter().map(|&f| &fold_moments[f]).collect::<Vec<_>>())
+    };
 
     let mut preds: Vec<Vec<f64>> = vec![vec![0.0; y.len()]; targets.len()];
     let mut baseline = vec![0.0; y.len()];
@@ -720,7 +844,11 @@ fn regress(data: &Prepared, y: &[f64], cfg: &ProbeConfig, pb: &ProgressBar) -> c
                 for (li, &lambda) in cfg.lambda_grid.iter().enumerate() {
                     let model = RidgeSolver::new(&m.x, lambda)?.solve(&m);
                     let p = model.predict(&data.blocks(&[j]));
-                    sse[li] += data.ranges[j].clone().enumerate().map(|(a, r)| (y[r] - p[(a, 0)] as f64).powi(2)).sum::<f64>();
+                    sse[li] += data.ranges[j]
+                        .clone()
+                        .enumerate()
+                        .map(|(a, r)| (y[r] - p[(a, 0)] as f64).powi(2))
+                        .sum::<f64>();
                 }
             }
             (0..sse.len()).fold(0, |b, li| if sse[li] < sse[b] { li } else { b })
@@ -747,9 +875,13 @@ fn regress(data: &Prepared, y: &[f64], cfg: &ProbeConfig, pb: &ProgressBar) -> c
         .map(|name| {
             let value = cont_metric(name, y, &preds[0], &all);
             let (ci_low, ci_high) =
-                metrics::bootstrap_ci(&groups, cfg.bootstrap, cfg.seed, &|rows| cont_metric(name, y, &preds[0], rows));
+                metrics::bootstrap_ci(&groups, cfg.bootstrap, cfg.seed, &|rows| {
+                    cont_metric(name, y, &preds[0], rows)
+                });
             let control_value = cont_metric(name, &targets[1], &preds[1], &all);
-            let null: Vec<f64> = (2..targets.len()).map(|t| cont_metric(name, &targets[t], &preds[t], &all)).collect();
+            let null: Vec<f64> = (2..targets.len())
+                .map(|t| cont_metric(name, &targets[t], &preds[t], &all))
+                .collect();
             MetricEstimate {
                 metric: name.to_string(),
                 value,
@@ -758,14 +890,22 @@ fn regress(data: &Prepared, y: &[f64], cfg: &ProbeConfig, pb: &ProgressBar) -> c
                 control_value,
                 selectivity: value - control_value,
                 baseline_value: cont_metric(name, y, &baseline, &all),
-                p_value: if cfg.permutations > 0 { metrics::permutation_p_value(value, &null) } else { f64::NAN },
+                p_value: if cfg.permutations > 0 {
+                    metrics::permutation_p_value(value, &null)
+                } else {
+                    f64::NAN
+                },
             }
         })
         .collect();
 
     let lambda = mode(&chosen);
-    let model = RidgeSolver::new(&data.moments(&data.folds_except(&[])), lambda)?.solve(&total(&data.folds_except(&[])));
-    let (mut weights, mut bias) = model.standardizer.raw_direction(model.w.as_ref(), &model.b, &data.offset);
+    let model = RidgeSolver::new(&data.moments(&data.folds_except(&[])), lambda)?
+        .solve(&total(&data.folds_except(&[])));
+    let (mut weights, mut bias) =
+        model
+            .standardizer
+            .raw_direction(model.w.as_ref(), &model.b, &data.offset);
     weights.truncate(1);
     bias.truncate(1);
     Ok(ProbeResult {
@@ -777,7 +917,11 @@ fn regress(data: &Prepared, y: &[f64], cfg: &ProbeConfig, pb: &ProgressBar) -> c
         dropped_rows: 0,
         chosen_c: None,
         chosen_lambda: Some(lambda),
-        direction: Direction { outputs: vec!["value".to_string()], weights, bias },
+        direction: Direction {
+            outputs: vec!["value".to_string()],
+            weights,
+            bias,
+        },
     })
 }
 
@@ -786,7 +930,11 @@ mod tests {
     use super::*;
 
     fn quick(permutations: usize) -> ProbeConfig {
-        ProbeConfig { permutations, bootstrap: 300, ..ProbeConfig::default() }
+        ProbeConfig {
+            permutations,
+            bootstrap: 300,
+            ..ProbeConfig::default()
+        }
     }
 
     fn metric<'a>(r: &'a ProbeResult, name: &str) -> &'a MetricEstimate {
@@ -794,7 +942,10 @@ mod tests {
     }
 
     fn binary(codes: Vec<u32>) -> Target {
-        Target::Categorical { codes, names: vec!["no".into(), "yes".into()] }
+        Target::Categorical {
+            codes,
+            names: vec!["no".into(), "yes".into()],
+        }
     }
 
     /// Two Gaussian classes in `d` dims: class means +-delta on feature 0 (unit
@@ -820,20 +971,30 @@ mod tests {
     #[test]
     fn separable_data_gives_accuracy_and_auc_one_with_a_small_p_value() {
         let (x, y, groups) = gaussians(120, 5, 8.0, 3);
-        let input = ProbeInput { x: &x, width: 5, groups: &groups };
+        let input = ProbeInput {
+            x: &x,
+            width: 5,
+            groups: &groups,
+        };
         let r = probe(&input, &binary(y), &quick(9), &ProgressBar::hidden()).unwrap();
         for name in ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] {
             let m = metric(&r, name);
             assert_eq!(m.value, 1.0, "{name}");
             assert!((m.p_value - 0.1).abs() < 1e-12, "{name} p {}", m.p_value);
-            assert!(m.control_value < 0.75 && m.selectivity > 0.25, "{name} {m:?}");
+            assert!(
+                m.control_value < 0.75 && m.selectivity > 0.25,
+                "{name} {m:?}"
+            );
         }
         assert_eq!(metric(&r, "roc_auc").baseline_value, 0.5);
         assert_eq!((r.n_samples, r.n_rows, r.folds), (120, 120, 5));
         assert_eq!(r.direction.outputs, vec!["yes".to_string()]);
         // The direction points along feature 0 in raw units: positive, others small.
         let w = &r.direction.weights[0];
-        assert!(w[0] > 0.0 && w[1..].iter().all(|v| v.abs() < w[0].abs() / 3.0), "{w:?}");
+        assert!(
+            w[0] > 0.0 && w[1..].iter().all(|v| v.abs() < w[0].abs() / 3.0),
+            "{w:?}"
+        );
     }
 
     #[test]
@@ -841,12 +1002,23 @@ mod tests {
         // Mahalanobis distance 1.5 -> Bayes accuracy Phi(0.75) (scipy norm.cdf).
         let bayes = 0.7733726476231317;
         let (x, y, groups) = gaussians(2000, 8, 0.75, 9);
-        let input = ProbeInput { x: &x, width: 8, groups: &groups };
+        let input = ProbeInput {
+            x: &x,
+            width: 8,
+            groups: &groups,
+        };
         let r = probe(&input, &binary(y), &quick(19), &ProgressBar::hidden()).unwrap();
         let acc = metric(&r, "accuracy");
-        assert!(acc.ci_low <= bayes && bayes <= acc.ci_high + 0.005, "{acc:?}");
+        assert!(
+            acc.ci_low <= bayes && bayes <= acc.ci_high + 0.005,
+            "{acc:?}"
+        );
         assert!(acc.ci_high - acc.ci_low < 0.08);
-        assert!((acc.control_value - 0.5).abs() < 0.05, "control {}", acc.control_value);
+        assert!(
+            (acc.control_value - 0.5).abs() < 0.05,
+            "control {}",
+            acc.control_value
+        );
         assert!((acc.baseline_value - 0.5).abs() < 0.05);
         assert!((acc.p_value - 0.05).abs() < 1e-12);
         assert!((metric(&r, "roc_auc").control_value - 0.5).abs() < 0.05);
@@ -874,7 +1046,11 @@ mod tests {
                 y.push(label_of[s]);
             }
         }
-        let input = ProbeInput { x: &x, width: d, groups: &groups };
+        let input = ProbeInput {
+            x: &x,
+            width: d,
+            groups: &groups,
+        };
         let r = probe(&input, &binary(y), &quick(0), &ProgressBar::hidden()).unwrap();
         let acc = metric(&r, "accuracy");
         assert!(acc.value < 0.75 && acc.ci_low < 0.5, "{acc:?}");
@@ -884,14 +1060,23 @@ mod tests {
 
     #[test]
     fn permutation_p_values_are_spread_out_for_noise() {
-        let cfg = ProbeConfig { permutations: 19, bootstrap: 0, c_grid: vec![1.0], ..ProbeConfig::default() };
+        let cfg = ProbeConfig {
+            permutations: 19,
+            bootstrap: 0,
+            c_grid: vec![1.0],
+            ..ProbeConfig::default()
+        };
         let mut ps = Vec::new();
         for seed in 0..8 {
             let x = rng::gaussian(seed, 10, 80 * 4);
             let mut r = rng::stream(seed, 11);
             let y: Vec<u32> = (0..80).map(|_| r.gen_range(0..2)).collect();
             let groups: Vec<u32> = (0..80).collect();
-            let input = ProbeInput { x: &x, width: 4, groups: &groups };
+            let input = ProbeInput {
+                x: &x,
+                width: 4,
+                groups: &groups,
+            };
             let res = probe(&input, &binary(y), &cfg, &ProgressBar::hidden()).unwrap();
             ps.push(metric(&res, "balanced_accuracy").p_value);
         }
@@ -905,10 +1090,32 @@ mod tests {
         let (n, d) = (150, 3);
         let z = rng::gaussian(4, 1, n * d);
         let y: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
-        let x: Vec<f32> = (0..n * d).map(|i| z[i] * 0.2 + if i % d == (y[i / d] as usize) { 4.0 } else { 0.0 }).collect();
+        let x: Vec<f32> = (0..n * d)
+            .map(|i| {
+                z[i] * 0.2
+                    + if i % d == (y[i / d] as usize) {
+                        4.0
+                    } else {
+                        0.0
+                    }
+            })
+            .collect();
         let groups: Vec<u32> = (0..n as u32).map(|i| i / 2).collect();
-        let target = Target::Categorical { codes: y.iter().map(|c| c + 1).collect(), names: vec!["-".into(), "a".into(), "b".into(), "c".into()] };
-        let r = probe(&ProbeInput { x: &x, width: d, groups: &groups }, &target, &quick(0), &ProgressBar::hidden()).unwrap();
+        let target = Target::Categorical {
+            codes: y.iter().map(|c| c + 1).collect(),
+            names: vec!["-".into(), "a".into(), "b".into(), "c".into()],
+        };
+        let r = probe(
+            &ProbeInput {
+                x: &x,
+                width: d,
+                groups: &groups,
+            },
+            &target,
+            &quick(0),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         assert_eq!(metric(&r, "accuracy").value, 1.0);
         assert!(r.metrics.iter().all(|m| m.metric != "roc_auc"));
         assert_eq!(r.direction.outputs, vec!["a", "b", "c"]);
@@ -939,38 +1146,102 @@ mod tests {
         // Signal variance sum (a_j scale_j)^2 = 4 + 9 + 1 = 14, noise 4: R2 = 14/18.
         let true_r2 = 14.0 / 18.0;
         let groups: Vec<u32> = (0..n as u32).collect();
-        let r = probe(&ProbeInput { x: &x, width: d, groups: &groups }, &Target::Continuous(y), &quick(9), &ProgressBar::hidden())
-            .unwrap();
+        let r = probe(
+            &ProbeInput {
+                x: &x,
+                width: d,
+                groups: &groups,
+            },
+            &Target::Continuous(y),
+            &quick(9),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         let r2 = metric(&r, "r2");
-        assert!(r2.ci_low - 0.005 <= true_r2 && true_r2 <= r2.ci_high + 0.005, "{r2:?}");
-        assert!(r2.control_value < 0.01 && r2.baseline_value <= 0.0 && r2.baseline_value > -0.01, "{r2:?}");
+        assert!(
+            r2.ci_low - 0.005 <= true_r2 && true_r2 <= r2.ci_high + 0.005,
+            "{r2:?}"
+        );
+        assert!(
+            r2.control_value < 0.01 && r2.baseline_value <= 0.0 && r2.baseline_value > -0.01,
+            "{r2:?}"
+        );
         assert!((metric(&r, "pearson").value - true_r2.sqrt()).abs() < 0.02);
         assert!((r2.p_value - 0.1).abs() < 1e-12);
         let w = &r.direction.weights[0];
         for j in 0..d {
             // 4 standard errors: noise sd / (sqrt(n) * feature scale).
-            assert!((w[j] - a[j]).abs() < 4.0 * 2.0 / ((n as f64).sqrt() * scale[j]), "w {w:?}");
+            assert!(
+                (w[j] - a[j]).abs() < 4.0 * 2.0 / ((n as f64).sqrt() * scale[j]),
+                "w {w:?}"
+            );
         }
         let mean_bias = 4.0 + (0..d).map(|j| (a[j] - w[j]) * shift[j]).sum::<f64>();
-        assert!((r.direction.bias[0] - mean_bias).abs() < 0.2, "{} vs {}", r.direction.bias[0], mean_bias);
+        assert!(
+            (r.direction.bias[0] - mean_bias).abs() < 0.2,
+            "{} vs {}",
+            r.direction.bias[0],
+            mean_bias
+        );
     }
 
     #[test]
     fn bad_inputs_are_refused_with_the_counts() {
         let (mut x, y, groups) = gaussians(40, 3, 1.0, 2);
-        let input = ProbeInput { x: &x, width: 3, groups: &groups };
-        let err = probe(&input, &binary(vec![1; 40]), &quick(0), &ProgressBar::hidden()).unwrap_err().to_string();
+        let input = ProbeInput {
+            x: &x,
+            width: 3,
+            groups: &groups,
+        };
+        let err = probe(
+            &input,
+            &binary(vec![1; 40]),
+            &quick(0),
+            &ProgressBar::hidden(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("same class `yes`"), "{err}");
         let few: Vec<u32> = (0..40).map(|i| i % 3).collect();
-        let input = ProbeInput { x: &x, width: 3, groups: &few };
-        let err = probe(&input, &binary(y.clone()), &quick(0), &ProgressBar::hidden()).unwrap_err().to_string();
+        let input = ProbeInput {
+            x: &x,
+            width: 3,
+            groups: &few,
+        };
+        let err = probe(
+            &input,
+            &binary(y.clone()),
+            &quick(0),
+            &ProgressBar::hidden(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("3 distinct samples"), "{err}");
         x[7] = f32::NAN; // row 2, column 1
         x[3 * 10 + 1] = f32::INFINITY; // row 10, column 1
-        let input = ProbeInput { x: &x, width: 3, groups: &groups };
-        let err = probe(&input, &binary(y.clone()), &quick(0), &ProgressBar::hidden()).unwrap_err().to_string();
-        assert!(err.contains("2 of 40 rows") && err.contains("1 of 3 columns") && err.contains("row 2, column 1"), "{err}");
-        let cfg = ProbeConfig { drop_nonfinite: true, ..quick(0) };
+        let input = ProbeInput {
+            x: &x,
+            width: 3,
+            groups: &groups,
+        };
+        let err = probe(
+            &input,
+            &binary(y.clone()),
+            &quick(0),
+            &ProgressBar::hidden(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("2 of 40 rows")
+                && err.contains("1 of 3 columns")
+                && err.contains("row 2, column 1"),
+            "{err}"
+        );
+        let cfg = ProbeConfig {
+            drop_nonfinite: true,
+            ..quick(0)
+        };
         let r = probe(&input, &binary(y), &cfg, &ProgressBar::hidden()).unwrap();
         assert_eq!((r.n_rows, r.dropped_rows), (38, 2));
     }
@@ -987,10 +1258,16 @@ mod tests {
         let ones = control.iter().filter(|&&c| c == 1).count() as f64 / 300.0;
         assert!((ones - 0.25).abs() < 0.12, "{ones}");
         let agree = control.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / 300.0;
-        assert!((agree - (0.25 * 0.25 + 0.75 * 0.75)).abs() < 0.12, "{agree}");
+        assert!(
+            (agree - (0.25 * 0.25 + 0.75 * 0.75)).abs() < 0.12,
+            "{agree}"
+        );
         let perm = permuted_labels(&groups, &labels, 5, 0);
         assert_ne!(perm, labels);
-        assert_eq!(perm.iter().filter(|&&c| c == 1).count(), labels.iter().filter(|&&c| c == 1).count());
+        assert_eq!(
+            perm.iter().filter(|&&c| c == 1).count(),
+            labels.iter().filter(|&&c| c == 1).count()
+        );
         assert_eq!(perm, permuted_labels(&groups, &labels, 5, 0));
     }
 }

@@ -30,10 +30,19 @@ const FACTORS: usize = 32;
 /// Features x = factors * loadings + 0.5 noise + offset, plus +-signal along a random
 /// unit direction for class 1/0. `signal` = 0.25 gives a test accuracy near 0.9 at
 /// 20000 x 768.
-pub fn bench_data(n_train: usize, n_test: usize, width: usize, signal: f32, seed: u64) -> BenchData {
+pub fn bench_data(
+    n_train: usize,
+    n_test: usize,
+    width: usize,
+    signal: f32,
+    seed: u64,
+) -> BenchData {
     let n = n_train + n_test;
     let factors = rng::gaussian(seed, 1, n * FACTORS);
-    let loadings: Vec<f32> = rng::gaussian(seed, 2, FACTORS * width).iter().map(|v| v * 0.5).collect();
+    let loadings: Vec<f32> = rng::gaussian(seed, 2, FACTORS * width)
+        .iter()
+        .map(|v| v * 0.5)
+        .collect();
     let noise = rng::gaussian(seed, 3, n * width);
     let dir = rng::gaussian(seed, 4, width);
     let norm = dir.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -54,13 +63,24 @@ pub fn bench_data(n_train: usize, n_test: usize, width: usize, signal: f32, seed
         let c = rand::Rng::gen_range(&mut label_rng, 0..2u32);
         let s = if c == 1 { signal } else { -signal };
         for j in 0..width {
-            x.push(shared[(r, j)] + 0.5 * noise[r * width + j] + 2.0 * offset[j] + s * dir[j] / norm * 8.0);
+            x.push(
+                shared[(r, j)]
+                    + 0.5 * noise[r * width + j]
+                    + 2.0 * offset[j]
+                    + s * dir[j] / norm * 8.0,
+            );
         }
         y.push(c);
     }
     let x_test = x.split_off(n_train * width);
     let y_test = y.split_off(n_train);
-    BenchData { width, x_train: x, y_train: y, x_test, y_test }
+    BenchData {
+        width,
+        x_train: x,
+        y_train: y,
+        x_test,
+        y_test,
+    }
 }
 
 impl BenchData {
@@ -69,11 +89,24 @@ impl BenchData {
         std::fs::create_dir_all(dir).at(dir)?;
         let d = self.width;
         let mut out = Vec::new();
-        for (name, x, y) in [("train", &self.x_train, &self.y_train), ("test", &self.x_test, &self.y_test)] {
+        for (name, x, y) in [
+            ("train", &self.x_train, &self.y_train),
+            ("test", &self.x_test, &self.y_test),
+        ] {
             let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-            out.push(write_npy(&dir.join(format!("x_{name}.npy")), "<f4", &[y.len(), d], &xb)?);
+            out.push(write_npy(
+                &dir.join(format!("x_{name}.npy")),
+                "<f4",
+                &[y.len(), d],
+                &xb,
+            )?);
             let yb: Vec<u8> = y.iter().flat_map(|v| (*v as i32).to_le_bytes()).collect();
-            out.push(write_npy(&dir.join(format!("y_{name}.npy")), "<i4", &[y.len()], &yb)?);
+            out.push(write_npy(
+                &dir.join(format!("y_{name}.npy")),
+                "<i4",
+                &[y.len()],
+                &yb,
+            )?);
         }
         Ok(out)
     }
@@ -82,7 +115,11 @@ impl BenchData {
 /// A minimal .npy (format 1.0) writer for little-endian C-order arrays.
 fn write_npy(path: &Path, dtype: &str, shape: &[usize], data: &[u8]) -> crate::Result<PathBuf> {
     let dims: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '{dtype}', 'fortran_order': False, 'shape': {shape}, }}");
     // Magic (6) + version (2) + header length (2) + header, padded to 64 bytes with '\n'.
     while (10 + header.len() + 1) % 64 != 0 {
@@ -126,13 +163,28 @@ pub fn bench_logistic(data: &BenchData, c: f64) -> crate::Result<BenchReport> {
     let lambda = 1.0 / (c * n as f64);
     let pre = Preconditioner::new(&moments.correlation(&st), 2, lambda)?;
     let setup_seconds = start.elapsed().as_secs_f64();
-    let problem = LogisticProblem { x: Blocks { blocks: vec![view], width: d }, labels: &data.y_train, n_classes: 2, standardizer: &st };
+    let problem = LogisticProblem {
+        x: Blocks {
+            blocks: vec![view],
+            width: d,
+        },
+        labels: &data.y_train,
+        n_classes: 2,
+        standardizer: &st,
+    };
     let model = logistic::fit(&problem, lambda, &pre, None, &LogisticOptions::default());
     let fit_seconds = start.elapsed().as_secs_f64();
     let accuracy = |x: &[f32], y: &[u32]| {
-        let blocks = Blocks { blocks: vec![MatRef::from_row_major_slice(x, y.len(), d)], width: d };
+        let blocks = Blocks {
+            blocks: vec![MatRef::from_row_major_slice(x, y.len(), d)],
+            width: d,
+        };
         let m = model.margins(&blocks, &st);
-        let hits = y.iter().enumerate().filter(|(r, &c)| (m[(*r, 0)] > 0.0) == (c == 1)).count();
+        let hits = y
+            .iter()
+            .enumerate()
+            .filter(|(r, &c)| (m[(*r, 0)] > 0.0) == (c == 1))
+            .count();
         hits as f64 / y.len().max(1) as f64
     };
     Ok(BenchReport {
@@ -162,9 +214,15 @@ mod tests {
         let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         assert_eq!((10 + hlen) % 64, 0);
         let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
-        assert!(header.contains("'descr': '<f4'") && header.contains("'shape': (6, 3)"), "{header}");
+        assert!(
+            header.contains("'descr': '<f4'") && header.contains("'shape': (6, 3)"),
+            "{header}"
+        );
         assert_eq!(bytes.len(), 10 + hlen + 6 * 3 * 4);
-        assert_eq!(f32::from_le_bytes(bytes[10 + hlen..14 + hlen].try_into().unwrap()), data.x_train[0]);
+        assert_eq!(
+            f32::from_le_bytes(bytes[10 + hlen..14 + hlen].try_into().unwrap()),
+            data.x_train[0]
+        );
     }
 
     #[test]

@@ -32,8 +32,16 @@ impl RidgeMoments {
     pub fn with_x_moments(xm: Moments, x: MatRef<'_, f32>, y: &[Vec<f64>]) -> RidgeMoments {
         let n = x.nrows();
         let t = y.len();
-        let ym = Mat::<f32>::from_fn(n, t.max(MIN_COLS), |r, c| if c < t { y[c][r] as f32 } else { 0.0 });
-        let xty32 = Blocks { blocks: vec![x], width: x.ncols() }.tmul(ym.as_ref());
+        let ym = Mat::<f32>::from_fn(
+            n,
+            t.max(MIN_COLS),
+            |r, c| if c < t { y[c][r] as f32 } else { 0.0 },
+        );
+        let xty32 = Blocks {
+            blocks: vec![x],
+            width: x.ncols(),
+        }
+        .tmul(ym.as_ref());
         RidgeMoments {
             x: xm,
             xty: Mat::from_fn(x.ncols(), t, |j, c| xty32[(j, c)] as f64),
@@ -49,7 +57,7 @@ impl RidgeMoments {
         }
     }
 
-    pub fn total<'m>(parts: &[&'m RidgeMoments]) -> RidgeMoments {
+    pub fn total(parts: &[&RidgeMoments]) -> RidgeMoments {
         let mut m = parts[0].clone();
         for p in &parts[1..] {
             m.add(p);
@@ -88,13 +96,18 @@ impl RidgeSolver {
         let st = m.standardizer();
         let corr = m.correlation(&st);
         let d = corr.nrows();
-        let a = Mat::<f64>::from_fn(d, d, |i, j| corr[(i, j)] + if i == j { lambda } else { 0.0 });
+        let a = Mat::<f64>::from_fn(d, d, |i, j| {
+            corr[(i, j)] + if i == j { lambda } else { 0.0 }
+        });
         let llt = a.llt(Side::Lower).map_err(|e| {
             crate::Error::Invalid(format!(
                 "ridge: Cholesky of the feature correlation + {lambda} I failed ({e:?}); use a larger lambda"
             ))
         })?;
-        Ok(RidgeSolver { standardizer: st, llt })
+        Ok(RidgeSolver {
+            standardizer: st,
+            llt,
+        })
     }
 
     /// Solves for every target of `m` (whose X statistics must be the ones this solver
@@ -104,9 +117,15 @@ impl RidgeSolver {
         let n = m.x.n.max(1) as f64;
         let (d, t) = (m.xty.nrows(), m.xty.ncols());
         let ybar: Vec<f64> = m.sum_y.iter().map(|s| s / n).collect();
-        let mut w = Mat::<f64>::from_fn(d, t, |j, c| (m.xty[(j, c)] / n - st.mean[j] * ybar[c]) / st.scale[j]);
+        let mut w = Mat::<f64>::from_fn(d, t, |j, c| {
+            (m.xty[(j, c)] / n - st.mean[j] * ybar[c]) / st.scale[j]
+        });
         self.llt.solve_in_place(w.as_mut());
-        RidgeModel { standardizer: st.clone(), w, b: ybar }
+        RidgeModel {
+            standardizer: st.clone(),
+            w,
+            b: ybar,
+        }
     }
 }
 
@@ -132,21 +151,38 @@ mod tests {
             y.push(v as f32 as f64);
         }
         // Two batches, accumulated.
-        let a = RidgeMoments::of(MatRef::from_row_major_slice(&x[..25 * d], 25, d), &[y[..25].to_vec()]);
-        let b = RidgeMoments::of(MatRef::from_row_major_slice(&x[25 * d..], 35, d), &[y[25..].to_vec()]);
+        let a = RidgeMoments::of(
+            MatRef::from_row_major_slice(&x[..25 * d], 25, d),
+            &[y[..25].to_vec()],
+        );
+        let b = RidgeMoments::of(
+            MatRef::from_row_major_slice(&x[25 * d..], 35, d),
+            &[y[25..].to_vec()],
+        );
         let model = fit(&RidgeMoments::total(&[&a, &b]), 0.3).unwrap();
         // numpy: solve(S + 0.3 I, Xs^T (y - ybar) / n) on the standardized data
         // (= sklearn Ridge(alpha = 0.3 * 60)).
-        let want = [0.534228561511283, 0.26316974541721255, 0.008217627460828264, 0.007030184526564775];
-        for j in 0..d {
-            assert!((model.w[(j, 0)] - want[j]).abs() < 1e-5, "{} vs {}", model.w[(j, 0)], want[j]);
+        let want = [
+            0.534228561511283,
+            0.26316974541721255,
+            0.008217627460828264,
+            0.007030184526564775,
+        ];
+        for (j, w) in want.iter().enumerate() {
+            let got = model.w[(j, 0)];
+            assert!((got - w).abs() < 1e-5, "{got} vs {w}");
         }
         assert!((model.b[0] - 0.09138863134818773).abs() < 1e-6);
         // Predictions through the raw-feature weights equal the standardized formula.
-        let pred = model.predict(&Blocks { blocks: vec![MatRef::from_row_major_slice(&x, n, d)], width: d });
+        let pred = model.predict(&Blocks {
+            blocks: vec![MatRef::from_row_major_slice(&x, n, d)],
+            width: d,
+        });
         let st = &model.standardizer;
         for r in 0..n {
-            let direct: f64 = (0..d).map(|j| (x[r * d + j] as f64 - st.mean[j]) / st.scale[j] * want[j]).sum::<f64>()
+            let direct: f64 = (0..d)
+                .map(|j| (x[r * d + j] as f64 - st.mean[j]) / st.scale[j] * want[j])
+                .sum::<f64>()
                 + 0.09138863134818773;
             assert!((pred[(r, 0)] as f64 - direct).abs() < 1e-4);
         }

@@ -14,7 +14,9 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use polars::prelude::*;
 
 use super::common;
-use crate::analysis::probe::{self, ProbeConfig, ProbeInput, ProbeResult, ProbeRow, Target, WeightRow};
+use crate::analysis::probe::{
+    self, ProbeConfig, ProbeInput, ProbeResult, ProbeRow, Target, WeightRow,
+};
 use crate::store::{Latents, Run};
 
 #[derive(Debug, Args)]
@@ -66,7 +68,10 @@ struct Label {
 }
 
 enum LabelValues {
-    Classes { names: Vec<String>, by_key: HashMap<Key, u32> },
+    Classes {
+        names: Vec<String>,
+        by_key: HashMap<Key, u32>,
+    },
     Continuous(HashMap<Key, f64>),
 }
 
@@ -75,7 +80,11 @@ impl Label {
         (
             rows.sample[r],
             self.has_step.then_some(rows.step[r]),
-            if self.has_position { rows.position[r] } else { None },
+            if self.has_position {
+                rows.position[r]
+            } else {
+                None
+            },
         )
     }
 }
@@ -91,11 +100,19 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<()> {
     let sites: Vec<String> = if args.sites.is_empty() {
         recorded.clone()
     } else {
-        args.sites.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+        args.sites
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
     };
     for s in &sites {
         if !recorded.contains(s) {
-            return Err(crate::Error::UnknownSite { name: s.clone(), valid: recorded.clone() }.into());
+            return Err(crate::Error::UnknownSite {
+                name: s.clone(),
+                valid: recorded.clone(),
+            }
+            .into());
         }
     }
     let cfg = ProbeConfig {
@@ -112,7 +129,8 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<()> {
     let mut weights: Vec<WeightRow> = Vec::new();
     for site in &sites {
         let latents = run.read_latents(site, None)?;
-        let steps = select_steps(&latents, &args.steps).with_context(|| format!("site `{site}`"))?;
+        let steps =
+            select_steps(&latents, &args.steps).with_context(|| format!("site `{site}`"))?;
         bar.inc_length(steps.len() as u64 * labels.len() as u64 * cfg.work_units());
         for &step in &steps {
             for label in &labels {
@@ -134,11 +152,19 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<()> {
     let mut plots = Vec::new();
     for label in &labels {
         let mine: Vec<&ProbeRow> = rows.iter().filter(|r| r.label == label.name).collect();
-        let Some(metric) = mine.first().map(|r| headline_metric(&r.kind)) else { continue };
+        let Some(metric) = mine.first().map(|r| headline_metric(&r.kind)) else {
+            continue;
+        };
         let picked: Vec<&ProbeRow> = mine.into_iter().filter(|r| r.metric == metric).collect();
         let stem = format!("probes-{}", file_safe(&label.name));
-        plots.push(run.write_plot(&format!("{stem}-heatmap"), &heatmap_svg(&label.name, metric, &picked)?)?);
-        plots.push(run.write_plot(&format!("{stem}-steps"), &steps_svg(&label.name, metric, &picked)?)?);
+        plots.push(run.write_plot(
+            &format!("{stem}-heatmap"),
+            &heatmap_svg(&label.name, metric, &picked)?,
+        )?);
+        plots.push(run.write_plot(
+            &format!("{stem}-steps"),
+            &steps_svg(&label.name, metric, &picked)?,
+        )?);
     }
     print_summary(&rows, &labels);
     for p in tables.iter().chain(&plots) {
@@ -164,7 +190,11 @@ fn select_steps(latents: &Latents, spec: &str) -> anyhow::Result<Vec<u16>> {
     Ok(match crate::steps::parse_steps(spec, first, last + 1)? {
         None => present.into_iter().collect(),
         Some(wanted) => {
-            let missing: Vec<u16> = wanted.iter().copied().filter(|s| !present.contains(s)).collect();
+            let missing: Vec<u16> = wanted
+                .iter()
+                .copied()
+                .filter(|s| !present.contains(s))
+                .collect();
             anyhow::ensure!(
                 missing.is_empty(),
                 "steps {missing:?} were not recorded; recorded steps: {:?}",
@@ -176,7 +206,13 @@ fn select_steps(latents: &Latents, spec: &str) -> anyhow::Result<Vec<u16>> {
 }
 
 /// Probes one (site, step, label): the rows of that step that have a label value.
-fn probe_one(latents: &Latents, step: u16, label: &Label, cfg: &ProbeConfig, bar: &indicatif::ProgressBar) -> anyhow::Result<ProbeResult> {
+fn probe_one(
+    latents: &Latents,
+    step: u16,
+    label: &Label,
+    cfg: &ProbeConfig,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<ProbeResult> {
     let mut x = Vec::new();
     let mut groups = Vec::new();
     let mut codes = Vec::new();
@@ -199,10 +235,17 @@ fn probe_one(latents: &Latents, step: u16, label: &Label, cfg: &ProbeConfig, bar
         join_keys(label)
     );
     let target = match &label.values {
-        LabelValues::Classes { names, .. } => Target::Categorical { codes, names: names.clone() },
+        LabelValues::Classes { names, .. } => Target::Categorical {
+            codes,
+            names: names.clone(),
+        },
         LabelValues::Continuous(_) => Target::Continuous(values),
     };
-    let input = ProbeInput { x: &x, width: latents.width, groups: &groups };
+    let input = ProbeInput {
+        x: &x,
+        width: latents.width,
+        groups: &groups,
+    };
     Ok(probe::probe(&input, &target, cfg, bar)?)
 }
 
@@ -232,7 +275,10 @@ fn resolve_label(run: &Run, spec: &str, continuous: &[String]) -> anyhow::Result
             candidates.push((format!("tables/{name}.parquet"), run.table(&name)?));
         }
     }
-    let keyed: Vec<&(String, DataFrame)> = candidates.iter().filter(|(_, df)| df.column("sample").is_ok()).collect();
+    let keyed: Vec<&(String, DataFrame)> = candidates
+        .iter()
+        .filter(|(_, df)| df.column("sample").is_ok())
+        .collect();
     let Some((source, df)) = keyed.iter().find(|(_, df)| df.column(column).is_ok()) else {
         let listing: Vec<String> = keyed
             .iter()
@@ -248,19 +294,39 @@ fn resolve_label(run: &Run, spec: &str, continuous: &[String]) -> anyhow::Result
             .collect();
         anyhow::bail!(
             "label `{spec}` not found; label columns in this run (tables keyed by `sample`):\n  {}",
-            if listing.is_empty() { "none".to_string() } else { listing.join("\n  ") }
+            if listing.is_empty() {
+                "none".to_string()
+            } else {
+                listing.join("\n  ")
+            }
         );
     };
     index_label(source, df, column, continuous.iter().any(|c| c == column))
 }
 
-fn index_label(source: &str, df: &DataFrame, column: &str, force_continuous: bool) -> anyhow::Result<Label> {
+fn index_label(
+    source: &str,
+    df: &DataFrame,
+    column: &str,
+    force_continuous: bool,
+) -> anyhow::Result<Label> {
     let ctx = || format!("{source}, column `{column}`");
-    let sample = df.column("sample")?.cast(&DataType::UInt32).map_err(anyhow::Error::from).with_context(ctx)?;
+    let sample = df
+        .column("sample")?
+        .cast(&DataType::UInt32)
+        .map_err(anyhow::Error::from)
+        .with_context(ctx)?;
     let sample = sample.u32()?;
     let opt_key = |name: &str| -> anyhow::Result<Option<Vec<Option<i64>>>> {
         match df.column(name) {
-            Ok(c) => Ok(Some(c.cast(&DataType::Int64).map_err(anyhow::Error::from).with_context(ctx)?.i64()?.iter().collect())),
+            Ok(c) => Ok(Some(
+                c.cast(&DataType::Int64)
+                    .map_err(anyhow::Error::from)
+                    .with_context(ctx)?
+                    .i64()?
+                    .iter()
+                    .collect(),
+            )),
             Err(_) => Ok(None),
         }
     };
@@ -284,7 +350,10 @@ fn index_label(source: &str, df: &DataFrame, column: &str, force_continuous: boo
     let dtype = col.dtype().clone();
     let continuous = dtype.is_float() || (force_continuous && dtype.is_integer());
     let values = if continuous {
-        let v = col.cast(&DataType::Float64).map_err(anyhow::Error::from).with_context(ctx)?;
+        let v = col
+            .cast(&DataType::Float64)
+            .map_err(anyhow::Error::from)
+            .with_context(ctx)?;
         let mut by_key = HashMap::new();
         for (k, x) in keys.iter().zip(v.f64()?.iter()) {
             if let (Some(k), Some(x)) = (k, x) {
@@ -294,17 +363,33 @@ fn index_label(source: &str, df: &DataFrame, column: &str, force_continuous: boo
         LabelValues::Continuous(by_key)
     } else {
         anyhow::ensure!(
-            dtype.is_integer() || dtype.is_bool() || dtype.is_string() || matches!(dtype, DataType::Categorical(..)),
+            dtype.is_integer()
+                || dtype.is_bool()
+                || dtype.is_string()
+                || matches!(dtype, DataType::Categorical(..)),
             "{}: type {dtype} cannot be a probe label (need numbers, strings or booleans)",
             ctx()
         );
-        let text = col.cast(&DataType::String).map_err(anyhow::Error::from).with_context(ctx)?;
+        let text = col
+            .cast(&DataType::String)
+            .map_err(anyhow::Error::from)
+            .with_context(ctx)?;
         let text: Vec<Option<String>> = text.str()?.iter().map(|v| v.map(str::to_string)).collect();
-        let mut names: Vec<String> = text.iter().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        let mut names: Vec<String> = text
+            .iter()
+            .flatten()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         if dtype.is_integer() {
             names.sort_by_key(|n| n.parse::<i64>().unwrap_or(i64::MAX));
         }
-        let code: HashMap<&str, u32> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
+        let code: HashMap<&str, u32> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i as u32))
+            .collect();
         let mut by_key = HashMap::new();
         for (k, t) in keys.iter().zip(&text) {
             if let (Some(k), Some(t)) = (k, t) {
@@ -328,7 +413,10 @@ fn probes_frame(rows: &[ProbeRow]) -> anyhow::Result<DataFrame> {
     let u = |f: fn(&ProbeRow) -> u32| rows.iter().map(f).collect::<Vec<u32>>();
     let columns = vec![
         Column::new("site".into(), s(|r| &r.site)),
-        Column::new("step".into(), rows.iter().map(|r| r.step).collect::<Vec<u16>>()),
+        Column::new(
+            "step".into(),
+            rows.iter().map(|r| r.step).collect::<Vec<u16>>(),
+        ),
         Column::new("label".into(), s(|r| &r.label)),
         Column::new("kind".into(), s(|r| &r.kind)),
         Column::new("metric".into(), s(|r| &r.metric)),
@@ -351,13 +439,31 @@ fn probes_frame(rows: &[ProbeRow]) -> anyhow::Result<DataFrame> {
 
 fn weights_frame(rows: &[WeightRow]) -> anyhow::Result<DataFrame> {
     // One list<f64> per row; rows of different sites have different lengths.
-    let lists: Vec<Series> = rows.iter().map(|r| Series::new("".into(), r.weights.as_slice())).collect();
+    let lists: Vec<Series> = rows
+        .iter()
+        .map(|r| Series::new("".into(), r.weights.as_slice()))
+        .collect();
     let columns = vec![
-        Column::new("site".into(), rows.iter().map(|r| r.site.as_str()).collect::<Vec<_>>()),
-        Column::new("step".into(), rows.iter().map(|r| r.step).collect::<Vec<u16>>()),
-        Column::new("label".into(), rows.iter().map(|r| r.label.as_str()).collect::<Vec<_>>()),
-        Column::new("output".into(), rows.iter().map(|r| r.output.as_str()).collect::<Vec<_>>()),
-        Column::new("bias".into(), rows.iter().map(|r| r.bias).collect::<Vec<f64>>()),
+        Column::new(
+            "site".into(),
+            rows.iter().map(|r| r.site.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "step".into(),
+            rows.iter().map(|r| r.step).collect::<Vec<u16>>(),
+        ),
+        Column::new(
+            "label".into(),
+            rows.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "output".into(),
+            rows.iter().map(|r| r.output.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "bias".into(),
+            rows.iter().map(|r| r.bias).collect::<Vec<f64>>(),
+        ),
         Column::new("weights".into(), lists),
     ];
     Ok(DataFrame::new_infer_height(columns)?)
@@ -370,7 +476,10 @@ fn print_summary(rows: &[ProbeRow], labels: &[Label]) {
     );
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     for label in labels {
-        for r in rows.iter().filter(|r| r.label == label.name && r.metric == headline_metric(&r.kind)) {
+        for r in rows
+            .iter()
+            .filter(|r| r.label == label.name && r.metric == headline_metric(&r.kind))
+        {
             println!(
                 "{:<28} {:>5} {:<16} {:<18} {:>7} {:>17} {:>8} {:>8} {:>8}",
                 r.site,
@@ -388,7 +497,15 @@ fn print_summary(rows: &[ProbeRow], labels: &[Label]) {
 }
 
 fn file_safe(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 const FONT: &str = "sans-serif";
@@ -405,29 +522,56 @@ fn shade(t: f64) -> RGBColor {
 }
 
 fn heatmap_svg(label: &str, metric: &str, rows: &[&ProbeRow]) -> anyhow::Result<String> {
-    let sites: Vec<String> = rows.iter().map(|r| r.site.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-    let steps: Vec<u16> = rows.iter().map(|r| r.step).collect::<BTreeSet<_>>().into_iter().collect();
+    let sites: Vec<String> = rows
+        .iter()
+        .map(|r| r.site.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let steps: Vec<u16> = rows
+        .iter()
+        .map(|r| r.step)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let vals: Vec<f64> = rows.iter().filter_map(|r| r.value).collect();
     let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min).min(0.0);
-    let hi = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max).max(lo + 1e-9);
+    let hi = vals
+        .iter()
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .max(lo + 1e-9);
     let longest = sites.iter().map(|s| s.len()).max().unwrap_or(4) as u32;
-    let (w, h) = ((260 + 8 * longest + 56 * steps.len() as u32).max(720), 170 + 40 * sites.len() as u32);
+    let (w, h) = (
+        (260 + 8 * longest + 56 * steps.len() as u32).max(720),
+        170 + 40 * sites.len() as u32,
+    );
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let (main, bar) = root.split_horizontally(w - 110);
         let mut chart = ChartBuilder::on(&main)
-            .caption(format!("`{label}`: probe {metric} by site and step"), (FONT, 20))
+            .caption(
+                format!("`{label}`: probe {metric} by site and step"),
+                (FONT, 20),
+            )
             .margin(12)
             .x_label_area_size(50)
             .y_label_area_size(20 + 8 * longest)
-            .build_cartesian_2d(-0.5..steps.len() as f64 - 0.5, -0.5..sites.len() as f64 - 0.5)
+            .build_cartesian_2d(
+                -0.5..steps.len() as f64 - 0.5,
+                -0.5..sites.len() as f64 - 0.5,
+            )
             .map_err(plot_err)?;
         // Cell i spans [i - 0.5, i + 0.5], so integer ticks sit at cell centers.
         let name_at = |v: f64, names: &dyn Fn(usize) -> String| {
             let i = v.round();
-            if (v - i).abs() < 1e-6 && i >= 0.0 { names(i as usize) } else { String::new() }
+            if (v - i).abs() < 1e-6 && i >= 0.0 {
+                names(i as usize)
+            } else {
+                String::new()
+            }
         };
         let step_name = |i: usize| steps.get(i).map_or(String::new(), |s| s.to_string());
         let site_name = |i: usize| sites.get(i).cloned().unwrap_or_default();
@@ -445,14 +589,19 @@ fn heatmap_svg(label: &str, metric: &str, rows: &[&ProbeRow]) -> anyhow::Result<
             .map_err(plot_err)?;
         let annotate = steps.len() * sites.len() <= 150;
         for r in rows {
-            let (Some(si), Some(ti)) = (sites.iter().position(|s| *s == r.site), steps.iter().position(|s| *s == r.step))
-            else {
+            let (Some(si), Some(ti)) = (
+                sites.iter().position(|s| *s == r.site),
+                steps.iter().position(|s| *s == r.step),
+            ) else {
                 continue;
             };
             let (x, y) = (ti as f64, si as f64);
             let t = r.value.map_or(0.0, |v| (v - lo) / (hi - lo));
             chart
-                .draw_series(std::iter::once(Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], shade(t).filled())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
+                    shade(t).filled(),
+                )))
                 .map_err(plot_err)?;
             if annotate {
                 let text = r.value.map_or("-".to_string(), |v| format!("{v:.2}"));
@@ -460,7 +609,9 @@ fn heatmap_svg(label: &str, metric: &str, rows: &[&ProbeRow]) -> anyhow::Result<
                 let style = TextStyle::from((FONT, 14).into_font())
                     .color(&color)
                     .pos(Pos::new(HPos::Center, VPos::Center));
-                chart.draw_series(std::iter::once(Text::new(text, (x, y), style))).map_err(plot_err)?;
+                chart
+                    .draw_series(std::iter::once(Text::new(text, (x, y), style)))
+                    .map_err(plot_err)?;
             }
         }
         // Color bar from lo to hi.
@@ -482,7 +633,10 @@ fn heatmap_svg(label: &str, metric: &str, rows: &[&ProbeRow]) -> anyhow::Result<
         cb.draw_series((0..n).map(|i| {
             let a = lo + (hi - lo) * i as f64 / n as f64;
             let b = lo + (hi - lo) * (i + 1) as f64 / n as f64;
-            Rectangle::new([(0.0, a), (1.0, b)], shade((i as f64 + 0.5) / n as f64).filled())
+            Rectangle::new(
+                [(0.0, a), (1.0, b)],
+                shade((i as f64 + 0.5) / n as f64).filled(),
+            )
         }))
         .map_err(plot_err)?;
         root.present().map_err(plot_err)?;
@@ -491,17 +645,38 @@ fn heatmap_svg(label: &str, metric: &str, rows: &[&ProbeRow]) -> anyhow::Result<
 }
 
 fn steps_svg(label: &str, metric: &str, rows: &[&ProbeRow]) -> anyhow::Result<String> {
-    let sites: Vec<String> = rows.iter().map(|r| r.site.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let sites: Vec<String> = rows
+        .iter()
+        .map(|r| r.site.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let x_lo = rows.iter().map(|r| r.step).min().unwrap_or(0) as f64;
     let x_hi = rows.iter().map(|r| r.step).max().unwrap_or(0) as f64;
-    let (x_lo, x_hi) = if x_hi > x_lo { (x_lo, x_hi) } else { (x_lo - 0.5, x_hi + 0.5) };
+    let (x_lo, x_hi) = if x_hi > x_lo {
+        (x_lo, x_hi)
+    } else {
+        (x_lo - 0.5, x_hi + 0.5)
+    };
     let ys: Vec<f64> = rows
         .iter()
-        .flat_map(|r| [r.value, r.ci_low, r.ci_high, r.control_value, r.baseline_value])
+        .flat_map(|r| {
+            [
+                r.value,
+                r.ci_low,
+                r.ci_high,
+                r.control_value,
+                r.baseline_value,
+            ]
+        })
         .flatten()
         .collect();
     let y_lo = ys.iter().cloned().fold(f64::INFINITY, f64::min).min(0.0);
-    let y_hi = ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max).max(y_lo + 0.1);
+    let y_hi = ys
+        .iter()
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .max(y_lo + 0.1);
     let pad = 0.05 * (y_hi - y_lo);
     let mut svg = String::new();
     {
@@ -531,28 +706,61 @@ fn steps_svg(label: &str, metric: &str, rows: &[&ProbeRow]) -> anyhow::Result<St
             let band: Vec<(f64, f64)> = pts
                 .iter()
                 .filter_map(|r| r.ci_high.map(|v| (r.step as f64, v)))
-                .chain(pts.iter().rev().filter_map(|r| r.ci_low.map(|v| (r.step as f64, v))))
+                .chain(
+                    pts.iter()
+                        .rev()
+                        .filter_map(|r| r.ci_low.map(|v| (r.step as f64, v))),
+                )
                 .collect();
             if band.len() >= 3 {
-                chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.18)))).map_err(plot_err)?;
+                chart
+                    .draw_series(std::iter::once(Polygon::new(band, color.mix(0.18))))
+                    .map_err(plot_err)?;
             }
-            let line: Vec<(f64, f64)> = pts.iter().filter_map(|r| r.value.map(|v| (r.step as f64, v))).collect();
+            let line: Vec<(f64, f64)> = pts
+                .iter()
+                .filter_map(|r| r.value.map(|v| (r.step as f64, v)))
+                .collect();
             chart
                 .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
                 .map_err(plot_err)?
                 .label(site.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
-            chart.draw_series(PointSeries::of_element(line, 4, color.filled(), &|c, s, st| Circle::new(c, s, st))).map_err(plot_err)?;
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                });
+            chart
+                .draw_series(PointSeries::of_element(
+                    line,
+                    4,
+                    color.filled(),
+                    &|c, s, st| Circle::new(c, s, st),
+                ))
+                .map_err(plot_err)?;
             // Vertical 95% bars (visible even with a single step, where no band forms).
             let bars = pts.iter().filter_map(|r| {
                 let (lo, hi) = (r.ci_low?, r.ci_high?);
-                Some(PathElement::new(vec![(r.step as f64, lo), (r.step as f64, hi)], color.stroke_width(1)))
+                Some(PathElement::new(
+                    vec![(r.step as f64, lo), (r.step as f64, hi)],
+                    color.stroke_width(1),
+                ))
             });
             chart.draw_series(bars).map_err(plot_err)?;
-            let control: Vec<(f64, f64)> = pts.iter().filter_map(|r| r.control_value.map(|v| (r.step as f64, v))).collect();
-            chart.draw_series(LineSeries::new(control.clone(), color.mix(0.6).stroke_width(1))).map_err(plot_err)?;
+            let control: Vec<(f64, f64)> = pts
+                .iter()
+                .filter_map(|r| r.control_value.map(|v| (r.step as f64, v)))
+                .collect();
             chart
-                .draw_series(control.into_iter().map(|c| Cross::new(c, 4, color.mix(0.8).stroke_width(1))))
+                .draw_series(LineSeries::new(
+                    control.clone(),
+                    color.mix(0.6).stroke_width(1),
+                ))
+                .map_err(plot_err)?;
+            chart
+                .draw_series(
+                    control
+                        .into_iter()
+                        .map(|c| Cross::new(c, 4, color.mix(0.8).stroke_width(1))),
+                )
                 .map_err(plot_err)?;
         }
         chart
@@ -576,7 +784,15 @@ mod tests {
     /// A run with sites `a` (width 6) and `b` (width 3), steps 0..3, 40 samples; the
     /// class `shape` is written into site `a` from step 1 on, `size` into site `b`.
     fn tiny_run(dir: &std::path::Path) -> Run {
-        let manifest = Manifest::new("test", serde_json::json!({}), 0, ModelInfo { id: "none".into(), weights: vec![] });
+        let manifest = Manifest::new(
+            "test",
+            serde_json::json!({}),
+            0,
+            ModelInfo {
+                id: "none".into(),
+                weights: vec![],
+            },
+        );
         let (run, _) = Run::create_or_resume(dir, manifest).unwrap();
         let shape: Vec<u32> = (0..40).map(|i| i % 2).collect();
         let size: Vec<f64> = (0..40).map(|i| (i % 7) as f64 * 0.5).collect();
@@ -584,7 +800,8 @@ mod tests {
             let mut rows = Latents::new(width);
             for s in 0..40u32 {
                 for step in 0..3u16 {
-                    let noise = crate::rng::gaussian(s as u64, step as u64 + 10 * width as u64, width);
+                    let noise =
+                        crate::rng::gaussian(s as u64, step as u64 + 10 * width as u64, width);
                     let mut x: Vec<f32> = noise.iter().map(|v| v * 0.3).collect();
                     if site == "a" && step > 0 {
                         x[0] += if shape[s as usize] == 1 { 3.0 } else { -3.0 };
@@ -630,16 +847,35 @@ mod tests {
         let value = |site: &str, step: u16, metric: &str| {
             let mask = probes.column("site").unwrap().str().unwrap().equal(site)
                 & probes.column("step").unwrap().u16().unwrap().equal(step)
-                & probes.column("metric").unwrap().str().unwrap().equal(metric);
-            probes.filter(&mask).unwrap().column("value").unwrap().f64().unwrap().get(0).unwrap()
+                & probes
+                    .column("metric")
+                    .unwrap()
+                    .str()
+                    .unwrap()
+                    .equal(metric);
+            probes
+                .filter(&mask)
+                .unwrap()
+                .column("value")
+                .unwrap()
+                .f64()
+                .unwrap()
+                .get(0)
+                .unwrap()
         };
         assert_eq!(value("a", 2, "accuracy"), 1.0);
         assert!(value("a", 0, "accuracy") < 0.8);
         assert!(value("b", 1, "r2") > 0.8);
         let weights = run.table("probe_weights").unwrap();
         assert_eq!(weights.height(), 2 * 3 * 2);
-        for plot in ["probes-shape-heatmap", "probes-shape-steps", "probes-size-heatmap", "probes-size-steps"] {
-            let svg = std::fs::read_to_string(run.root().join("plots").join(format!("{plot}.svg"))).unwrap();
+        for plot in [
+            "probes-shape-heatmap",
+            "probes-shape-steps",
+            "probes-size-heatmap",
+            "probes-size-steps",
+        ] {
+            let svg = std::fs::read_to_string(run.root().join("plots").join(format!("{plot}.svg")))
+                .unwrap();
             assert!(svg.contains("<svg") && svg.contains("step"), "{plot}");
         }
     }
@@ -654,8 +890,12 @@ mod tests {
         run_probe_quietly(&a);
         let probes = run.table("probes").unwrap();
         assert_eq!(probes.height(), 4);
-        let svg = std::fs::read_to_string(run.root().join("plots/probes-shape-heatmap.svg")).unwrap();
-        assert!(svg.contains("1.00"), "the single cell is drawn and annotated");
+        let svg =
+            std::fs::read_to_string(run.root().join("plots/probes-shape-heatmap.svg")).unwrap();
+        assert!(
+            svg.contains("1.00"),
+            "the single cell is drawn and annotated"
+        );
     }
 
     fn run_probe_quietly(a: &ProbeArgs) {
@@ -666,7 +906,12 @@ mod tests {
     fn a_missing_label_lists_the_columns_that_exist() {
         let dir = tempfile::tempdir().unwrap();
         let run = tiny_run(&dir.path().join("run"));
-        let err = super::run(&args(run.root(), &["colour"])).unwrap_err().to_string();
-        assert!(err.contains("`colour` not found") && err.contains("samples.parquet: shape, size"), "{err}");
+        let err = super::run(&args(run.root(), &["colour"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`colour` not found") && err.contains("samples.parquet: shape, size"),
+            "{err}"
+        );
     }
 }
