@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod common;
 pub mod diffusion;
+pub mod probe;
 pub mod record;
 
 /// Look inside the latent spaces of generative models.
