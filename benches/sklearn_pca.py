@@ -17,6 +17,11 @@ GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def bench_uniform(seed, index):
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as in Rust
+        return _bench_uniform(seed, index)
+
+
+def _bench_uniform(seed, index):
     z = np.uint64(seed) * GOLDEN + index.astype(np.uint64) + GOLDEN
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)

@@ -1,3 +1,5 @@
 //! See ARCHITECTURE.md.
 
 pub mod pca;
+pub mod knn;
+pub mod quality;
