@@ -118,6 +118,28 @@ pub fn exact_knn(rows: &[f32], width: usize, k: usize, include_self: bool) -> Re
     })
 }
 
+/// Random stream of [`subsample`], under the caller's seed.
+const STREAM_SUBSAMPLE: u64 = 0x5355_4253_4d50;
+
+/// At most `max_points` of `0..n`, drawn uniformly without replacement (seeded), sorted.
+/// All of them when `n <= max_points`. O(n^2) analyses call this and report the size.
+pub fn subsample(n: usize, max_points: usize, seed: u64) -> Vec<u32> {
+    use rand::Rng;
+    if n <= max_points {
+        return (0..n as u32).collect();
+    }
+    let mut rng = crate::rng::stream(seed, STREAM_SUBSAMPLE);
+    let mut all: Vec<u32> = (0..n as u32).collect();
+    // Partial Fisher-Yates: the first max_points slots are a uniform sample.
+    for i in 0..max_points {
+        let j = rng.gen_range(i..n);
+        all.swap(i, j);
+    }
+    all.truncate(max_points);
+    all.sort_unstable();
+    all
+}
+
 fn exact_distance(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
@@ -173,6 +195,17 @@ mod tests {
             assert!((dist[0] - exact).abs() <= 1e-6 * exact);
             assert!(dist.windows(2).all(|w| w[0] <= w[1]));
         }
+    }
+
+    #[test]
+    fn subsample_is_seeded_sorted_and_distinct() {
+        let a = subsample(1000, 100, 7);
+        assert_eq!(a, subsample(1000, 100, 7));
+        assert_ne!(a, subsample(1000, 100, 8));
+        assert_eq!(a.len(), 100);
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        assert!(*a.last().unwrap() < 1000);
+        assert_eq!(subsample(50, 100, 7), (0..50).collect::<Vec<u32>>());
     }
 
     #[test]

@@ -3,3 +3,4 @@
 pub mod pca;
 pub mod knn;
 pub mod quality;
+pub mod umap;
