@@ -958,4 +958,95 @@ mod tests {
             assert!((fa - a).abs() < 1e-4 * a && (fb - b).abs() < 1e-4 * b, "({spread}, {min_dist}): {fa} {fb}");
         }
     }
+
+    /// benches/umap_fixture.py: 40 x 5 uniform points, 6 neighbours.
+    #[test]
+    fn fuzzy_graph_matches_umap_learn() {
+        let x: Vec<f32> = (0..200).map(|i| crate::analysis::pca::bench_uniform(5, i)).collect();
+        let k = 6;
+        let knn = exact_knn(&x, 5, k, true).unwrap();
+        let (sigmas, rhos) = smooth_knn_dist(&knn.distances, k, 1.0);
+        let sig_ref = [0.0661325454711914, 0.2613258361816406, 0.13065147399902344, 0.23027801513671875];
+        let rho_ref = [0.3820275664329529, 0.2864503264427185, 0.36729562282562256, 0.3934413194656372];
+        for i in 0..4 {
+            assert!((sigmas[i] - sig_ref[i]).abs() < 1e-5 * sig_ref[i], "sigma {i}: {}", sigmas[i]);
+            assert!((rhos[i] - rho_ref[i]).abs() < 1e-6, "rho {i}: {}", rhos[i]);
+        }
+        let directed = membership_strengths(&knn.indices, &knn.distances, k, &sigmas, &rhos);
+        let g = fuzzy_union(40, &directed);
+        assert_eq!(g.indices.len(), 252);
+        let total: f64 = g.weights.iter().map(|&w| w as f64).sum();
+        assert!((total - 147.77586364746094).abs() < 1e-3, "total {total}");
+        let row0: Vec<(u32, f32)> = (g.indptr[0]..g.indptr[1]).map(|p| (g.indices[p], g.weights[p])).collect();
+        let ref0 = [
+            (1, 0.3589005172252655), (7, 1.0), (11, 1.0), (17, 0.5586510896682739),
+            (24, 0.18171195685863495), (27, 0.2957974970340729), (32, 0.32377955317497253),
+            (37, 0.4528806805610657),
+        ];
+        assert_eq!(row0.len(), ref0.len());
+        for ((j, w), (rj, rw)) in row0.iter().zip(ref0) {
+            assert_eq!(*j, rj);
+            assert!((*w as f64 - rw).abs() < 1e-5, "edge 0-{j}: {w} vs {rw}");
+        }
+    }
+
+    /// One connected blob: Krylov-Schur and the dense eigensolver find the same subspace.
+    #[test]
+    fn krylov_spectral_matches_dense() {
+        let n = 400;
+        let x = crate::rng::gaussian(3, 0, n * 3);
+        let knn = exact_knn(&x, 3, 10, true).unwrap();
+        let (s, r) = smooth_knn_dist(&knn.distances, 10, 1.0);
+        let g = fuzzy_union(n, &membership_strengths(&knn.indices, &knn.distances, 10, &s, &r));
+        assert_eq!(g.components().1, 1);
+        let op = NormalizedAdjacency::new(&g);
+        let dense = op.dense_top(2).unwrap();
+        let krylov = op.krylov_top(2, 1).unwrap();
+        for c in 0..2 {
+            let dot: f64 = (0..n).map(|i| dense[(i, c)] * krylov[(i, c)]).sum();
+            assert!((dot.abs() - 1.0).abs() < 1e-6, "eigenvector {c}: {dot}");
+        }
+        // And they are eigenvectors of the Laplacian: L v = lambda v.
+        let mut lv = vec![0.0; n];
+        let v: Vec<f64> = (0..n).map(|i| dense[(i, 0)]).collect();
+        op.apply_vec(&v, &mut lv);
+        let lambda: f64 = lv.iter().zip(&v).map(|(a, b)| a * b).sum();
+        let resid: f64 = lv.iter().zip(&v).map(|(a, b)| (a - lambda * b).powi(2)).sum::<f64>().sqrt();
+        assert!(resid < 1e-8, "residual {resid}");
+    }
+
+    #[test]
+    fn separates_clusters_like_umap_learn_and_is_deterministic() {
+        // 4 clusters of 150 points in 10-d; umap-learn 0.5.12 on the same points
+        // (python benches/umap_learn.py --rows 600 --width 10 --clusters 4 --seed 1)
+        // reached trustworthiness(k=15) = UMAP_LEARN_T15.
+        const UMAP_LEARN_T15: f64 = 0.9511794723666473;
+        let x = bench_clusters(600, 10, 4, 1);
+        let params = UmapParams { seed: 1, ..Default::default() };
+        let fit = umap(&x, 10, &params, &ProgressBar::hidden()).unwrap();
+        assert_eq!(fit.embedding.len(), 1200);
+        assert!(fit.embedding.iter().all(|v| v.is_finite()));
+        let t = crate::analysis::quality::trustworthiness(&x, 10, &fit.embedding, 2, 15).unwrap();
+        assert!((t - UMAP_LEARN_T15).abs() < 0.02, "trustworthiness {t} vs umap-learn {UMAP_LEARN_T15}");
+        let again = umap(&x, 10, &params, &ProgressBar::hidden()).unwrap();
+        assert_eq!(fit.embedding, again.embedding);
+    }
+
+    #[test]
+    fn subsamples_to_max_points() {
+        let x = bench_clusters(300, 4, 3, 2);
+        let params = UmapParams { seed: 2, n_epochs: Some(20), max_points: 120, ..Default::default() };
+        let fit = umap(&x, 4, &params, &ProgressBar::hidden()).unwrap();
+        assert_eq!(fit.sample_indices.len(), 120);
+        assert_eq!(fit.embedding.len(), 240);
+        assert_eq!(fit.n_input_rows, 300);
+        assert!(umap(&x[..40], 4, &params, &ProgressBar::hidden()).is_err(), "10 points < 15 neighbours");
+    }
+
+    #[test]
+    #[ignore = "benchmark: cargo test --lib analysis::umap -- --ignored --nocapture"]
+    fn bench_5000x50_10_clusters() {
+        let r = bench_umap(5000, 50, 10, 0).unwrap();
+        println!("{}", serde_json::to_string_pretty(&r).unwrap());
+    }
 }
