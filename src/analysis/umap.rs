@@ -173,8 +173,8 @@ pub fn umap(rows: &[f32], width: usize, params: &UmapParams, progress: &Progress
 
 fn check_params(p: &UmapParams) -> Result<()> {
     let bad = |what: &str| Err(Error::Invalid(format!("UMAP: {what}")));
-    if p.n_components == 0 {
-        return bad("n_components must be at least 1");
+    if !(1..=3).contains(&p.n_components) {
+        return bad("n_components must be 1, 2 or 3");
     }
     if p.n_neighbors < 2 {
         return bad("n_neighbors must be at least 2");
@@ -818,13 +818,22 @@ fn clip(v: f32) -> f32 {
 impl Layout<'_> {
     /// umap-learn's `optimize_layout_euclidean` with move_other = True, single-threaded.
     fn optimize(&self, emb: &mut [f32], rng: &mut XorShift, progress: &ProgressBar) {
-        let dim = self.dim;
-        let n_vertices = (emb.len() / dim) as u64;
+        match self.dim {
+            1 => self.optimize_fixed::<1>(emb.as_chunks_mut().0, rng, progress),
+            2 => self.optimize_fixed::<2>(emb.as_chunks_mut().0, rng, progress),
+            _ => self.optimize_fixed::<3>(emb.as_chunks_mut().0, rng, progress),
+        }
+    }
+
+    /// The epoch loop with the dimension known at compile time: points are arrays, so the
+    /// inner loops unroll and lose their bounds checks (this loop is all of UMAP's time).
+    fn optimize_fixed<const D: usize>(&self, emb: &mut [[f32; D]], rng: &mut XorShift, progress: &ProgressBar) {
+        let n_vertices = emb.len() as u64;
         let eps = self.epochs_per_sample;
         let eps_neg: Vec<f64> = eps.iter().map(|e| e / self.negative_sample_rate).collect();
         let mut next_sample = eps.to_vec();
         let mut next_negative = eps_neg.clone();
-        let (a, b) = (self.a, self.b);
+        let (a, b, gamma) = (self.a, self.b, self.gamma);
         let mut alpha = self.initial_alpha;
         for epoch in 0..self.n_epochs {
             let now = epoch as f64;
@@ -832,40 +841,39 @@ impl Layout<'_> {
                 if next_sample[e] > now || eps[e] <= 0.0 {
                     continue;
                 }
-                let j = self.heads[e] as usize * dim;
-                let k = self.tails[e] as usize * dim;
-                let d2 = squared_distance(emb, j, k, dim);
+                let j = self.heads[e] as usize;
+                let k = self.tails[e] as usize;
+                let (mut current, mut other) = (emb[j], emb[k]);
+                let d2 = squared_distance(&current, &other);
                 let coeff = if d2 > 0.0 {
-                    let pow_b = d2.powf(b);
+                    let pow_b = fast_pow(d2, b);
                     -2.0 * a * b * (pow_b / d2) / (a * pow_b + 1.0)
                 } else {
                     0.0
                 };
-                for d in 0..dim {
-                    let g = clip(coeff * (emb[j + d] - emb[k + d])) * alpha;
-                    emb[j + d] += g;
-                    emb[k + d] -= g;
+                for d in 0..D {
+                    let g = clip(coeff * (current[d] - other[d])) * alpha;
+                    current[d] += g;
+                    other[d] -= g;
                 }
+                emb[k] = other;
                 next_sample[e] += eps[e];
 
-                let n_neg = ((now - next_negative[e]) / eps_neg[e]) as i64;
-                for _ in 0..n_neg.max(0) {
-                    let k = (rng.next() % n_vertices) as usize * dim;
-                    let d2 = squared_distance(emb, j, k, dim);
-                    let coeff = if d2 > 0.0 {
-                        2.0 * self.gamma * b / ((0.001 + d2) * (a * d2.powf(b) + 1.0))
-                    } else if j == k {
-                        continue;
-                    } else {
-                        0.0
-                    };
-                    if coeff > 0.0 {
-                        for d in 0..dim {
-                            emb[j + d] += clip(coeff * (emb[j + d] - emb[k + d])) * alpha;
-                        }
+                let n_neg = ((now - next_negative[e]) / eps_neg[e]).max(0.0) as usize;
+                for _ in 0..n_neg {
+                    let k = (rng.next() % n_vertices) as usize;
+                    let other = if k == j { current } else { emb[k] };
+                    let d2 = squared_distance(&current, &other);
+                    if d2 <= 0.0 {
+                        continue; // j itself, or a point on top of it: no gradient either way.
+                    }
+                    let coeff = 2.0 * gamma * b / ((0.001 + d2) * (a * fast_pow(d2, b) + 1.0));
+                    for d in 0..D {
+                        current[d] += clip(coeff * (current[d] - other[d])) * alpha;
                     }
                 }
-                next_negative[e] += n_neg.max(0) as f64 * eps_neg[e];
+                emb[j] = current;
+                next_negative[e] += n_neg as f64 * eps_neg[e];
             }
             alpha = self.initial_alpha * (1.0 - epoch as f32 / self.n_epochs as f32);
             progress.inc(1);
@@ -874,13 +882,48 @@ impl Layout<'_> {
 }
 
 #[inline]
-fn squared_distance(emb: &[f32], j: usize, k: usize, dim: usize) -> f32 {
+fn squared_distance<const D: usize>(x: &[f32; D], y: &[f32; D]) -> f32 {
     let mut s = 0.0;
-    for d in 0..dim {
-        let t = emb[j + d] - emb[k + d];
+    for d in 0..D {
+        let t = x[d] - y[d];
         s += t * t;
     }
     s
+}
+
+/// x^y for x > 0 as 2^(y log2 x) with polynomial log2 and exp2 (relative error ~1e-6,
+/// measured in the tests): libm's powf was half the SGD's time, and umap-learn's numba
+/// `fastmath` pow is likewise approximate.
+#[inline]
+fn fast_pow(x: f32, y: f32) -> f32 {
+    fast_exp2(y * fast_log2(x))
+}
+
+#[inline]
+fn fast_log2(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let mut exponent = ((bits >> 23) & 0xff) as i32 - 127;
+    // Mantissa m in [sqrt(1/2), sqrt(2)), log2(m) = 2/ln2 atanh(t), t = (m - 1) / (m + 1),
+    // |t| <= 0.172, so five terms of the atanh series reach ~1e-9.
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    if m > std::f32::consts::SQRT_2 {
+        m *= 0.5;
+        exponent += 1;
+    }
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let p = t * (2.885_39 + t2 * (0.961_796_7 + t2 * (0.577_078 + t2 * (0.412_198_6 + t2 * 0.320_598_9))));
+    exponent as f32 + p
+}
+
+#[inline]
+fn fast_exp2(x: f32) -> f32 {
+    let x = x.clamp(-126.0, 126.0);
+    let whole = x.round();
+    // 2^f for f in [-1/2, 1/2]: degree-6 Taylor of e^(f ln 2), remainder < 2e-7.
+    let l = (x - whole) * std::f32::consts::LN_2;
+    let p = 1.0 + l * (1.0 + l * (0.5 + l * (1.0 / 6.0 + l * (1.0 / 24.0 + l * (1.0 / 120.0 + l * (1.0 / 720.0))))));
+    f32::from_bits((((whole as i32) + 127) as u32) << 23) * p
 }
 
 /// Timing of one UMAP on generated clusters, for `latentlens bench reduce`.
@@ -945,6 +988,20 @@ pub fn bench_umap(rows: usize, width: usize, clusters: usize, seed: u64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_pow_is_accurate() {
+        let mut worst = 0.0f64;
+        for i in 1..20_000 {
+            let x = i as f32 * 0.01;
+            for y in [0.8950609f32, -0.1049391, 1.3341670, 0.5] {
+                let exact = (x as f64).powf(y as f64);
+                let rel = ((fast_pow(x, y) as f64 - exact) / exact).abs();
+                worst = worst.max(rel);
+            }
+        }
+        assert!(worst < 2e-6, "worst relative error {worst}");
+    }
 
     #[test]
     fn ab_params_match_umap_learn() {
