@@ -90,6 +90,16 @@ pub struct Umap {
     pub n_edges: usize,
     pub graph_components: usize,
     pub init: UmapInit,
+    /// Wall time of each stage, for run manifests and benchmarks.
+    pub seconds: UmapSeconds,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct UmapSeconds {
+    pub knn: f64,
+    pub graph: f64,
+    pub init: f64,
+    pub layout: f64,
 }
 
 /// Embeds `rows` (row-major, `width` columns). Deterministic in `params.seed`.
@@ -130,16 +140,26 @@ pub fn umap(rows: &[f32], width: usize, params: &UmapParams, progress: &Progress
         .unwrap_or(if n <= 10_000 { 500 } else { 200 });
     let (a, b) = find_ab_params(params.spread, params.min_dist);
 
+    let mut clock = std::time::Instant::now();
+    let mut lap = || {
+        let t = clock.elapsed().as_secs_f64();
+        clock = std::time::Instant::now();
+        t
+    };
+    let mut seconds = UmapSeconds::default();
     let knn = exact_knn(&data, width, params.n_neighbors, true)?;
+    seconds.knn = lap();
     let (sigmas, rhos) = smooth_knn_dist(&knn.distances, params.n_neighbors, params.local_connectivity);
     let directed = membership_strengths(&knn.indices, &knn.distances, params.n_neighbors, &sigmas, &rhos);
     let mut graph = fuzzy_union(n, &directed);
     graph.drop_below(graph.max_weight() / n_epochs as f32);
 
+    seconds.graph = lap();
     let (labels, n_comp) = graph.components();
     let (init_coords, init) = initial_layout(&graph, &labels, n_comp, &data, width, params)?;
     let mut embedding = noisy_scale_and_normalise(init_coords, params.n_components, params.seed);
 
+    seconds.init = lap();
     let edges = graph.edges();
     let epochs_per_sample = make_epochs_per_sample(&edges.2, n_epochs);
     progress.set_length(n_epochs as u64);
@@ -157,6 +177,7 @@ pub fn umap(rows: &[f32], width: usize, params: &UmapParams, progress: &Progress
         n_epochs,
     };
     layout.optimize(&mut embedding, &mut rng, progress);
+    seconds.layout = lap();
     Ok(Umap {
         embedding,
         n_components: params.n_components,
@@ -168,6 +189,7 @@ pub fn umap(rows: &[f32], width: usize, params: &UmapParams, progress: &Progress
         n_edges: edges.0.len(),
         graph_components: n_comp,
         init,
+        seconds,
     })
 }
 
@@ -795,6 +817,13 @@ impl XorShift {
         self.0 = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+
+    /// Uniform in 0..n by multiply-shift (Lemire) instead of a 64-bit division, which was
+    /// a visible share of the negative-sampling loop.
+    #[inline]
+    fn below(&mut self, n: u64) -> usize {
+        (((self.next() >> 32) * n) >> 32) as usize
+    }
 }
 
 struct Layout<'a> {
@@ -828,7 +857,7 @@ impl Layout<'_> {
     /// The epoch loop with the dimension known at compile time: points are arrays, so the
     /// inner loops unroll and lose their bounds checks (this loop is all of UMAP's time).
     fn optimize_fixed<const D: usize>(&self, emb: &mut [[f32; D]], rng: &mut XorShift, progress: &ProgressBar) {
-        let n_vertices = emb.len() as u64;
+        let n_vertices = emb.len() as u64; // < 2^32: Umap::sample_indices are u32
         let eps = self.epochs_per_sample;
         let eps_neg: Vec<f64> = eps.iter().map(|e| e / self.negative_sample_rate).collect();
         let mut next_sample = eps.to_vec();
@@ -861,7 +890,7 @@ impl Layout<'_> {
 
                 let n_neg = ((now - next_negative[e]) / eps_neg[e]).max(0.0) as usize;
                 for _ in 0..n_neg {
-                    let k = (rng.next() % n_vertices) as usize;
+                    let k = rng.below(n_vertices);
                     let other = if k == j { current } else { emb[k] };
                     let d2 = squared_distance(&current, &other);
                     if d2 <= 0.0 {
@@ -934,9 +963,12 @@ pub struct UmapBenchReport {
     pub clusters: usize,
     pub seed: u64,
     pub seconds: f64,
+    /// Process CPU time (all threads), 10 ms resolution.
+    pub cpu_seconds: Option<f64>,
     pub trustworthiness_15: f64,
     pub init: UmapInit,
     pub graph_components: usize,
+    pub stages: UmapSeconds,
 }
 
 /// `clusters` Gaussian blobs in `width` dimensions (row-major), centres uniform in
@@ -969,9 +1001,13 @@ pub fn bench_umap(rows: usize, width: usize, clusters: usize, seed: u64) -> Resu
         seed,
         ..Default::default()
     };
+    let cpu0 = crate::analysis::pca::process_cpu_seconds();
     let t0 = std::time::Instant::now();
     let fit = umap(&x, width, &params, &ProgressBar::hidden())?;
     let seconds = t0.elapsed().as_secs_f64();
+    let cpu_seconds = cpu0
+        .zip(crate::analysis::pca::process_cpu_seconds())
+        .map(|(a, b)| b - a);
     let t = crate::analysis::quality::trustworthiness(&x, width, &fit.embedding, 2, 15)?;
     Ok(UmapBenchReport {
         rows,
@@ -979,9 +1015,11 @@ pub fn bench_umap(rows: usize, width: usize, clusters: usize, seed: u64) -> Resu
         clusters,
         seed,
         seconds,
+        cpu_seconds,
         trustworthiness_15: t,
         init: fit.init,
         graph_components: fit.graph_components,
+        stages: fit.seconds,
     })
 }
 
