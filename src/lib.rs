@@ -9,7 +9,11 @@ pub mod data;
 pub mod diffusion;
 pub mod error;
 pub mod reasoner;
+pub mod record;
 pub mod rng;
 pub mod sites;
+pub mod steps;
+pub mod store;
+pub mod taps;
 
 pub use error::{Error, Result};

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+pub mod common;
+pub mod diffusion;
+pub mod record;
+
 /// Look inside the latent spaces of generative models.
 #[derive(Debug, Parser)]
 #[command(name = "latentlens", version, about, propagate_version = true)]
@@ -14,7 +19,35 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Record a model's latents at every step into a run folder.
+    #[command(subcommand)]
+    Record(record::RecordCmd),
+    /// List a model's hook sites and their shapes.
+    #[command(subcommand)]
+    Sites(record::SitesCmd),
+    /// Train a built-in model.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Measure a built-in model against its quality targets.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Measure speed: recording overhead and throughput.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// The tiny latent diffusion model (VAE, UNet, shape classifier).
+    Diffusion(diffusion::TrainArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// The tiny latent diffusion model: PSNR, classifier and generation accuracy.
+    Diffusion(diffusion::EvalArgs),
+}
 
 /// Exit codes: 0 success, 1 error, 2 usage error (clap), 130 interrupted.
 pub fn main() -> ExitCode {
@@ -26,7 +59,13 @@ pub fn main() -> ExitCode {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Record(cmd) => record::run(cmd),
+        Command::Sites(cmd) => record::run_sites(cmd),
+        Command::Train(TrainCommand::Diffusion(args)) => diffusion::run_train(&args),
+        Command::Eval(EvalCommand::Diffusion(args)) => diffusion::run_eval(&args),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
 }
 
 fn report(err: anyhow::Error) -> ExitCode {

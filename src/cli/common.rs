@@ -1,0 +1,47 @@
+//! Pieces every command shares: progress bars, Ctrl-C, the compute device, site lists.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use anyhow::Context;
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static HANDLER: OnceLock<bool> = OnceLock::new();
+
+/// A flag that turns true on Ctrl-C. Long jobs check it between units of work, so an
+/// interrupted run keeps its finished parts and can be resumed.
+pub fn interrupt_flag() -> &'static AtomicBool {
+    HANDLER
+        .get_or_init(|| ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).is_ok());
+    &INTERRUPTED
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal, e.g. in CI logs).
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// CPU, or the first CUDA device when built with `--features cuda` and one is present.
+pub fn device() -> anyhow::Result<Device> {
+    Device::cuda_if_available(0).context("could not open the compute device")
+}
+
+/// Splits `--sites a,b --sites c` into patterns.
+pub fn site_patterns(values: &[String]) -> Vec<crate::sites::SitePattern> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(crate::sites::SitePattern::new)
+        .collect()
+}

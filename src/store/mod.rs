@@ -1,0 +1,498 @@
+//! Run folders (design.md "Run folder"): the only code that reads or writes them.
+//!
+//! ```text
+//! manifest.json  samples.parquet  latents/site=<name>/part-*.parquet  tables/  plots/
+//! ```
+//! Every file is written under a temporary name and renamed into place, so a reader (or an
+//! interrupted run) only ever sees whole files.
+
+pub mod latents;
+pub mod manifest;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+pub use latents::Latents;
+pub use manifest::{Manifest, ModelInfo, SiteRecord, WeightFile, STATUS_COMPLETE, STATUS_RUNNING};
+
+use crate::error::{IoContext, Result};
+use crate::Error;
+
+const MANIFEST: &str = "manifest.json";
+const SAMPLES: &str = "samples.parquet";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// An open run folder.
+#[derive(Debug, Clone)]
+pub struct Run {
+    root: PathBuf,
+    manifest: Manifest,
+}
+
+/// Whether [`Run::create_or_resume`] started a new run or picked up an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    New,
+    Resumed,
+}
+
+impl Run {
+    /// Opens an existing run folder.
+    pub fn open(dir: &Path) -> Result<Run> {
+        let path = dir.join(MANIFEST);
+        if !path.is_file() {
+            return Err(Error::BadFile {
+                path: dir.to_path_buf(),
+                detail: "not a run folder (no manifest.json); record one with `latentlens record`"
+                    .into(),
+            });
+        }
+        let manifest = read_manifest(&path)?;
+        Ok(Run {
+            root: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// Starts the run described by `manifest` in `dir`, or resumes it if `dir` holds the
+    /// same run unfinished (or finished: then every part is already there). A folder that
+    /// holds anything else is refused, so no earlier result is ever overwritten.
+    pub fn create_or_resume(dir: &Path, manifest: Manifest) -> Result<(Run, Start)> {
+        let start = if dir.join(MANIFEST).is_file() {
+            let existing = read_manifest(&dir.join(MANIFEST))?;
+            if !existing.same_run(&manifest) {
+                return Err(Error::RunExists {
+                    path: dir.to_path_buf(),
+                    detail: format!("made by `{}`", existing.command.join(" ")),
+                });
+            }
+            Start::Resumed
+        } else {
+            if dir.exists() && fs::read_dir(dir).at(dir)?.next().is_some() {
+                return Err(Error::RunExists {
+                    path: dir.to_path_buf(),
+                    detail: "a non-empty folder without manifest.json".into(),
+                });
+            }
+            fs::create_dir_all(dir).at(dir)?;
+            Start::New
+        };
+        let run = Run {
+            root: dir.to_path_buf(),
+            manifest,
+        };
+        run.remove_temporaries()?;
+        run.write_manifest()?;
+        Ok((run, start))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn manifest_mut(&mut self) -> &mut Manifest {
+        &mut self.manifest
+    }
+
+    pub fn write_manifest(&self) -> Result<()> {
+        let json = serde_json::to_vec_pretty(&self.manifest)?;
+        write_atomic(&self.root.join(MANIFEST), |f| f.write_all(&json))
+    }
+
+    fn site_dir(&self, site: &str) -> PathBuf {
+        self.root.join("latents").join(format!("site={site}"))
+    }
+
+    fn part_path(&self, site: &str, part: u32) -> PathBuf {
+        self.site_dir(site).join(format!("part-{part:05}.parquet"))
+    }
+
+    fn samples_part_path(&self, part: u32) -> PathBuf {
+        self.root
+            .join(".samples")
+            .join(format!("part-{part:05}.parquet"))
+    }
+
+    /// Whether part `part` of every listed site and of the sample labels is on disk.
+    pub fn part_done(&self, sites: &[&str], part: u32) -> bool {
+        self.samples_part_path(part).is_file()
+            && sites.iter().all(|s| self.part_path(s, part).is_file())
+    }
+
+    /// Writes one part of a site's latents. Parts are numbered by chunk of samples, so a
+    /// resumed run rewrites exactly the parts it lacks.
+    pub fn write_latents_part(&self, site: &str, part: u32, rows: &Latents) -> Result<PathBuf> {
+        let path = self.part_path(site, part);
+        let mut df = rows.to_frame()?;
+        let mut meta = self.manifest.provenance();
+        meta.push(("latentlens.site".into(), site.to_string()));
+        meta.push(("latentlens.width".into(), rows.width.to_string()));
+        write_parquet(&path, &mut df, meta)?;
+        Ok(path)
+    }
+
+    /// Writes the sample labels of one chunk; [`Run::finish_samples`] joins them.
+    pub fn write_samples_part(&self, part: u32, df: &mut DataFrame) -> Result<()> {
+        write_parquet(
+            &self.samples_part_path(part),
+            df,
+            self.manifest.provenance(),
+        )
+    }
+
+    /// Concatenates the per-chunk sample labels into samples.parquet.
+    pub fn finish_samples(&self, parts: u32) -> Result<u64> {
+        let mut all: Option<DataFrame> = None;
+        for part in 0..parts {
+            let df = read_parquet(&self.samples_part_path(part))?;
+            match all.as_mut() {
+                None => all = Some(df),
+                Some(acc) => {
+                    acc.vstack_mut(&df)?;
+                }
+            }
+        }
+        let mut df = all.unwrap_or_default();
+        df.rechunk_mut();
+        let rows = df.height() as u64;
+        write_parquet(
+            &self.root.join(SAMPLES),
+            &mut df,
+            self.manifest.provenance(),
+        )?;
+        let dir = self.root.join(".samples");
+        fs::remove_dir_all(&dir).at(&dir)?;
+        Ok(rows)
+    }
+
+    /// Site names that have a `latents/site=<name>/` folder, sorted.
+    pub fn sites(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("latents");
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).at(&dir)? {
+            let entry = entry.at(&dir)?;
+            if let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("site="))
+            {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn parts(&self, site: &str) -> Result<Vec<PathBuf>> {
+        let dir = self.site_dir(site);
+        if !dir.is_dir() {
+            return Err(Error::UnknownSite {
+                name: site.to_string(),
+                valid: self.sites()?,
+            });
+        }
+        let mut parts: Vec<PathBuf> = fs::read_dir(&dir)
+            .at(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        parts.sort();
+        Ok(parts)
+    }
+
+    /// Streams a site part by part, each batch holding about `batch_rows` rows or one
+    /// whole part, whichever is larger: memory stays bounded by the part size.
+    pub fn scan_latents(
+        &self,
+        site: &str,
+        steps: Option<&[u16]>,
+        batch_rows: usize,
+        f: &mut dyn FnMut(&Latents) -> Result<()>,
+    ) -> Result<()> {
+        let mut pending: Option<Latents> = None;
+        for path in self.parts(site)? {
+            let df = read_parquet(&path)?;
+            let mut rows = Latents::from_frame(&df, &path.display().to_string())?;
+            if let Some(steps) = steps {
+                rows.retain_steps(steps);
+            }
+            match pending.as_mut() {
+                Some(acc) if acc.width == rows.width || rows.is_empty() => acc.append(&rows),
+                Some(acc) => {
+                    return Err(Error::BadFile {
+                        path,
+                        detail: format!(
+                            "rows have width {}, earlier parts {}",
+                            rows.width, acc.width
+                        ),
+                    })
+                }
+                None => pending = Some(rows),
+            }
+            if pending.as_ref().is_some_and(|p| p.len() >= batch_rows) {
+                f(&pending.take().unwrap_or_default())?;
+            }
+        }
+        if let Some(rest) = pending.filter(|p| !p.is_empty()) {
+            f(&rest)?;
+        }
+        Ok(())
+    }
+
+    /// All rows of one site (optionally only `steps`), in (sample, step, position) order.
+    pub fn read_latents(&self, site: &str, steps: Option<&[u16]>) -> Result<Latents> {
+        let mut all: Option<Latents> = None;
+        self.scan_latents(site, steps, usize::MAX, &mut |rows| {
+            match all.as_mut() {
+                Some(acc) => acc.append(rows),
+                None => all = Some(rows.clone()),
+            }
+            Ok(())
+        })?;
+        let mut all = all.unwrap_or_default();
+        all.sort();
+        Ok(all)
+    }
+
+    /// samples.parquet: `sample` plus one column per ground-truth label.
+    pub fn samples(&self) -> Result<DataFrame> {
+        read_parquet(&self.root.join(SAMPLES))
+    }
+
+    /// `tables/<name>.parquet`.
+    pub fn table(&self, name: &str) -> Result<DataFrame> {
+        let path = self.root.join("tables").join(format!("{name}.parquet"));
+        if !path.is_file() {
+            return Err(Error::BadFile {
+                path,
+                detail: format!(
+                    "no table `{name}` in this run; tables here: {}",
+                    self.tables()?.join(", ")
+                ),
+            });
+        }
+        read_parquet(&path)
+    }
+
+    /// Names of the tables in `tables/`, sorted.
+    pub fn tables(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("tables");
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .at(&dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".parquet"))
+                    .map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Writes `tables/<name>.parquet` atomically with the run's provenance.
+    pub fn write_table(&self, name: &str, df: &mut DataFrame) -> Result<PathBuf> {
+        let path = self.root.join("tables").join(format!("{name}.parquet"));
+        write_parquet(&path, df, self.manifest.provenance())?;
+        Ok(path)
+    }
+
+    /// Writes `plots/<name>.svg` atomically.
+    pub fn write_plot(&self, name: &str, svg: &str) -> Result<PathBuf> {
+        let path = self.root.join("plots").join(format!("{name}.svg"));
+        write_atomic(&path, |f| f.write_all(svg.as_bytes()))?;
+        Ok(path)
+    }
+
+    /// Writes a top-level file of the run (e.g. report.html) atomically.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        let path = self.root.join(name);
+        write_atomic(&path, |f| f.write_all(bytes))?;
+        Ok(path)
+    }
+
+    /// Deletes temporary files an interrupted process left behind.
+    fn remove_temporaries(&self) -> Result<()> {
+        remove_tmp_in(&self.root)
+    }
+}
+
+fn remove_tmp_in(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        if path.is_dir() {
+            remove_tmp_in(&path)?;
+        } else if path.to_string_lossy().ends_with(TMP_SUFFIX) {
+            fs::remove_file(&path).at(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_manifest(path: &Path) -> Result<Manifest> {
+    let bytes = fs::read(path).at(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
+        path: path.to_path_buf(),
+        detail: format!("not a latentlens manifest: {e}"),
+    })
+}
+
+/// Writes `path` by writing `<path>.tmp` and renaming it, creating parent folders. On any
+/// error the temporary file is removed and `path` is untouched.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).at(parent)?;
+    }
+    let tmp = PathBuf::from(format!("{}{TMP_SUFFIX}", path.display()));
+    let result = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        write(&mut file)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// Writes a zstd Parquet file atomically with key-value metadata.
+pub fn write_parquet(path: &Path, df: &mut DataFrame, meta: Vec<(String, String)>) -> Result<()> {
+    let mut polars_err = None;
+    write_atomic(path, |file| {
+        ParquetWriter::new(file)
+            .with_compression(ParquetCompression::Zstd(None))
+            .with_key_value_metadata(Some(KeyValueMetadata::from_static(meta)))
+            .finish(df)
+            .map(|_| ())
+            .map_err(|e| {
+                let io = std::io::Error::other(e.to_string());
+                polars_err = Some(e);
+                io
+            })
+    })
+    .map_err(|e| match polars_err {
+        Some(p) => Error::BadFile {
+            path: path.to_path_buf(),
+            detail: format!("could not write Parquet: {p}"),
+        },
+        None => e,
+    })
+}
+
+/// Reads a whole Parquet file; errors name the file.
+pub fn read_parquet(path: &Path) -> Result<DataFrame> {
+    let file = fs::File::open(path).at(path)?;
+    ParquetReader::new(file)
+        .finish()
+        .map_err(|e| Error::BadFile {
+            path: path.to_path_buf(),
+            detail: format!("unreadable Parquet: {e}"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(config: serde_json::Value) -> Manifest {
+        Manifest::new(
+            "test",
+            config,
+            0,
+            ModelInfo {
+                id: "none".into(),
+                weights: vec![],
+            },
+        )
+    }
+
+    #[test]
+    fn rerun_of_the_same_run_resumes_and_another_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("run");
+        let (_, start) =
+            Run::create_or_resume(&root, manifest(serde_json::json!({"n": 1}))).unwrap();
+        assert_eq!(start, Start::New);
+        let (_, start) =
+            Run::create_or_resume(&root, manifest(serde_json::json!({"n": 1}))).unwrap();
+        assert_eq!(start, Start::Resumed);
+        let err = Run::create_or_resume(&root, manifest(serde_json::json!({"n": 2}))).unwrap_err();
+        assert!(matches!(err, Error::RunExists { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_foreign_non_empty_folder_is_refused_and_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("thesis.txt"), b"keep me").unwrap();
+        let err = Run::create_or_resume(dir.path(), manifest(serde_json::json!({}))).unwrap_err();
+        assert!(err.to_string().contains("without manifest.json"), "{err}");
+        assert_eq!(
+            std::fs::read(dir.path().join("thesis.txt")).unwrap(),
+            b"keep me"
+        );
+        assert!(!dir.path().join("manifest.json").exists());
+    }
+
+    #[test]
+    fn parts_stream_back_in_order_with_provenance() {
+        let dir = tempfile::tempdir().unwrap();
+        let (run, _) = Run::create_or_resume(dir.path(), manifest(serde_json::json!({}))).unwrap();
+        for part in 0..3u32 {
+            let mut rows = Latents::new(2);
+            for s in 0..4u32 {
+                let sample = part * 4 + s;
+                rows.push(sample, 0, Some(10), None, &[sample as f32, 0.5]);
+                rows.push(sample, 1, Some(5), None, &[sample as f32, 1.5]);
+            }
+            run.write_latents_part("latent", part, &rows).unwrap();
+        }
+        let mut batches = 0;
+        run.scan_latents("latent", Some(&[1]), 5, &mut |b| {
+            batches += 1;
+            assert!(b.step.iter().all(|&s| s == 1));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(batches, 2);
+        let all = run.read_latents("latent", None).unwrap();
+        assert_eq!(all.len(), 24);
+        assert_eq!(all.row(23), &[11.0, 1.5]);
+        assert_eq!(run.sites().unwrap(), vec!["latent".to_string()]);
+        let err = run.read_latents("unet.mid_block", None).unwrap_err();
+        assert!(err.to_string().contains("latent"), "{err}");
+    }
+
+    #[test]
+    fn failed_write_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.bin");
+        let err = write_atomic(&path, |f| {
+            f.write_all(b"half")?;
+            Err(std::io::Error::other("disk full"))
+        });
+        assert!(err.is_err());
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    }
+}
