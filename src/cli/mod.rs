@@ -8,8 +8,10 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod common;
 pub mod diffusion;
+pub mod infoloss;
 pub mod probe;
 pub mod record;
+pub mod reduce;
 
 /// Look inside the latent spaces of generative models.
 #[derive(Debug, Parser)]
@@ -33,6 +35,12 @@ pub enum Command {
     /// Measure a built-in model against its quality targets.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Linear probes with baselines, CIs and control tasks over a run's sites x steps.
+    Probe(probe::ProbeArgs),
+    /// PCA or UMAP of a run's latents, with quality measures and scatter plots.
+    Reduce(reduce::ReduceArgs),
+    /// What is lost between recording points: reconstruction, CKA, mutual information.
+    Infoloss(infoloss::InfolossArgs),
     /// Measure speed: recording overhead and throughput.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -65,6 +73,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sites(cmd) => record::run_sites(cmd),
         Command::Train(TrainCommand::Diffusion(args)) => diffusion::run_train(&args),
         Command::Eval(EvalCommand::Diffusion(args)) => diffusion::run_eval(&args),
+        Command::Probe(args) => probe::run(&args),
+        Command::Reduce(args) => reduce::run(&args),
+        Command::Infoloss(args) => infoloss::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

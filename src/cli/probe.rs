@@ -96,25 +96,7 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|spec| resolve_label(&run, spec, &args.continuous))
         .collect::<anyhow::Result<_>>()?;
-    let recorded = run.sites()?;
-    let sites: Vec<String> = if args.sites.is_empty() {
-        recorded.clone()
-    } else {
-        args.sites
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
-    for s in &sites {
-        if !recorded.contains(s) {
-            return Err(crate::Error::UnknownSite {
-                name: s.clone(),
-                valid: recorded.clone(),
-            }
-            .into());
-        }
-    }
+    let sites = common::recorded_sites(&run, &args.sites)?;
     let cfg = ProbeConfig {
         folds: args.folds,
         seed: args.seed,
