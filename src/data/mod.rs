@@ -1,2 +1,3 @@
 //! Datasets with known ground truth: procedurally drawn shapes (diffusion) and
 //! ProsQA-like graphs (reasoner).
+pub mod prosqa;
