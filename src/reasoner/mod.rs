@@ -1,3 +1,5 @@
 //! See ARCHITECTURE.md.
 
+pub mod coconut;
+pub mod gpt2;
 pub mod tokens;
