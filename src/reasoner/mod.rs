@@ -1,5 +1,6 @@
 //! See ARCHITECTURE.md.
 
+pub mod checkpoint;
 pub mod coconut;
 pub mod gpt2;
 pub mod tokens;
