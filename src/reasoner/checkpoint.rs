@@ -175,7 +175,7 @@ fn infer_config(
         .take_while(|i| tensors.contains_key(&format!("transformer.h.{i}.ln_1.weight")))
         .count();
     let n_head = n_head.unwrap_or((n_embd / 64).max(1));
-    if n_embd % n_head != 0 {
+    if !n_embd.is_multiple_of(n_head) {
         return Err(weights_error(
             path,
             format!("n_embd {n_embd} is not a multiple of n_head {n_head}"),

@@ -246,7 +246,7 @@ pub struct Gpt2 {
 impl Gpt2 {
     /// `vb` is the checkpoint root: weights are read from `transformer.*`.
     pub fn new(config: &Gpt2Config, vb: VarBuilder) -> Result<Self> {
-        if config.n_head == 0 || config.n_embd % config.n_head != 0 {
+        if config.n_head == 0 || !config.n_embd.is_multiple_of(config.n_head) {
             candle_core::bail!(
                 "n_embd {} is not a multiple of n_head {}",
                 config.n_embd,

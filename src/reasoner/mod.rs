@@ -4,3 +4,4 @@ pub mod checkpoint;
 pub mod coconut;
 pub mod gpt2;
 pub mod tokens;
+pub mod train;

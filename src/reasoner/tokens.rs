@@ -2,10 +2,11 @@
 //!
 //! Every node name is one token, so a continuous thought can be compared with the embedding
 //! of a node (the BFS analysis reads thoughts against node tokens). A record becomes
-//! `<bos> A B | A B | ... ? root X Y <bot> [reasoning] <eot> answer <eos>`, where `A B` is
-//! the edge "every A is a B", `X Y` are the two options in the question's order, and the
-//! reasoning is either the chain of nodes of the shortest path after the root (CoT) or
-//! `<thought>` placeholders (latent mode).
+//! `<bos> A B | A B | ... ? root X Y <bot> [thoughts] <eot> [steps] answer <eos>`, where
+//! `A B` is the edge "every A is a B", `X Y` are the two options in the question's order,
+//! `[thoughts]` are `<thought>` placeholders (latent mode) and `[steps]` the nodes of the
+//! shortest path after the root that are still spelled out in language. As in Coconut, the
+//! language after `<eot>` (remaining steps and answer) is what the model is trained on.
 
 use std::collections::HashMap;
 
@@ -107,29 +108,27 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// The chain-of-thought sequence: prompt, all steps, `<eot>`, answer.
+    /// The chain-of-thought sequence (curriculum stage 0): prompt, `<eot>`, all steps,
+    /// answer.
     pub fn cot(&self) -> Vec<u32> {
         self.with_thoughts(0, 0)
     }
 
-    /// Curriculum stage `stage`: the first `stage` steps replaced by `stage *
-    /// thoughts_per_step` `<thought>` placeholders (all steps gone once stage >= steps).
-    pub fn with_thoughts(&self, stage: usize, thoughts_per_step: usize) -> Vec<u32> {
+    /// Curriculum stage `stage`: the first `stage` steps replaced by `n_thoughts`
+    /// `<thought>` placeholders (all steps gone once stage >= steps).
+    pub fn with_thoughts(&self, stage: usize, n_thoughts: usize) -> Vec<u32> {
         let replaced = stage.min(self.steps.len());
         let mut seq = self.prompt.clone();
-        seq.extend(std::iter::repeat(THOUGHT).take(stage * thoughts_per_step));
-        seq.extend_from_slice(&self.steps[replaced..]);
+        seq.extend(std::iter::repeat_n(THOUGHT, n_thoughts));
         seq.push(EOT);
+        seq.extend_from_slice(&self.steps[replaced..]);
         seq.extend_from_slice(&self.answer);
         seq
     }
 
     /// The no-CoT baseline: prompt, `<eot>`, answer.
     pub fn no_cot(&self) -> Vec<u32> {
-        let mut seq = self.prompt.clone();
-        seq.push(EOT);
-        seq.extend_from_slice(&self.answer);
-        seq
+        self.with_thoughts(usize::MAX, 0)
     }
 }
 
@@ -205,7 +204,8 @@ pub struct Decoded {
     pub answer: Option<String>,
 }
 
-/// Parses a sequence made by `Encoded::cot`/`with_thoughts`; `<thought>` steps are skipped.
+/// Parses a sequence made by `Encoded::cot`/`with_thoughts`; thoughts carry no names, so
+/// `steps` holds only the steps spelled out after `<eot>`.
 pub fn decode(ids: &[u32], vocab: &Vocab) -> Result<Decoded> {
     let bad = |what: &str| Error::Invalid(format!("token sequence: {what}: {}", vocab.decode(ids)));
     let word = |i: u32| {
@@ -236,15 +236,16 @@ pub fn decode(ids: &[u32], vocab: &Vocab) -> Result<Decoded> {
         .iter()
         .position(|&t| t == EOT)
         .ok_or_else(|| bad("no <eot>"))?;
-    let steps = reasoning[..eot]
-        .iter()
-        .filter(|&&t| t != THOUGHT)
-        .map(|&t| word(t))
-        .collect::<Result<Vec<_>>>()?;
-    let answer = match reasoning.get(eot + 1) {
-        Some(&t) if t != EOS => Some(word(t)?),
-        _ => None,
+    if reasoning[..eot].iter().any(|&t| t != THOUGHT) {
+        return Err(bad("only <thought> may stand between <bot> and <eot>"));
+    }
+    let language = &reasoning[eot + 1..];
+    let language = language.strip_suffix(&[EOS]).unwrap_or(language);
+    let (answer, steps) = match language.split_last() {
+        Some((&a, steps)) => (Some(word(a)?), steps),
+        None => (None, language),
     };
+    let steps = steps.iter().map(|&t| word(t)).collect::<Result<Vec<_>>>()?;
     Ok(Decoded {
         edges,
         root: word(*root)?,
@@ -314,14 +315,20 @@ mod tests {
         let r = &prosqa::generate(1, 9)[0];
         let enc = encode(r, &vocab).unwrap();
         let n = enc.steps.len();
+        let p = enc.prompt.len();
         let stage1 = enc.with_thoughts(1, 1);
         assert_eq!(stage1.len(), enc.cot().len());
-        assert_eq!(stage1[enc.prompt.len()], THOUGHT);
-        assert_eq!(stage1[enc.prompt.len() + 1], enc.steps[1]);
-        let all = enc.with_thoughts(n + 2, 2);
+        assert_eq!(stage1[p - 1..p + 3], [BOT, THOUGHT, EOT, enc.steps[1]]);
+        assert_eq!(decode(&stage1, &vocab).unwrap().steps.len(), n - 1);
+        let all = enc.with_thoughts(n + 2, 2 * (n + 2));
         assert_eq!(all.iter().filter(|&&t| t == THOUGHT).count(), 2 * (n + 2));
-        assert_eq!(decode(&all, &vocab).unwrap().steps, Vec::<String>::new());
-        assert_eq!(enc.no_cot().len(), enc.prompt.len() + 3);
+        let dec = decode(&all, &vocab).unwrap();
+        assert_eq!(dec.steps, Vec::<String>::new());
+        assert_eq!(dec.answer.as_deref(), vocab.token(enc.answer[0]));
+        assert_eq!(
+            enc.no_cot(),
+            [&enc.prompt[..], &[EOT, enc.answer[0], EOS]].concat()
+        );
     }
 
     #[test]

@@ -1,0 +1,339 @@
+//! Training the built-in reasoner on generated ProsQA-like data with Coconut's curriculum.
+//!
+//! Stage k replaces the first k reasoning steps with k * c continuous thoughts; each stage
+//! runs a fixed number of epochs and starts a fresh optimizer (as the reference code does).
+//! The loss covers only the language after `<eot>` (remaining steps and the answer). The
+//! same loop trains the CoT baseline (stage 0 only) and the no-CoT baseline (answer only).
+//! Never train on the real ProsQA file: it is the held-out evaluation set.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use indicatif::ProgressBar;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::save_hf_gpt2;
+use super::coconut::{forward_with_thoughts, LatentTokens};
+use super::gpt2::{random_varmap, Gpt2, Gpt2Config};
+use super::tokens::{encode, Encoded, Vocab, EOT};
+use crate::data::prosqa::Record;
+use crate::error::IoContext;
+use crate::sites::Hooks;
+use crate::{Error, Result};
+
+/// What the model learns to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Coconut's curriculum: steps replaced by continuous thoughts stage by stage.
+    Coconut,
+    /// Chain of thought in language (stage 0 throughout).
+    Cot,
+    /// The answer right after the question.
+    NoCot,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub method: Method,
+    pub model: Gpt2Config,
+    /// Last curriculum stage (Coconut uses 6 for ProsQA); later stages stay at this one.
+    pub max_stage: usize,
+    /// Epochs at each stage (the CoT / no-CoT baselines run `epochs_per_stage *
+    /// (max_stage + 1)` epochs in all, the same budget).
+    pub epochs_per_stage: usize,
+    /// Thoughts per replaced step (c).
+    pub thoughts_per_step: usize,
+    /// Chance that a sample is trained at a random earlier stage instead of the current one.
+    pub mix_prob: f64,
+    /// Use `stage * c` thoughts even for questions with fewer steps (Coconut's
+    /// `pad_latent_to_max`, used for ProsQA).
+    pub pad_thoughts: bool,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// Samples whose gradients are summed into one optimizer step.
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn new(method: Method, vocab_size: usize) -> Self {
+        Self {
+            method,
+            model: Gpt2Config::tiny(vocab_size),
+            max_stage: 6,
+            epochs_per_stage: 5,
+            thoughts_per_step: 1,
+            mix_prob: 0.0,
+            pad_thoughts: true,
+            learning_rate: 1e-3,
+            weight_decay: 0.01,
+            batch_size: 32,
+            seed: 0,
+        }
+    }
+
+    pub fn total_epochs(&self) -> usize {
+        self.epochs_per_stage * (self.max_stage + 1)
+    }
+
+    /// The curriculum stage of an epoch (0-based).
+    pub fn stage_of_epoch(&self, epoch: usize) -> usize {
+        match self.method {
+            Method::Coconut => (epoch / self.epochs_per_stage.max(1)).min(self.max_stage),
+            Method::Cot | Method::NoCot => 0,
+        }
+    }
+}
+
+/// Where training stands; written beside each checkpoint so a run can resume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub config: TrainConfig,
+    /// Epochs finished.
+    pub epochs_done: usize,
+    /// Mean loss of each finished epoch.
+    pub epoch_losses: Vec<f32>,
+}
+
+/// A training sequence and the index from which its tokens are trained on.
+struct Example {
+    ids: Vec<u32>,
+    first_target: usize,
+}
+
+fn example(enc: &Encoded, config: &TrainConfig, stage: usize) -> Example {
+    let ids = match config.method {
+        Method::NoCot => enc.no_cot(),
+        Method::Cot => enc.cot(),
+        Method::Coconut => {
+            let steps = if config.pad_thoughts {
+                stage
+            } else {
+                stage.min(enc.steps.len())
+            };
+            enc.with_thoughts(stage, steps * config.thoughts_per_step)
+        }
+    };
+    let eot = ids.iter().position(|&t| t == EOT).unwrap_or(ids.len() - 1);
+    Example {
+        ids,
+        first_target: eot + 1,
+    }
+}
+
+/// Mean cross-entropy of the tokens after `<eot>`, predicted from the position before.
+fn example_loss(model: &Gpt2, ex: &Example) -> candle_core::Result<Tensor> {
+    let out = forward_with_thoughts(model, &ex.ids, LatentTokens::builtin(), &mut Hooks::none())?;
+    let n = ex.ids.len() - ex.first_target;
+    let logits = out.logits.squeeze(0)?.narrow(0, ex.first_target - 1, n)?;
+    let labels = Tensor::new(&ex.ids[ex.first_target..], model.device())?;
+    candle_nn::loss::cross_entropy(&logits, &labels)
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("train_state.json")
+}
+
+fn model_dir(dir: &Path) -> PathBuf {
+    dir.join("model")
+}
+
+/// Trains on `records` (generated data only), saving `out_dir/model/` (config.json +
+/// model.safetensors) and `out_dir/train_state.json` after every epoch. If `out_dir` already
+/// holds a state with the same config, training resumes after its last finished epoch (the
+/// optimizer moments restart, as they do at every stage switch).
+pub fn train(
+    config: &TrainConfig,
+    records: &[Record],
+    out_dir: &Path,
+    progress: &ProgressBar,
+) -> Result<TrainState> {
+    if records.is_empty() {
+        return Err(Error::Invalid("no training records".into()));
+    }
+    let vocab = Vocab::prosqa();
+    if config.model.vocab_size != vocab.len() {
+        return Err(Error::Invalid(format!(
+            "model vocab_size {} differs from the reasoner vocabulary ({})",
+            config.model.vocab_size,
+            vocab.len()
+        )));
+    }
+    let encoded = records
+        .iter()
+        .map(|r| encode(r, &vocab))
+        .collect::<Result<Vec<_>>>()?;
+    let device = Device::Cpu;
+    let (varmap, mut state) = start_or_resume(config, out_dir, &device)?;
+    let model = Gpt2::new(
+        &config.model,
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+    )?;
+    progress.set_length(config.total_epochs() as u64);
+    progress.set_position(state.epochs_done as u64);
+    let mut optimizer = new_optimizer(config, &varmap)?;
+    let mut last_stage = config.stage_of_epoch(state.epochs_done);
+    for epoch in state.epochs_done..config.total_epochs() {
+        let stage = config.stage_of_epoch(epoch);
+        if stage != last_stage {
+            optimizer = new_optimizer(config, &varmap)?;
+            last_stage = stage;
+        }
+        let loss = run_epoch(config, &model, &encoded, epoch, stage, &mut optimizer)?;
+        state.epochs_done = epoch + 1;
+        state.epoch_losses.push(loss);
+        save_hf_gpt2(model_dir(out_dir), &config.model, &varmap)?;
+        let path = state_path(out_dir);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&state)?).at(&tmp)?;
+        std::fs::rename(&tmp, &path).at(&path)?;
+        progress.inc(1);
+    }
+    Ok(state)
+}
+
+fn new_optimizer(config: &TrainConfig, varmap: &VarMap) -> Result<AdamW> {
+    let params = ParamsAdamW {
+        lr: config.learning_rate,
+        weight_decay: config.weight_decay,
+        ..Default::default()
+    };
+    Ok(AdamW::new(varmap.all_vars(), params)?)
+}
+
+fn start_or_resume(
+    config: &TrainConfig,
+    out_dir: &Path,
+    device: &Device,
+) -> Result<(VarMap, TrainState)> {
+    std::fs::create_dir_all(out_dir).at(out_dir)?;
+    let mut varmap = random_varmap(&config.model, config.seed, device)?;
+    let path = state_path(out_dir);
+    if !path.exists() {
+        let state = TrainState {
+            config: config.clone(),
+            epochs_done: 0,
+            epoch_losses: Vec::new(),
+        };
+        return Ok((varmap, state));
+    }
+    let text = std::fs::read_to_string(&path).at(&path)?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: path.clone(),
+        detail: format!("not a training state: {e}"),
+    })?;
+    if &state.config != config {
+        return Err(Error::RunExists {
+            path: out_dir.to_path_buf(),
+            detail: "it was trained with a different config".into(),
+        });
+    }
+    varmap.load(model_dir(out_dir).join("model.safetensors"))?;
+    Ok((varmap, state))
+}
+
+fn run_epoch(
+    config: &TrainConfig,
+    model: &Gpt2,
+    encoded: &[Encoded],
+    epoch: usize,
+    stage: usize,
+    optimizer: &mut AdamW,
+) -> Result<f32> {
+    let mut rng = crate::rng::stream(config.seed, crate::rng::mix(&[0x7261_696e, epoch as u64]));
+    let mut order: Vec<usize> = (0..encoded.len()).collect();
+    order.shuffle(&mut rng);
+    let mut total = 0.0f64;
+    for batch in order.chunks(config.batch_size.max(1)) {
+        let mut losses = Vec::with_capacity(batch.len());
+        for &i in batch {
+            let s = if stage > 0 && rng.gen::<f64>() < config.mix_prob {
+                rng.gen_range(0..stage)
+            } else {
+                stage
+            };
+            losses.push(example_loss(model, &example(&encoded[i], config, s))?);
+        }
+        let loss = (Tensor::stack(&losses, 0)?.sum_all()? / batch.len() as f64)?;
+        optimizer.backward_step(&loss)?;
+        total += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
+    }
+    Ok((total / encoded.len() as f64) as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::prosqa::generate;
+
+    fn small(method: Method) -> TrainConfig {
+        let mut c = TrainConfig::new(method, Vocab::prosqa().len());
+        c.model.n_embd = 32;
+        c.model.n_head = 2;
+        c.model.n_layer = 1;
+        c.model.n_positions = 256;
+        c.max_stage = 1;
+        c.epochs_per_stage = 5;
+        c.batch_size = 4;
+        c.learning_rate = 1e-2;
+        c
+    }
+
+    #[test]
+    fn loss_decreases_and_training_resumes() {
+        let records = generate(24, 21);
+        let dir = tempfile::tempdir().unwrap();
+        let config = small(Method::Coconut);
+        let state = train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+        assert_eq!(state.epochs_done, 10);
+        let l = &state.epoch_losses;
+        assert!(
+            l[..5].windows(2).all(|w| w[1] < w[0]),
+            "stage 0 losses {l:?}"
+        );
+        assert!(l[4] < 0.8 * l[0], "stage 0 losses {l:?}");
+        assert!(l[9] < l[0], "losses {l:?}");
+        // Everything is saved: rerunning finds nothing left to do and changes nothing.
+        let again = train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+        assert_eq!(again, state);
+        let loaded =
+            super::super::checkpoint::load_hf_gpt2(dir.path().join("model"), &Device::Cpu).unwrap();
+        assert_eq!(loaded.config, config.model);
+    }
+
+    #[test]
+    fn stage_examples_train_on_the_language_after_eot() {
+        let vocab = Vocab::prosqa();
+        let enc = encode(&generate(1, 4)[0], &vocab).unwrap();
+        let c = small(Method::Coconut);
+        let ex = example(&enc, &c, 1);
+        assert_eq!(
+            &ex.ids[ex.first_target..],
+            [&enc.steps[1..], &enc.answer[..]].concat()
+        );
+        let ex = example(&enc, &small(Method::NoCot), 0);
+        assert_eq!(&ex.ids[ex.first_target..], &enc.answer[..]);
+        let ex = example(&enc, &small(Method::Cot), 3);
+        assert_eq!(
+            &ex.ids[ex.first_target..],
+            [&enc.steps[..], &enc.answer[..]].concat()
+        );
+    }
+
+    #[test]
+    fn a_different_config_does_not_resume() {
+        let records = generate(2, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = small(Method::NoCot);
+        config.max_stage = 0;
+        config.epochs_per_stage = 1;
+        train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+        config.seed = 9;
+        let err = train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap_err();
+        assert!(err.to_string().contains("different config"), "{err}");
+    }
+}
