@@ -265,6 +265,65 @@ fn run_epoch(
     Ok((total / encoded.len() as f64) as f32)
 }
 
+/// Accuracy of greedy answers, overall and by the question's hop count.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub total: usize,
+    pub correct: usize,
+    /// hops -> (questions, correct).
+    pub by_hops: std::collections::BTreeMap<usize, (usize, usize)>,
+}
+
+impl Accuracy {
+    pub fn rate(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+}
+
+/// The answer of a decoded continuation: the last token before `<eos>` (the node named by
+/// "Name is a X."), whatever steps were spelled out before it.
+pub fn answer_token(decoded: &[u32]) -> Option<u32> {
+    let end = decoded
+        .iter()
+        .position(|&t| t == super::tokens::EOS)
+        .unwrap_or(decoded.len());
+    decoded[..end].last().copied()
+}
+
+/// Greedy evaluation: each record's prompt, `n_thoughts` continuous thoughts (0 for the CoT
+/// and no-CoT baselines), `<eot>`, then decoding; correct when the answer is the target.
+/// Works on the real ProsQA file (evaluation only).
+pub fn evaluate(
+    model: &Gpt2,
+    records: &[Record],
+    n_thoughts: usize,
+    progress: &ProgressBar,
+) -> Result<Accuracy> {
+    let vocab = Vocab::prosqa();
+    let mut acc = Accuracy::default();
+    progress.set_length(records.len() as u64);
+    for record in records {
+        let enc = encode(record, &vocab)?;
+        let max_answer = enc.steps.len() + 2;
+        let gen = super::coconut::generate_latent(
+            model,
+            &enc.prompt,
+            n_thoughts,
+            LatentTokens::builtin(),
+            max_answer,
+            &mut Hooks::none(),
+        )?;
+        let ok = answer_token(&gen.answer) == Some(enc.answer[0]);
+        let entry = acc.by_hops.entry(enc.steps.len()).or_default();
+        entry.0 += 1;
+        entry.1 += ok as usize;
+        acc.total += 1;
+        acc.correct += ok as usize;
+        progress.inc(1);
+    }
+    Ok(acc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +380,39 @@ mod tests {
         assert_eq!(
             &ex.ids[ex.first_target..],
             [&enc.steps[..], &enc.answer[..]].concat()
+        );
+    }
+
+    #[test]
+    fn answers_are_read_before_eos() {
+        use super::super::tokens::EOS;
+        assert_eq!(answer_token(&[30, 31, EOS, 40]), Some(31));
+        assert_eq!(answer_token(&[30, 31]), Some(31));
+        assert_eq!(answer_token(&[EOS]), None);
+    }
+
+    #[test]
+    fn evaluation_counts_every_question_by_hops() {
+        let records = generate(6, 2);
+        let config = small(Method::Coconut);
+        let varmap = random_varmap(&config.model, 0, &Device::Cpu).unwrap();
+        let model = Gpt2::new(
+            &config.model,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let acc = evaluate(&model, &records, 2, &ProgressBar::hidden()).unwrap();
+        assert_eq!(acc.total, 6);
+        let mut want = std::collections::BTreeMap::new();
+        for r in &records {
+            want.entry(r.hops()).or_insert((0, 0)).0 += 1;
+        }
+        assert_eq!(
+            acc.by_hops
+                .iter()
+                .map(|(h, (n, _))| (*h, *n))
+                .collect::<Vec<_>>(),
+            want.iter().map(|(h, (n, _))| (*h, *n)).collect::<Vec<_>>()
         );
     }
 
