@@ -79,12 +79,16 @@ struct Attention {
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Per batch row, whether each cached key is a real token (false: padding). Empty
+    /// while nothing was padded.
+    valid_keys: Vec<Vec<bool>>,
 }
 
 impl KvCache {
     pub fn new(n_layer: usize) -> Self {
         Self {
             layers: vec![None; n_layer],
+            valid_keys: Vec::new(),
         }
     }
 
@@ -122,6 +126,7 @@ impl Attention {
         &self,
         x: &Tensor,
         cache: &mut Option<(Tensor, Tensor)>,
+        mask: &Tensor,
         layer: usize,
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
@@ -135,10 +140,9 @@ impl Attention {
             v = Tensor::cat(&[pv, &v], 2)?;
         }
         *cache = Some((k.clone(), v.clone()));
-        let past = k.dim(2)? - t;
         let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = scores.broadcast_add(&causal_mask(t, past, x.device())?)?;
+        let scores = scores.broadcast_add(mask)?;
         let pattern = candle_nn::ops::softmax_last_dim(&scores)?;
         let pattern = hooks.site(&format!("blocks.{layer}.attn.hook_pattern"), pattern)?;
         let z = pattern.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
@@ -146,8 +150,8 @@ impl Attention {
     }
 }
 
-/// `[t, past + t]`: 0 where query `i` (absolute position past + i) may see key `j`, -inf
-/// after it.
+/// Additive attention mask `[t, past + t]`: 0 where query `i` (absolute position
+/// past + i) may see key `j`, -inf after it.
 fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
@@ -161,6 +165,25 @@ fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
         })
         .collect();
     Tensor::from_vec(mask, (t, past + t), device)
+}
+
+/// Additive mask `[batch, 1, t, keys]` for padded rows: causal, and padding keys hidden.
+/// A padding query still sees itself, so that its softmax stays finite (nothing real
+/// attends to it).
+fn padded_mask(valid_keys: &[Vec<bool>], t: usize, device: &Device) -> Result<Tensor> {
+    let b = valid_keys.len();
+    let keys = valid_keys.first().map(Vec::len).unwrap_or(0);
+    let past = keys - t;
+    let mut mask = Vec::with_capacity(b * t * keys);
+    for row in valid_keys {
+        for i in 0..t {
+            for (j, &valid) in row.iter().enumerate() {
+                let seen = j <= past + i && (valid || j == past + i);
+                mask.push(if seen { 0.0 } else { f32::NEG_INFINITY });
+            }
+        }
+    }
+    Tensor::from_vec(mask, (b, 1, t, keys), device)
 }
 
 #[derive(Debug, Clone)]
@@ -208,13 +231,14 @@ impl Block {
         &self,
         x: Tensor,
         cache: &mut Option<(Tensor, Tensor)>,
+        mask: &Tensor,
         l: usize,
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
         let x = hooks.site(&format!("blocks.{l}.hook_resid_pre"), x)?;
         let attn_out = self
             .attn
-            .forward(&self.ln_1.forward(&x)?, cache, l, hooks)?;
+            .forward(&self.ln_1.forward(&x)?, cache, mask, l, hooks)?;
         let attn_out = hooks.site(&format!("blocks.{l}.hook_attn_out"), attn_out)?;
         let mid = (x + attn_out)?;
         let mlp_out = self.mlp.forward(&self.ln_2.forward(&mid)?)?;
@@ -311,14 +335,7 @@ impl Gpt2 {
         cache: &mut KvCache,
         hooks: &mut Hooks,
     ) -> Result<Gpt2Output> {
-        let (_, t, _) = embeds.dims3()?;
-        if start_pos + t > self.config.n_positions {
-            candle_core::bail!(
-                "positions {start_pos}..{} exceed the model's n_positions {}",
-                start_pos + t,
-                self.config.n_positions
-            );
-        }
+        let (b, t, _) = embeds.dims3()?;
         if cache.layers.len() != self.blocks.len() {
             *cache = self.new_cache();
         }
@@ -328,15 +345,90 @@ impl Gpt2 {
                 cache.len()
             );
         }
+        if !cache.valid_keys.is_empty() {
+            let positions: Vec<Vec<u32>> =
+                vec![(start_pos as u32..(start_pos + t) as u32).collect(); b];
+            return self.forward_padded(embeds, &positions, &vec![vec![true; t]; b], cache, hooks);
+        }
+        self.check_positions(start_pos + t)?;
         let positions = Tensor::arange(start_pos as u32, (start_pos + t) as u32, embeds.device())?;
         let pos = self.wpe.forward(&positions)?.unsqueeze(0)?;
-        let pos = hooks.site(
-            "hook_pos_embed",
-            pos.broadcast_as(embeds.shape())?.contiguous()?,
-        )?;
+        let pos = pos.broadcast_as(embeds.shape())?.contiguous()?;
+        let mask = causal_mask(t, start_pos, embeds.device())?;
+        self.run_blocks(embeds, pos, &mask, cache, hooks)
+    }
+
+    /// A batch whose rows have their own positions and padding: `positions[b][i]` is the
+    /// position embedding index of new slot `i` of row `b`, `valid[b][i]` whether it is a
+    /// real input (false: padding, which no real slot attends to). Padding keeps a batch of
+    /// prompts of different lengths rectangular: pad prompts on the left, so that their
+    /// last tokens (and the thoughts after them) line up, and suffixes on the right.
+    pub fn forward_padded(
+        &self,
+        embeds: &Tensor,
+        positions: &[Vec<u32>],
+        valid: &[Vec<bool>],
+        cache: &mut KvCache,
+        hooks: &mut Hooks,
+    ) -> Result<Gpt2Output> {
+        let (b, t, _) = embeds.dims3()?;
+        if positions.len() != b
+            || valid.len() != b
+            || positions
+                .iter()
+                .chain(std::iter::once(&vec![0; t]))
+                .any(|p| p.len() != t)
+            || valid.iter().any(|v| v.len() != t)
+        {
+            candle_core::bail!("positions and valid must be [batch={b}][position={t}]");
+        }
+        if cache.layers.len() != self.blocks.len() {
+            *cache = self.new_cache();
+        }
+        let max_pos = positions.iter().flatten().max().copied().unwrap_or(0) as usize;
+        self.check_positions(max_pos + 1)?;
+        if cache.valid_keys.is_empty() {
+            cache.valid_keys = vec![vec![true; cache.len()]; b];
+        }
+        if cache.valid_keys.len() != b {
+            candle_core::bail!(
+                "the cache holds {} rows, the batch has {b}",
+                cache.valid_keys.len()
+            );
+        }
+        for (row, new) in cache.valid_keys.iter_mut().zip(valid) {
+            row.extend_from_slice(new);
+        }
+        let flat: Vec<u32> = positions.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (b, t), embeds.device())?;
+        let pos = self.wpe.forward(&ids)?;
+        let mask = padded_mask(&cache.valid_keys, t, embeds.device())?;
+        self.run_blocks(embeds, pos, &mask, cache, hooks)
+    }
+
+    fn check_positions(&self, end: usize) -> Result<()> {
+        if end > self.config.n_positions {
+            candle_core::bail!(
+                "position {} exceeds the model's n_positions {}",
+                end - 1,
+                self.config.n_positions
+            );
+        }
+        Ok(())
+    }
+
+    fn run_blocks(
+        &self,
+        embeds: &Tensor,
+        pos: Tensor,
+        mask: &Tensor,
+        cache: &mut KvCache,
+        hooks: &mut Hooks,
+    ) -> Result<Gpt2Output> {
+        let pos = hooks.site("hook_pos_embed", pos)?;
         let mut x = (embeds + pos)?;
         for (l, block) in self.blocks.iter().enumerate() {
-            x = block.forward(x, &mut cache.layers[l], l, hooks)?;
+            x = block.forward(x, &mut cache.layers[l], mask, l, hooks)?;
         }
         let hidden = hooks.site("ln_final.hook_normalized", self.ln_f.forward(&x)?)?;
         let logits = hidden.broadcast_matmul(&self.wte.embeddings().t()?)?;
