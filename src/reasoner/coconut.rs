@@ -186,6 +186,92 @@ pub fn forward_with_thoughts(
     })
 }
 
+/// Teacher-forced latent mode on a padded batch. Row `b` is `(prefix, suffix)`: the tokens
+/// before the thoughts (ending with `<bot>`) and those after them (starting with `<eot>`);
+/// every row gets `n_thoughts` thoughts. Prefixes are padded on the left so that the
+/// thoughts line up, suffixes on the right. Returns the suffix pass's output, `[batch,
+/// longest suffix, ...]`: slot `i` of row `b` is suffix token `i` (slots past the row's
+/// suffix are padding). Sets the step as `forward_with_thoughts` does.
+pub fn forward_batch_with_thoughts(
+    model: &Gpt2,
+    rows: &[(&[u32], &[u32])],
+    n_thoughts: usize,
+    hooks: &mut Hooks,
+) -> Result<Gpt2Output> {
+    if rows.is_empty() || rows.iter().any(|(p, s)| p.is_empty() || s.is_empty()) {
+        candle_core::bail!("every row needs a non-empty prefix and suffix");
+    }
+    let device = model.device();
+    let b = rows.len();
+    let mut cache = model.new_cache();
+    // Prefixes, left-padded.
+    let la = rows.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * la);
+    let (mut positions, mut valid) = (Vec::with_capacity(b), Vec::with_capacity(b));
+    for (prefix, _) in rows {
+        let pad = la - prefix.len();
+        ids.extend(std::iter::repeat_n(0, pad).chain(prefix.iter().copied()));
+        positions.push(
+            (0..la)
+                .map(|s| s.saturating_sub(pad) as u32)
+                .collect::<Vec<_>>(),
+        );
+        valid.push((0..la).map(|s| s >= pad).collect::<Vec<_>>());
+    }
+    hooks.set_step(0, None);
+    let ids = Tensor::from_vec(ids, (b, la), device)?;
+    let embeds = hooks.site("hook_embed", model.embed(&ids)?)?;
+    let mut out = model.forward_padded(&embeds, &positions, &valid, &mut cache, hooks)?;
+    // Thoughts, one slot per row each.
+    for k in 1..=n_thoughts {
+        hooks.set_step(k as u16, None);
+        let (_, t, _) = out.hidden.dims3()?;
+        let h = out.hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+        let thought = hooks.site("thought", h)?;
+        let positions: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|(p, _)| vec![(p.len() + k - 1) as u32])
+            .collect();
+        let valid = vec![vec![true]; b];
+        out = model.forward_padded(
+            &thought.unsqueeze(1)?,
+            &positions,
+            &valid,
+            &mut cache,
+            hooks,
+        )?;
+    }
+    // Suffixes, right-padded (padding sits at position 0: it is never attended to).
+    hooks.set_step(n_thoughts as u16 + 1, None);
+    let lc = rows.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * lc);
+    let (mut positions, mut valid) = (Vec::with_capacity(b), Vec::with_capacity(b));
+    for (prefix, suffix) in rows {
+        let start = prefix.len() + n_thoughts;
+        ids.extend(
+            suffix
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, lc - suffix.len())),
+        );
+        positions.push(
+            (0..lc)
+                .map(|i| {
+                    if i < suffix.len() {
+                        (start + i) as u32
+                    } else {
+                        0
+                    }
+                })
+                .collect::<Vec<_>>(),
+        );
+        valid.push((0..lc).map(|i| i < suffix.len()).collect::<Vec<_>>());
+    }
+    let ids = Tensor::from_vec(ids, (b, lc), device)?;
+    let embeds = hooks.site("hook_embed", model.embed(&ids)?)?;
+    model.forward_padded(&embeds, &positions, &valid, &mut cache, hooks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +388,41 @@ mod tests {
             after_eot.argmax(0).unwrap().to_scalar::<u32>().unwrap(),
             gen.answer[0]
         );
+    }
+
+    #[test]
+    fn padded_batches_match_one_sample_at_a_time() {
+        let model = tiny();
+        let prefixes: [&[u32]; 3] = [
+            &[1, 9, 10, 6, 7, 9, 3],
+            &[1, 11, 12, 6, 9, 10, 6, 7, 11, 3],
+            &[1, 7, 3],
+        ];
+        let suffixes: [&[u32]; 3] = [&[4, 10, 2], &[4, 12], &[4, 9, 10, 11, 2]];
+        let rows: Vec<(&[u32], &[u32])> = prefixes
+            .iter()
+            .copied()
+            .zip(suffixes.iter().copied())
+            .collect();
+        for n in [0, 2] {
+            let batch = forward_batch_with_thoughts(&model, &rows, n, &mut Hooks::none()).unwrap();
+            for (b, (p, s)) in rows.iter().enumerate() {
+                let seq = [&p[..], &vec![5; n][..], &s[..]].concat();
+                let one = forward_with_thoughts(&model, &seq, TOKENS, &mut Hooks::none()).unwrap();
+                let want = one
+                    .logits
+                    .i(0)
+                    .unwrap()
+                    .narrow(0, p.len() + n, s.len())
+                    .unwrap();
+                let got = batch.logits.i(b).unwrap().narrow(0, 0, s.len()).unwrap();
+                assert!(
+                    max_diff(&got, &want) < 1e-4,
+                    "row {b}, {n} thoughts: {}",
+                    max_diff(&got, &want)
+                );
+            }
+        }
     }
 
     #[test]
