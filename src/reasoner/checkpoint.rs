@@ -101,7 +101,7 @@ pub fn save_hf_gpt2(
 }
 
 /// Keys as our model names them (`transformer.*`), with aliases and buffers removed:
-/// `prefix` is stripped first; `lm_head.weight` (tied to wte), `embedding.weight` (Coconut's
+/// wrapper prefixes (`module.`, `_orig_mod.`) and `prefix` are stripped first; `lm_head.weight` (tied to wte), `embedding.weight` (Coconut's
 /// alias) and the attention mask buffers (`attn.bias`, `attn.masked_bias`) carry no weights
 /// of their own, but an alias must have the token embedding's shape.
 fn normalize_keys(
@@ -112,6 +112,10 @@ fn normalize_keys(
     let mut out = HashMap::new();
     let mut aliases = Vec::new();
     for (key, tensor) in tensors {
+        // Wrappers of the training run: DistributedDataParallel, torch.compile.
+        let key = ["module.", "_orig_mod."].iter().fold(key, |k, w| {
+            k.strip_prefix(w).map(str::to_string).unwrap_or(k)
+        });
         let key = match key.strip_prefix(prefix) {
             Some(k) => k.to_string(),
             None if key == "embedding.weight" => {
@@ -439,6 +443,44 @@ mod tests {
             .forward(&ids, 0, &mut loaded.model.new_cache(), &mut Hooks::none())
             .unwrap();
         assert_eq!(max_diff(&a.logits, &b.logits), 0.0);
+    }
+
+    #[test]
+    fn wrapper_prefixes_aliases_and_buffers_are_normalized() {
+        let t = |r: usize| Tensor::zeros((r, 4), DType::F32, &Device::Cpu).unwrap();
+        let raw: HashMap<String, Tensor> = [
+            ("module.base_causallm.transformer.wte.weight", t(7)),
+            ("module.base_causallm.lm_head.weight", t(7)),
+            ("module.embedding.weight", t(7)),
+            ("module.base_causallm.transformer.h.0.attn.bias", t(2)),
+            (
+                "module.base_causallm.transformer.h.0.attn.masked_bias",
+                t(1),
+            ),
+            ("module.base_causallm.transformer.h.0.ln_1.weight", t(1)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let out = normalize_keys(raw, "base_causallm.", Path::new("ckpt")).unwrap();
+        let mut keys: Vec<&str> = out.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["transformer.h.0.ln_1.weight", "transformer.wte.weight"]
+        );
+        let untied: HashMap<String, Tensor> = [
+            ("transformer.wte.weight".to_string(), t(7)),
+            ("lm_head.weight".to_string(), t(5)),
+        ]
+        .into();
+        let msg = normalize_keys(untied, "", Path::new("m"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("lm_head.weight") && msg.contains("[5, 4]"),
+            "{msg}"
+        );
     }
 
     #[test]
