@@ -409,25 +409,66 @@ impl Default for GenConfig {
 
 /// `n` ProsQA-like records, deterministic in `seed`; record `i` depends only on (seed, i).
 pub fn generate(n: usize, seed: u64) -> Vec<Record> {
-    generate_with(&GenConfig::default(), n, seed)
+    // The default config accepts about one graph in six, so the attempt cap is never hit.
+    generate_with(&GenConfig::default(), n, seed).unwrap_or_default()
 }
 
-pub fn generate_with(config: &GenConfig, n: usize, seed: u64) -> Vec<Record> {
+/// Graphs drawn per record before `generate_with` gives up on a config.
+const MAX_ATTEMPTS: usize = 10_000;
+
+/// `generate` with other knobs; fails on a config that cannot produce a question.
+pub fn generate_with(config: &GenConfig, n: usize, seed: u64) -> Result<Vec<Record>> {
+    config.check()?;
     (0..n)
-        .map(|i| generate_one(config, &mut crate::rng::stream(seed, i as u64)))
+        .map(|i| {
+            generate_one(config, &mut crate::rng::stream(seed, i as u64)).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no ProsQA question after {MAX_ATTEMPTS} graphs for record {i}; allow \
+                     more nodes or a deeper graph"
+                ))
+            })
+        })
         .collect()
+}
+
+impl GenConfig {
+    fn check(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Invalid(format!("ProsQA generator config: {what}")));
+        if self.min_nodes < 8 || self.min_nodes > self.max_nodes {
+            return bad("need 8 <= min_nodes <= max_nodes (a 3-hop question needs a few nodes)");
+        }
+        if self.max_nodes > CONCEPTS.len() + 2 {
+            return bad("max_nodes exceeds the number of concept words + 2");
+        }
+        if self.mean_in_degree <= 0.0 || !self.mean_in_degree.is_finite() {
+            return bad("mean_in_degree must be positive");
+        }
+        let probs = self.group_probs.iter().chain(&self.accept_by_hops);
+        if probs.clone().any(|p| !(0.0..=1.0).contains(p))
+            || self.group_probs.iter().sum::<f64>() <= 0.0
+        {
+            return bad(
+                "group_probs and accept_by_hops must be probabilities, group_probs not all 0",
+            );
+        }
+        if self.accept_by_hops.iter().all(|&p| p == 0.0) {
+            return bad("accept_by_hops are all 0: no graph would be accepted");
+        }
+        if !(0.0..=1.0).contains(&self.mix_prob) || !(0.0..1.0).contains(&self.extra_person_prob) {
+            return bad("mix_prob must be in [0, 1] and extra_person_prob in [0, 1)");
+        }
+        Ok(())
+    }
 }
 
 const LABEL_ROOT0: u8 = 1;
 const LABEL_ROOT1: u8 = 2;
 
-fn generate_one(config: &GenConfig, rng: &mut ChaCha8Rng) -> Record {
-    loop {
+fn generate_one(config: &GenConfig, rng: &mut ChaCha8Rng) -> Option<Record> {
+    (0..MAX_ATTEMPTS).find_map(|_| {
         let parents = random_dag(config, rng);
-        if let Some(record) = pose_question(config, &parents, rng) {
-            return record;
-        }
-    }
+        pose_question(config, &parents, rng)
+    })
 }
 
 fn poisson(rng: &mut ChaCha8Rng, mean: f64) -> usize {
@@ -728,6 +769,22 @@ mod tests {
             assert!(mine[r.neg_target].is_none());
             assert_eq!(r.steps.len(), mine[r.target].unwrap());
         }
+    }
+
+    #[test]
+    fn impossible_generator_configs_are_errors() {
+        let tiny = GenConfig {
+            min_nodes: 4,
+            max_nodes: 5,
+            ..GenConfig::default()
+        };
+        assert!(generate_with(&tiny, 1, 0).is_err());
+        let flat = GenConfig {
+            accept_by_hops: [1e-12; 4],
+            ..GenConfig::default()
+        };
+        let msg = generate_with(&flat, 1, 0).unwrap_err().to_string();
+        assert!(msg.contains("record 0"), "{msg}");
     }
 
     #[test]

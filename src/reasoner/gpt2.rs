@@ -374,10 +374,7 @@ impl Gpt2 {
         let (b, t, _) = embeds.dims3()?;
         if positions.len() != b
             || valid.len() != b
-            || positions
-                .iter()
-                .chain(std::iter::once(&vec![0; t]))
-                .any(|p| p.len() != t)
+            || positions.iter().any(|p| p.len() != t)
             || valid.iter().any(|v| v.len() != t)
         {
             candle_core::bail!("positions and valid must be [batch={b}][position={t}]");
