@@ -6,7 +6,7 @@
 //! embeddings instead of token ids: that is the entry continuous thoughts go through.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::sites::{Hooks, SiteInfo};
@@ -43,6 +43,36 @@ impl Gpt2Config {
 
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
+    }
+}
+
+/// Layer norm from differentiable tensor ops. candle-nn's `LayerNorm` (and its
+/// `softmax_last_dim`) run fused kernels that record no backward pass, so gradients would
+/// silently stop at every block: training needs this one.
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        x.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -143,7 +173,7 @@ impl Attention {
         let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let scores = scores.broadcast_add(mask)?;
-        let pattern = candle_nn::ops::softmax_last_dim(&scores)?;
+        let pattern = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let pattern = hooks.site(&format!("blocks.{layer}.attn.hook_pattern"), pattern)?;
         let z = pattern.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.c_proj.forward(&z)
@@ -220,9 +250,9 @@ impl Block {
     fn new(cfg: &Gpt2Config, vb: VarBuilder) -> Result<Self> {
         let eps = cfg.layer_norm_epsilon;
         Ok(Self {
-            ln_1: candle_nn::layer_norm(cfg.n_embd, eps, vb.pp("ln_1"))?,
+            ln_1: LayerNorm::new(cfg.n_embd, eps, vb.pp("ln_1"))?,
             attn: Attention::new(cfg, vb.pp("attn"))?,
-            ln_2: candle_nn::layer_norm(cfg.n_embd, eps, vb.pp("ln_2"))?,
+            ln_2: LayerNorm::new(cfg.n_embd, eps, vb.pp("ln_2"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
     }
@@ -285,7 +315,7 @@ impl Gpt2 {
             wte: candle_nn::embedding(config.vocab_size, config.n_embd, vb.pp("wte"))?,
             wpe: candle_nn::embedding(config.n_positions, config.n_embd, vb.pp("wpe"))?,
             blocks,
-            ln_f: candle_nn::layer_norm(config.n_embd, config.layer_norm_epsilon, vb.pp("ln_f"))?,
+            ln_f: LayerNorm::new(config.n_embd, config.layer_norm_epsilon, vb.pp("ln_f"))?,
             config: config.clone(),
         })
     }

@@ -524,6 +524,63 @@ mod tests {
     }
 
     #[test]
+    fn a_memorised_training_set_is_answered_correctly() {
+        // Train and evaluate end to end: two questions, learned by heart, must come back
+        // right under greedy decoding, for CoT and for Coconut with its thoughts.
+        let records = generate(2, 5);
+        for (method, thoughts) in [(Method::Cot, 0), (Method::Coconut, 1)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = small(method);
+            config.max_stage = 1;
+            config.epochs_per_stage = 30;
+            config.batch_size = 2;
+            train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+            let loaded =
+                super::super::checkpoint::load_hf_gpt2(dir.path().join("model"), &Device::Cpu)
+                    .unwrap();
+            let acc = evaluate(&loaded.model, &records, thoughts, &ProgressBar::hidden()).unwrap();
+            assert_eq!((acc.total, acc.correct), (2, 2), "{method:?}");
+        }
+    }
+
+    #[test]
+    fn gradients_reach_every_weight() {
+        // Regression: candle-nn's fused layer norm and softmax record no backward pass, which
+        // silently froze everything below the last layer norm.
+        let vocab = Vocab::prosqa();
+        let config = small(Method::Coconut);
+        let varmap = random_varmap(&config.model, 0, &Device::Cpu).unwrap();
+        let model = Gpt2::new(
+            &config.model,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let ex = example(&encode(&generate(1, 3)[0], &vocab).unwrap(), &config, 1);
+        let (loss, _) = batch_loss(&model, &[&ex]).unwrap();
+        let grads = loss.backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let norm = |t: &Tensor| -> f32 { t.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap() };
+        for name in names {
+            let g = grads.get(data[name].as_tensor());
+            let g = g.unwrap_or_else(|| panic!("no gradient reaches {name}"));
+            // c_attn holds the query, key and value maps side by side: each needs its own
+            // gradient (a softmax without backward starves only the query and key parts).
+            let parts = if name.ends_with("c_attn.weight") {
+                3
+            } else {
+                1
+            };
+            let width = g.dim(g.rank() - 1).unwrap() / parts;
+            for p in 0..parts {
+                let part = g.narrow(g.rank() - 1, p * width, width).unwrap();
+                assert!(norm(&part) > 0.0, "no gradient reaches {name} (part {p})");
+            }
+        }
+    }
+
+    #[test]
     fn a_different_config_does_not_resume() {
         let records = generate(2, 1);
         let dir = tempfile::tempdir().unwrap();
