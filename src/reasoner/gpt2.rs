@@ -357,7 +357,8 @@ impl Gpt2 {
 
     /// Input embeddings `[batch, position, d_model]` (position embedding not yet added) at
     /// absolute positions `start_pos..`, attending to the `cache`, which grows by the new
-    /// positions.
+    /// positions. (After a `forward_padded` pass every row continues at `start_pos`; give
+    /// rows their own positions with `forward_padded` instead.)
     pub fn forward_embeds(
         &self,
         embeds: &Tensor,
