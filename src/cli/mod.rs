@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod common;
+pub mod data;
 pub mod diffusion;
 pub mod infoloss;
 pub mod probe;
@@ -29,6 +30,9 @@ pub enum Command {
     /// List a model's hook sites and their shapes.
     #[command(subcommand)]
     Sites(record::SitesCmd),
+    /// Make datasets with known ground truth.
+    #[command(subcommand)]
+    Data(data::DataCmd),
     /// Train a built-in model.
     #[command(subcommand)]
     Train(TrainCommand),
@@ -71,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Record(cmd) => record::run(cmd),
         Command::Sites(cmd) => record::run_sites(cmd),
+        Command::Data(cmd) => data::run(cmd),
         Command::Train(TrainCommand::Diffusion(args)) => diffusion::run_train(&args),
         Command::Eval(EvalCommand::Diffusion(args)) => diffusion::run_eval(&args),
         Command::Probe(args) => probe::run(&args),
