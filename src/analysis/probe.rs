@@ -976,7 +976,13 @@ mod tests {
             width: 5,
             groups: &groups,
         };
-        let r = probe(&input, &binary(y), &quick(9), &ProgressBar::hidden()).unwrap();
+        let r = probe(
+            &input,
+            &binary(y.clone()),
+            &quick(9),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         for name in ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] {
             let m = metric(&r, name);
             assert_eq!(m.value, 1.0, "{name}");
@@ -989,6 +995,16 @@ mod tests {
         assert_eq!(metric(&r, "roc_auc").baseline_value, 0.5);
         assert_eq!((r.n_samples, r.n_rows, r.folds), (120, 120, 5));
         assert_eq!(r.direction.outputs, vec!["yes".to_string()]);
+        // Same seed, same numbers.
+        let again = probe(
+            &input,
+            &binary(y.clone()),
+            &quick(9),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert_eq!(format!("{:?}", again.metrics), format!("{:?}", r.metrics));
+        assert_eq!(again.direction.weights, r.direction.weights);
         // The direction points along feature 0 in raw units: positive, others small.
         let w = &r.direction.weights[0];
         assert!(

@@ -434,18 +434,25 @@ fn index_label(
     let col = df.column(column)?;
     let dtype = col.dtype().clone();
     let continuous = dtype.is_float() || (force_continuous && dtype.is_integer());
+    let join = [
+        Some("sample"),
+        step.as_ref().map(|_| "step"),
+        position.as_ref().map(|_| "position"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ");
     let values = if continuous {
         let v = col
             .cast(&DataType::Float64)
             .map_err(anyhow::Error::from)
             .with_context(ctx)?;
-        let mut by_key = HashMap::new();
-        for (k, x) in keys.iter().zip(v.f64()?.iter()) {
-            if let (Some(k), Some(x)) = (k, x) {
-                by_key.insert(*k, x);
-            }
-        }
-        LabelValues::Continuous(by_key)
+        let pairs = keys
+            .iter()
+            .zip(v.f64()?.iter())
+            .filter_map(|(k, x)| Some(((*k)?, x?)));
+        LabelValues::Continuous(unique_keys(pairs, source, &join)?)
     } else {
         anyhow::ensure!(
             dtype.is_integer()
@@ -475,12 +482,11 @@ fn index_label(
             .enumerate()
             .map(|(i, n)| (n.as_str(), i as u32))
             .collect();
-        let mut by_key = HashMap::new();
-        for (k, t) in keys.iter().zip(&text) {
-            if let (Some(k), Some(t)) = (k, t) {
-                by_key.insert(*k, code[t.as_str()]);
-            }
-        }
+        let pairs = keys
+            .iter()
+            .zip(&text)
+            .filter_map(|(k, t)| Some(((*k)?, code[t.as_deref()?])));
+        let by_key = unique_keys(pairs, source, &join)?;
         LabelValues::Classes { names, by_key }
     };
     Ok(Label {
@@ -490,6 +496,27 @@ fn index_label(
         has_position: position.is_some(),
         values,
     })
+}
+
+/// Indexes label values by key, refusing a table with two rows for one key (a label
+/// must say one thing per latent row).
+fn unique_keys<V>(
+    pairs: impl Iterator<Item = (Key, V)>,
+    source: &str,
+    join: &str,
+) -> anyhow::Result<HashMap<Key, V>> {
+    let mut by_key = HashMap::new();
+    for (k, v) in pairs {
+        if by_key.insert(k, v).is_some() {
+            anyhow::bail!(
+                "{source} has several rows for sample {}{}{}; a label needs one value per ({join})",
+                k.0,
+                k.1.map_or(String::new(), |s| format!(", step {s}")),
+                k.2.map_or(String::new(), |p| format!(", position {p}")),
+            );
+        }
+    }
+    Ok(by_key)
 }
 
 fn probes_frame(rows: &[ProbeRow]) -> anyhow::Result<DataFrame> {
@@ -981,6 +1008,34 @@ mod tests {
             svg.contains("1.00"),
             "the single cell is drawn and annotated"
         );
+    }
+
+    #[test]
+    fn labels_join_on_sample_and_step_and_duplicate_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = tiny_run(&dir.path().join("run"));
+        // A per-(sample, step) label: the shape at steps 1 and 2 only (step 0 has no row).
+        let (mut samples, mut steps, mut phase) = (vec![], vec![], vec![]);
+        for s in 0..40u32 {
+            for step in 1..3u16 {
+                samples.push(s);
+                steps.push(step);
+                phase.push(if s % 2 == 1 { "up" } else { "down" });
+            }
+        }
+        let mut df = df!("sample" => &samples, "step" => &steps, "phase" => &phase).unwrap();
+        run.write_table("phases", &mut df).unwrap();
+        let mut a = args(run.root(), &["phases:phase"]);
+        a.sites = vec!["a".into()];
+        a.steps = "1,2".into();
+        run_probe_quietly(&a);
+        let probes = run.table("probes").unwrap();
+        let n_rows = probes.column("n_rows").unwrap().u32().unwrap();
+        assert!(n_rows.iter().all(|n| n == Some(40)));
+        let mut dup = df!("sample" => [3u32, 3], "colour" => ["red", "blue"]).unwrap();
+        run.write_table("colours", &mut dup).unwrap();
+        let err = super::run(&args(run.root(), &["colour"])).unwrap_err().to_string();
+        assert!(err.contains("several rows for sample 3"), "{err}");
     }
 
     fn run_probe_quietly(a: &ProbeArgs) {
