@@ -1202,6 +1202,50 @@ mod tests {
     }
 
     #[test]
+    fn duplicated_constant_and_low_rank_features_are_handled() {
+        // 64 features spanned by 3 directions (one of them the class signal), plus a
+        // constant column: the Gram matrix is singular.
+        let (n, d) = (300, 64);
+        let z = rng::gaussian(6, 1, n * 3);
+        let mix = rng::gaussian(6, 2, 3 * d);
+        let y: Vec<u32> = (0..n as u32).map(|i| i % 2).collect();
+        let mut x = Vec::with_capacity(n * d);
+        for i in 0..n {
+            let s = if y[i] == 1 { 1.5 } else { -1.5 };
+            for j in 0..d {
+                let v: f32 = (0..3)
+                    .map(|k| (z[i * 3 + k] + if k == 0 { s } else { 0.0 }) * mix[k * d + j])
+                    .sum();
+                x.push(if j == d - 1 { 7.0 } else { v });
+            }
+        }
+        let groups: Vec<u32> = (0..n as u32).collect();
+        let input = ProbeInput {
+            x: &x,
+            width: d,
+            groups: &groups,
+        };
+        let r = probe(
+            &input,
+            &binary(y.clone()),
+            &quick(0),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert!(metric(&r, "accuracy").value > 0.85, "{:?}", r.metrics);
+        let cont: Vec<f64> = (0..n).map(|i| z[i * 3 + 1] as f64).collect();
+        let r = probe(
+            &input,
+            &Target::Continuous(cont),
+            &quick(0),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert!(metric(&r, "r2").value > 0.95, "{:?}", r.metrics);
+        assert!(r.direction.weights[0].iter().all(|w| w.is_finite()));
+    }
+
+    #[test]
     fn bad_inputs_are_refused_with_the_counts() {
         let (mut x, y, groups) = gaussians(40, 3, 1.0, 2);
         let input = ProbeInput {
