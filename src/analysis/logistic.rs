@@ -69,7 +69,7 @@ impl Preconditioner {
         let c = curvature(n_classes);
         let d = corr.nrows();
         // A small floor keeps the bound invertible when lambda is tiny and features collinear.
-        let ridge = lambda.max(1e-8 * c);
+        let ridge = lambda.max(1e-3 * c);
         let p = Mat::<f64>::from_fn(d, d, |i, j| {
             c * corr[(i, j)] + if i == j { ridge } else { 0.0 }
         });

@@ -976,7 +976,13 @@ mod tests {
             width: 5,
             groups: &groups,
         };
-        let r = probe(&input, &binary(y), &quick(9), &ProgressBar::hidden()).unwrap();
+        let r = probe(
+            &input,
+            &binary(y.clone()),
+            &quick(9),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         for name in ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] {
             let m = metric(&r, name);
             assert_eq!(m.value, 1.0, "{name}");
@@ -989,6 +995,16 @@ mod tests {
         assert_eq!(metric(&r, "roc_auc").baseline_value, 0.5);
         assert_eq!((r.n_samples, r.n_rows, r.folds), (120, 120, 5));
         assert_eq!(r.direction.outputs, vec!["yes".to_string()]);
+        // Same seed, same numbers.
+        let again = probe(
+            &input,
+            &binary(y.clone()),
+            &quick(9),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert_eq!(format!("{:?}", again.metrics), format!("{:?}", r.metrics));
+        assert_eq!(again.direction.weights, r.direction.weights);
         // The direction points along feature 0 in raw units: positive, others small.
         let w = &r.direction.weights[0];
         assert!(
@@ -1183,6 +1199,50 @@ mod tests {
             r.direction.bias[0],
             mean_bias
         );
+    }
+
+    #[test]
+    fn duplicated_constant_and_low_rank_features_are_handled() {
+        // 64 features spanned by 3 directions (one of them the class signal), plus a
+        // constant column: the Gram matrix is singular.
+        let (n, d) = (300, 64);
+        let z = rng::gaussian(6, 1, n * 3);
+        let mix = rng::gaussian(6, 2, 3 * d);
+        let y: Vec<u32> = (0..n as u32).map(|i| i % 2).collect();
+        let mut x = Vec::with_capacity(n * d);
+        for i in 0..n {
+            let s = if y[i] == 1 { 1.5 } else { -1.5 };
+            for j in 0..d {
+                let v: f32 = (0..3)
+                    .map(|k| (z[i * 3 + k] + if k == 0 { s } else { 0.0 }) * mix[k * d + j])
+                    .sum();
+                x.push(if j == d - 1 { 7.0 } else { v });
+            }
+        }
+        let groups: Vec<u32> = (0..n as u32).collect();
+        let input = ProbeInput {
+            x: &x,
+            width: d,
+            groups: &groups,
+        };
+        let r = probe(
+            &input,
+            &binary(y.clone()),
+            &quick(0),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert!(metric(&r, "accuracy").value > 0.85, "{:?}", r.metrics);
+        let cont: Vec<f64> = (0..n).map(|i| z[i * 3 + 1] as f64).collect();
+        let r = probe(
+            &input,
+            &Target::Continuous(cont),
+            &quick(0),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert!(metric(&r, "r2").value > 0.95, "{:?}", r.metrics);
+        assert!(r.direction.weights[0].iter().all(|w| w.is_finite()));
     }
 
     #[test]

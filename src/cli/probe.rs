@@ -55,6 +55,91 @@ pub struct ProbeArgs {
     pub drop_nonfinite: bool,
 }
 
+/// `latentlens bench probe`: our logistic solver on seeded latent-like data; compare with
+/// `python benches/sklearn_logistic.py DIR` on the same data (`--write-data DIR`).
+#[derive(Debug, Args)]
+pub struct BenchProbeArgs {
+    /// Training rows (5000 more rows are the test set).
+    #[arg(long, default_value_t = 20_000)]
+    pub rows: usize,
+    #[arg(long, default_value_t = 768)]
+    pub width: usize,
+    /// Class separation of the generated data (0.08: test accuracy about 0.89).
+    #[arg(long, default_value_t = 0.08)]
+    pub signal: f32,
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Also write the data as .npy files here for the scikit-learn script.
+    #[arg(long)]
+    pub write_data: Option<PathBuf>,
+    /// Also time the whole probe protocol (nested CV, control, this many permutations)
+    /// on the training rows, one sample per row.
+    #[arg(long)]
+    pub protocol_permutations: Option<usize>,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_bench(args: &BenchProbeArgs) -> anyhow::Result<()> {
+    use crate::analysis::probe_bench;
+    let data = probe_bench::bench_data(args.rows, 5_000, args.width, args.signal, 0);
+    if let Some(dir) = &args.write_data {
+        data.write_npy(dir)?;
+        println!(
+            "data written to {} (python benches/sklearn_logistic.py {})",
+            dir.display(),
+            dir.display()
+        );
+    }
+    for _ in 0..args.repeats.max(1) {
+        let r = probe_bench::bench_logistic(&data, 1.0)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "logistic C=1, {} x {}: fit {:.3} s (X^T X + preconditioner {:.3} s), {} iterations, \
+                 train accuracy {:.4}, test accuracy {:.4}",
+                r.n_train, r.width, r.fit_seconds, r.setup_seconds, r.iterations, r.train_accuracy, r.test_accuracy
+            );
+        }
+    }
+    if let Some(permutations) = args.protocol_permutations {
+        let groups: Vec<u32> = (0..data.y_train.len() as u32).collect();
+        let input = ProbeInput {
+            x: &data.x_train,
+            width: data.width,
+            groups: &groups,
+        };
+        let cfg = ProbeConfig {
+            permutations,
+            ..ProbeConfig::default()
+        };
+        let target = Target::Categorical {
+            codes: data.y_train.clone(),
+            names: vec!["0".into(), "1".into()],
+        };
+        let bar = common::bar(cfg.work_units(), "probe");
+        let start = std::time::Instant::now();
+        let result = probe::probe(&input, &target, &cfg, &bar)?;
+        bar.finish_and_clear();
+        let seconds = start.elapsed().as_secs_f64();
+        let acc = result.metrics.iter().find(|m| m.metric == "accuracy");
+        println!(
+            "whole protocol ({} folds x {} C values inner CV, control, {permutations} permutations, {} bootstrap): \
+             {seconds:.1} s, accuracy {:.4} [{:.4}, {:.4}], chosen C {:?}",
+            cfg.folds,
+            cfg.c_grid.len(),
+            cfg.bootstrap,
+            acc.map_or(f64::NAN, |m| m.value),
+            acc.map_or(f64::NAN, |m| m.ci_low),
+            acc.map_or(f64::NAN, |m| m.ci_high),
+            result.chosen_c
+        );
+    }
+    Ok(())
+}
+
 /// Join key of a label table: sample, and step / position when the table has them.
 type Key = (u32, Option<u16>, Option<i32>);
 
@@ -331,18 +416,25 @@ fn index_label(
     let col = df.column(column)?;
     let dtype = col.dtype().clone();
     let continuous = dtype.is_float() || (force_continuous && dtype.is_integer());
+    let join = [
+        Some("sample"),
+        step.as_ref().map(|_| "step"),
+        position.as_ref().map(|_| "position"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ");
     let values = if continuous {
         let v = col
             .cast(&DataType::Float64)
             .map_err(anyhow::Error::from)
             .with_context(ctx)?;
-        let mut by_key = HashMap::new();
-        for (k, x) in keys.iter().zip(v.f64()?.iter()) {
-            if let (Some(k), Some(x)) = (k, x) {
-                by_key.insert(*k, x);
-            }
-        }
-        LabelValues::Continuous(by_key)
+        let pairs = keys
+            .iter()
+            .zip(v.f64()?.iter())
+            .filter_map(|(k, x)| Some(((*k)?, x?)));
+        LabelValues::Continuous(unique_keys(pairs, source, &join)?)
     } else {
         anyhow::ensure!(
             dtype.is_integer()
@@ -372,12 +464,11 @@ fn index_label(
             .enumerate()
             .map(|(i, n)| (n.as_str(), i as u32))
             .collect();
-        let mut by_key = HashMap::new();
-        for (k, t) in keys.iter().zip(&text) {
-            if let (Some(k), Some(t)) = (k, t) {
-                by_key.insert(*k, code[t.as_str()]);
-            }
-        }
+        let pairs = keys
+            .iter()
+            .zip(&text)
+            .filter_map(|(k, t)| Some(((*k)?, code[t.as_deref()?])));
+        let by_key = unique_keys(pairs, source, &join)?;
         LabelValues::Classes { names, by_key }
     };
     Ok(Label {
@@ -387,6 +478,27 @@ fn index_label(
         has_position: position.is_some(),
         values,
     })
+}
+
+/// Indexes label values by key, refusing a table with two rows for one key (a label
+/// must say one thing per latent row).
+fn unique_keys<V>(
+    pairs: impl Iterator<Item = (Key, V)>,
+    source: &str,
+    join: &str,
+) -> anyhow::Result<HashMap<Key, V>> {
+    let mut by_key = HashMap::new();
+    for (k, v) in pairs {
+        if by_key.insert(k, v).is_some() {
+            anyhow::bail!(
+                "{source} has several rows for sample {}{}{}; a label needs one value per ({join})",
+                k.0,
+                k.1.map_or(String::new(), |s| format!(", step {s}")),
+                k.2.map_or(String::new(), |p| format!(", position {p}")),
+            );
+        }
+    }
+    Ok(by_key)
 }
 
 fn probes_frame(rows: &[ProbeRow]) -> anyhow::Result<DataFrame> {
@@ -878,6 +990,34 @@ mod tests {
             svg.contains("1.00"),
             "the single cell is drawn and annotated"
         );
+    }
+
+    #[test]
+    fn labels_join_on_sample_and_step_and_duplicate_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = tiny_run(&dir.path().join("run"));
+        // A per-(sample, step) label: the shape at steps 1 and 2 only (step 0 has no row).
+        let (mut samples, mut steps, mut phase) = (vec![], vec![], vec![]);
+        for s in 0..40u32 {
+            for step in 1..3u16 {
+                samples.push(s);
+                steps.push(step);
+                phase.push(if s % 2 == 1 { "up" } else { "down" });
+            }
+        }
+        let mut df = df!("sample" => &samples, "step" => &steps, "phase" => &phase).unwrap();
+        run.write_table("phases", &mut df).unwrap();
+        let mut a = args(run.root(), &["phases:phase"]);
+        a.sites = vec!["a".into()];
+        a.steps = "1,2".into();
+        run_probe_quietly(&a);
+        let probes = run.table("probes").unwrap();
+        let n_rows = probes.column("n_rows").unwrap().u32().unwrap();
+        assert!(n_rows.iter().all(|n| n == Some(40)));
+        let mut dup = df!("sample" => [3u32, 3], "colour" => ["red", "blue"]).unwrap();
+        run.write_table("colours", &mut dup).unwrap();
+        let err = super::run(&args(run.root(), &["colour"])).unwrap_err().to_string();
+        assert!(err.contains("several rows for sample 3"), "{err}");
     }
 
     fn run_probe_quietly(a: &ProbeArgs) {
