@@ -1,4 +1,4 @@
-"""scikit-learn reference for `latentlens bench probe` / `cargo run --example bench_probe`.
+"""scikit-learn reference for `latentlens bench probe`.
 
 Reads the .npy files the Rust side wrote (same seed, same numbers), fits
 LogisticRegression(solver='lbfgs', C=1) and prints time and test accuracy.

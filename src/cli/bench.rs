@@ -16,6 +16,8 @@ use crate::taps::{Pool, Recorder};
 pub enum BenchCmd {
     /// Recording every site vs the same generation untapped, and record throughput.
     Record(BenchRecord),
+    /// Our logistic probe vs scikit-learn on the same seeded data (see benches/).
+    Probe(super::probe::BenchProbeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,7 +53,13 @@ struct BenchReport {
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
-    let BenchCmd::Record(args) = cmd;
+    match cmd {
+        BenchCmd::Record(args) => bench_record(&args),
+        BenchCmd::Probe(args) => super::probe::run_bench(&args),
+    }
+}
+
+fn bench_record(args: &BenchRecord) -> anyhow::Result<()> {
     let model = DiffusionModel::load(&args.weights, &common::device()?)?;
     let sites = model.sites();
     let site_refs: Vec<_> = sites

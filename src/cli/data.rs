@@ -48,7 +48,11 @@ pub fn run(cmd: DataCmd) -> anyhow::Result<()> {
 /// reports them for the real split.
 pub fn summary(records: &[prosqa::Record], what: &str) -> String {
     let n = records.len().max(1) as f64;
-    let nodes: f64 = records.iter().map(|r| r.idx_to_symbol.len() as f64).sum::<f64>() / n;
+    let nodes: f64 = records
+        .iter()
+        .map(|r| r.idx_to_symbol.len() as f64)
+        .sum::<f64>()
+        / n;
     let edges: f64 = records.iter().map(|r| r.edges.len() as f64).sum::<f64>() / n;
     let mut hops = std::collections::BTreeMap::new();
     for r in records {

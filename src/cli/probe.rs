@@ -1016,7 +1016,9 @@ mod tests {
         assert!(n_rows.iter().all(|n| n == Some(40)));
         let mut dup = df!("sample" => [3u32, 3], "colour" => ["red", "blue"]).unwrap();
         run.write_table("colours", &mut dup).unwrap();
-        let err = super::run(&args(run.root(), &["colour"])).unwrap_err().to_string();
+        let err = super::run(&args(run.root(), &["colour"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("several rows for sample 3"), "{err}");
     }
 
