@@ -1,6 +1,6 @@
 //! See ARCHITECTURE.md.
 
-pub mod pca;
 pub mod knn;
+pub mod pca;
 pub mod quality;
 pub mod umap;

@@ -74,7 +74,12 @@ impl PcaAccumulator {
             return Ok(());
         }
         if self.shift.is_none() {
-            self.shift = Some(column_means(rows, width).iter().map(|&m| m as f32).collect());
+            self.shift = Some(
+                column_means(rows, width)
+                    .iter()
+                    .map(|&m| m as f32)
+                    .collect(),
+            );
         }
         for start in (0..n).step_by(CHUNK_ROWS) {
             let end = (start + CHUNK_ROWS).min(n);
@@ -110,10 +115,21 @@ impl PcaAccumulator {
             faer::get_global_parallelism(),
         );
         for j in 0..d {
-            let src = self.chunk_gram.col(j).try_as_col_major().map(|c| c.as_slice());
-            let dst = self.gram.col_mut(j).try_as_col_major_mut().map(|c| c.as_slice_mut());
+            let src = self
+                .chunk_gram
+                .col(j)
+                .try_as_col_major()
+                .map(|c| c.as_slice());
+            let dst = self
+                .gram
+                .col_mut(j)
+                .try_as_col_major_mut()
+                .map(|c| c.as_slice_mut());
             if let (Some(src), Some(dst)) = (src, dst) {
-                dst[j..].iter_mut().zip(&src[j..]).for_each(|(a, &b)| *a += b as f64);
+                dst[j..]
+                    .iter_mut()
+                    .zip(&src[j..])
+                    .for_each(|(a, &b)| *a += b as f64);
             }
         }
     }
@@ -241,7 +257,7 @@ fn check_rows(rows: &[f32], width: usize, expected: usize) -> Result<()> {
             "rows have width {width}, expected {expected}"
         )));
     }
-    if width == 0 || rows.len() % width != 0 {
+    if width == 0 || !rows.len().is_multiple_of(width) {
         return Err(Error::Invalid(format!(
             "{} values is not a whole number of rows of width {width}",
             rows.len()
@@ -298,7 +314,10 @@ impl PcaFit {
     /// Singular values of the centred data: sqrt(eigenvalue * (n - 1)).
     pub fn singular_values(&self) -> Vec<f64> {
         let scale = self.n_samples as f64 - 1.0;
-        self.eigenvalues.iter().map(|l| (l * scale).sqrt()).collect()
+        self.eigenvalues
+            .iter()
+            .map(|l| (l * scale).sqrt())
+            .collect()
     }
 
     /// Eigenvalue / total variance for every component (all `width` of them).
@@ -454,7 +473,12 @@ pub fn process_cpu_seconds() -> Option<f64> {
 }
 
 /// Fits PCA once on [`bench_matrix`] data and times it.
-pub fn bench_pca(rows: usize, width: usize, components: usize, seed: u64) -> Result<PcaBenchReport> {
+pub fn bench_pca(
+    rows: usize,
+    width: usize,
+    components: usize,
+    seed: u64,
+) -> Result<PcaBenchReport> {
     let x = bench_matrix(rows, width, seed);
     let cpu0 = process_cpu_seconds();
     let t0 = std::time::Instant::now();
@@ -588,22 +612,28 @@ mod tests {
         let fit = PcaFit::fit(&x, 5, 5).unwrap();
         let measured = fit.reconstruction_mse(&x, 5).unwrap();
         let proj = fit.project(&x, 5).unwrap();
-        for k in 0..=5 {
+        for (k, &measured_k) in measured.iter().enumerate() {
             // Explicit: x_hat = mean + sum_{c<k} p_c * component_c.
             let mut sse = 0.0f64;
             for (i, row) in x.chunks_exact(5).enumerate() {
-                for j in 0..5 {
+                for (j, &v) in row.iter().enumerate() {
                     let mut xh = fit.mean[j];
                     for c in 0..k {
                         xh += proj[i * 5 + c] as f64 * fit.component(c)[j] as f64;
                     }
-                    sse += (row[j] as f64 - xh).powi(2);
+                    sse += (v as f64 - xh).powi(2);
                 }
             }
             let explicit = sse / (300.0 * 5.0);
             let closed = fit.reconstruction_mse_closed_form(k);
-            assert!((explicit - closed).abs() < 1e-3 * (1.0 + closed), "k={k}: {explicit} vs {closed}");
-            assert!((measured[k] - closed).abs() < 1e-3 * (1.0 + closed), "k={k}: {} vs {closed}", measured[k]);
+            assert!(
+                (explicit - closed).abs() < 1e-3 * (1.0 + closed),
+                "k={k}: {explicit} vs {closed}"
+            );
+            assert!(
+                (measured_k - closed).abs() < 1e-3 * (1.0 + closed),
+                "k={k}: {measured_k} vs {closed}"
+            );
         }
     }
 
@@ -612,7 +642,11 @@ mod tests {
         let s = [1.0; 8];
         let (x, _) = constructed(400, &s, 3);
         let fit = PcaFit::fit(&x, 8, 2).unwrap();
-        assert!((fit.participation_ratio() - 8.0).abs() < 1e-3, "{}", fit.participation_ratio());
+        assert!(
+            (fit.participation_ratio() - 8.0).abs() < 1e-3,
+            "{}",
+            fit.participation_ratio()
+        );
         assert_eq!(fit.components_for(0.5), 4);
         assert_eq!(fit.components_for(1.0), 8);
     }
@@ -641,8 +675,15 @@ mod tests {
         let ours_sv = fit.singular_values();
         for c in 0..k {
             // linfa's truncated SVD (LOBPCG) is iterative: agreement to ~1e-3, not 1e-6.
-            assert!((sv[c] - ours_sv[c]).abs() < 2e-3 * sv[c], "sv {c}: {} vs {}", sv[c], ours_sv[c]);
-            let dot: f64 = (0..d).map(|j| comps[(c, j)] * fit.component(c)[j] as f64).sum();
+            assert!(
+                (sv[c] - ours_sv[c]).abs() < 2e-3 * sv[c],
+                "sv {c}: {} vs {}",
+                sv[c],
+                ours_sv[c]
+            );
+            let dot: f64 = (0..d)
+                .map(|j| comps[(c, j)] * fit.component(c)[j] as f64)
+                .sum();
             assert!((dot.abs() - 1.0).abs() < 2e-3, "component {c}: dot {dot}");
             // Ours is exact (eigh), linfa's iterative: ours captures at least as much.
             assert!(ours_sv[c] >= sv[c] * (1.0 - 1e-6), "sv {c}");
@@ -652,7 +693,9 @@ mod tests {
         let lp = linfa_fit.predict(arr);
         let lp = lp.targets();
         for c in 0..k {
-            let dot: f64 = (0..d).map(|j| comps[(c, j)] * fit.component(c)[j] as f64).sum();
+            let dot: f64 = (0..d)
+                .map(|j| comps[(c, j)] * fit.component(c)[j] as f64)
+                .sum();
             for i in 0..n {
                 let a = proj[i * k + c] as f64;
                 let b = lp[(i, c)] * dot.signum();
@@ -661,7 +704,10 @@ mod tests {
                     .sum::<f64>()
                     .sqrt();
                 // |a - b| <= |component difference| * |x - mean|, and |diff| <= 0.07.
-                assert!((a - b).abs() < 0.07 * norm + 1e-4, "row {i} pc {c}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 0.07 * norm + 1e-4,
+                    "row {i} pc {c}: {a} vs {b}"
+                );
             }
         }
     }
@@ -680,7 +726,10 @@ mod tests {
             assert!((dot.abs() - 1.0).abs() < 1e-8, "vector {c}: {dot}");
         }
         for c in k..d {
-            assert!((v64[c] - v32[c]).abs() < 1e-5 * v64[0], "tail eigenvalue {c}");
+            assert!(
+                (v64[c] - v32[c]).abs() < 1e-5 * v64[0],
+                "tail eigenvalue {c}"
+            );
         }
     }
 
@@ -735,4 +784,3 @@ mod tests {
         println!("{}", serde_json::to_string_pretty(&r).unwrap());
     }
 }
-

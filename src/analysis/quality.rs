@@ -44,12 +44,24 @@ pub fn neighbourhood_quality(
 }
 
 /// `sklearn.manifold.trustworthiness(high, low, n_neighbors=k)`.
-pub fn trustworthiness(high: &[f32], high_width: usize, low: &[f32], low_width: usize, k: usize) -> Result<f64> {
+pub fn trustworthiness(
+    high: &[f32],
+    high_width: usize,
+    low: &[f32],
+    low_width: usize,
+    k: usize,
+) -> Result<f64> {
     Ok(rank_penalties(high, high_width, low, low_width, &[k])?[0])
 }
 
 /// Continuity: trustworthiness with the roles of the spaces swapped.
-pub fn continuity(high: &[f32], high_width: usize, low: &[f32], low_width: usize, k: usize) -> Result<f64> {
+pub fn continuity(
+    high: &[f32],
+    high_width: usize,
+    low: &[f32],
+    low_width: usize,
+    k: usize,
+) -> Result<f64> {
     Ok(rank_penalties(low, low_width, high, high_width, &[k])?[0])
 }
 
@@ -117,7 +129,7 @@ fn rank_penalties(
 }
 
 fn rows_of(x: &[f32], width: usize, what: &str) -> Result<usize> {
-    if width == 0 || x.len() % width != 0 {
+    if width == 0 || !x.len().is_multiple_of(width) {
         return Err(Error::Invalid(format!(
             "neighbourhood quality: {what} has {} values, not a whole number of rows of width {width}",
             x.len()
@@ -203,7 +215,11 @@ mod tests {
         };
         let order = |v: &[f32], w: usize, i: usize| -> Vec<usize> {
             let mut o: Vec<usize> = (0..n).filter(|&j| j != i).collect();
-            o.sort_by(|&a, &b| dist(v, w, i, a).total_cmp(&dist(v, w, i, b)).then(a.cmp(&b)));
+            o.sort_by(|&a, &b| {
+                dist(v, w, i, a)
+                    .total_cmp(&dist(v, w, i, b))
+                    .then(a.cmp(&b))
+            });
             o
         };
         let mut sum = 0.0;
@@ -241,10 +257,16 @@ mod tests {
             assert!((fast - slow).abs() < 1e-12, "k={k}: {fast} vs {slow}");
             let fast_c = continuity(&x, 5, &y, 2, k).unwrap();
             let slow_c = trustworthiness_by_definition(&y, 2, &x, 5, k);
-            assert!((fast_c - slow_c).abs() < 1e-12, "k={k}: {fast_c} vs {slow_c}");
+            assert!(
+                (fast_c - slow_c).abs() < 1e-12,
+                "k={k}: {fast_c} vs {slow_c}"
+            );
         }
         let both = neighbourhood_quality(&x, 5, &y, 2, &[5, 15]).unwrap();
-        assert_eq!(both[1].trustworthiness, trustworthiness(&x, 5, &y, 2, 15).unwrap());
+        assert_eq!(
+            both[1].trustworthiness,
+            trustworthiness(&x, 5, &y, 2, 15).unwrap()
+        );
     }
 
     #[test]

@@ -103,8 +103,13 @@ pub struct UmapSeconds {
 }
 
 /// Embeds `rows` (row-major, `width` columns). Deterministic in `params.seed`.
-pub fn umap(rows: &[f32], width: usize, params: &UmapParams, progress: &ProgressBar) -> Result<Umap> {
-    if width == 0 || rows.len() % width != 0 {
+pub fn umap(
+    rows: &[f32],
+    width: usize,
+    params: &UmapParams,
+    progress: &ProgressBar,
+) -> Result<Umap> {
+    if width == 0 || !rows.len().is_multiple_of(width) {
         return Err(Error::Invalid(format!(
             "UMAP: {} values is not a whole number of rows of width {width}",
             rows.len()
@@ -118,7 +123,11 @@ pub fn umap(rows: &[f32], width: usize, params: &UmapParams, progress: &Progress
     } else {
         sample_indices
             .iter()
-            .flat_map(|&i| rows[i as usize * width..(i as usize + 1) * width].iter().copied())
+            .flat_map(|&i| {
+                rows[i as usize * width..(i as usize + 1) * width]
+                    .iter()
+                    .copied()
+            })
             .collect()
     };
     if let Some(bad) = data.iter().position(|v| !v.is_finite()) {
@@ -149,8 +158,18 @@ pub fn umap(rows: &[f32], width: usize, params: &UmapParams, progress: &Progress
     let mut seconds = UmapSeconds::default();
     let knn = exact_knn(&data, width, params.n_neighbors, true)?;
     seconds.knn = lap();
-    let (sigmas, rhos) = smooth_knn_dist(&knn.distances, params.n_neighbors, params.local_connectivity);
-    let directed = membership_strengths(&knn.indices, &knn.distances, params.n_neighbors, &sigmas, &rhos);
+    let (sigmas, rhos) = smooth_knn_dist(
+        &knn.distances,
+        params.n_neighbors,
+        params.local_connectivity,
+    );
+    let directed = membership_strengths(
+        &knn.indices,
+        &knn.distances,
+        params.n_neighbors,
+        &sigmas,
+        &rhos,
+    );
     let mut graph = fuzzy_union(n, &directed);
     graph.drop_below(graph.max_weight() / n_epochs as f32);
 
@@ -220,7 +239,13 @@ pub fn find_ab_params(spread: f64, min_dist: f64) -> (f64, f64) {
     let xs: Vec<f64> = (0..300).map(|i| spread * 3.0 * i as f64 / 299.0).collect();
     let ys: Vec<f64> = xs
         .iter()
-        .map(|&x| if x < min_dist { 1.0 } else { (-(x - min_dist) / spread).exp() })
+        .map(|&x| {
+            if x < min_dist {
+                1.0
+            } else {
+                (-(x - min_dist) / spread).exp()
+            }
+        })
         .collect();
     let residuals = |a: f64, b: f64| -> f64 {
         xs.iter()
@@ -256,7 +281,11 @@ pub fn find_ab_params(spread: f64, min_dist: f64) -> (f64, f64) {
         let step_a = -(m11 * jtr[0] - jtj[0][1] * jtr[1]) / det;
         let step_b = -(m00 * jtr[1] - jtj[0][1] * jtr[0]) / det;
         let (na, nb) = (a + step_a, b + step_b);
-        let new_cost = if na > 0.0 && nb > 0.0 { residuals(na, nb) } else { f64::INFINITY };
+        let new_cost = if na > 0.0 && nb > 0.0 {
+            residuals(na, nb)
+        } else {
+            f64::INFINITY
+        };
         if new_cost < cost {
             let converged = (cost - new_cost) <= 1e-15 * cost.max(1e-300);
             a = na;
@@ -280,7 +309,11 @@ pub fn find_ab_params(spread: f64, min_dist: f64) -> (f64, f64) {
 /// (interpolated for fractional local_connectivity) and sigma such that
 /// sum_j exp(-(d_j - rho) / sigma) = log2(k), by bisection (64 steps, tolerance 1e-5).
 /// `distances` is row-major n x k with the point itself first.
-pub fn smooth_knn_dist(distances: &[f32], k: usize, local_connectivity: f64) -> (Vec<f64>, Vec<f64>) {
+pub fn smooth_knn_dist(
+    distances: &[f32],
+    k: usize,
+    local_connectivity: f64,
+) -> (Vec<f64>, Vec<f64>) {
     const N_ITER: usize = 64;
     const TOLERANCE: f64 = 1e-5;
     const MIN_K_DIST_SCALE: f64 = 1e-3;
@@ -290,7 +323,10 @@ pub fn smooth_knn_dist(distances: &[f32], k: usize, local_connectivity: f64) -> 
     let mut sigmas = vec![0.0; n];
     let mut rhos = vec![0.0; n];
     for i in 0..n {
-        let row: Vec<f64> = distances[i * k..(i + 1) * k].iter().map(|&d| d as f64).collect();
+        let row: Vec<f64> = distances[i * k..(i + 1) * k]
+            .iter()
+            .map(|&d| d as f64)
+            .collect();
         let non_zero: Vec<f64> = row.iter().copied().filter(|&d| d > 0.0).collect();
         let mut rho = 0.0;
         if non_zero.len() as f64 >= local_connectivity {
@@ -322,7 +358,11 @@ pub fn smooth_knn_dist(distances: &[f32], k: usize, local_connectivity: f64) -> 
                 mid = (lo + hi) / 2.0;
             } else {
                 lo = mid;
-                mid = if hi == f64::INFINITY { mid * 2.0 } else { (lo + hi) / 2.0 };
+                mid = if hi == f64::INFINITY {
+                    mid * 2.0
+                } else {
+                    (lo + hi) / 2.0
+                };
             }
         }
         let floor = if rho > 0.0 {
@@ -436,7 +476,10 @@ impl Graph {
     fn edges(&self) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
         let mut heads = Vec::with_capacity(self.indices.len());
         for i in 0..self.n {
-            heads.extend(std::iter::repeat_n(i as u32, self.indptr[i + 1] - self.indptr[i]));
+            heads.extend(std::iter::repeat_n(
+                i as u32,
+                self.indptr[i + 1] - self.indptr[i],
+            ));
         }
         (heads, self.indices.clone(), self.weights.clone())
     }
@@ -522,7 +565,11 @@ fn initial_layout(
             .filter(|&d| d > 0.0)
             .fold(f64::INFINITY, f64::min)
             / 2.0;
-        let data_range = if data_range.is_finite() { data_range } else { 1.0 };
+        let data_range = if data_range.is_finite() {
+            data_range
+        } else {
+            1.0
+        };
         let layout = if members.len() < 2 * dim || members.len() <= dim + 1 {
             None
         } else {
@@ -550,13 +597,23 @@ fn initial_layout(
 }
 
 fn distance(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// Where each connected component goes: umap-learn's layout for few components (unit
 /// vectors and their negatives), otherwise the first `dim` principal axes of the component
 /// centroids, scaled so the largest coordinate is 1.
-fn component_positions(labels: &[usize], n_comp: usize, data: &[f32], width: usize, dim: usize) -> Vec<f64> {
+fn component_positions(
+    labels: &[usize],
+    n_comp: usize,
+    data: &[f32],
+    width: usize,
+    dim: usize,
+) -> Vec<f64> {
     let mut meta = vec![0.0f64; n_comp * dim];
     if n_comp <= 2 * dim {
         let k = n_comp.div_ceil(2);
@@ -593,7 +650,9 @@ fn component_positions(labels: &[usize], n_comp: usize, data: &[f32], width: usi
     for c in 0..n_comp {
         for d in 0..dim.min(width) {
             let axis = width - 1 - d;
-            meta[c * dim + d] = (0..width).map(|j| centroids[(c, j)] * axes[(j, axis)]).sum();
+            meta[c * dim + d] = (0..width)
+                .map(|j| centroids[(c, j)] * axes[(j, axis)])
+                .sum();
         }
     }
     let max = meta.iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -628,10 +687,10 @@ fn spectral_layout(graph: &Graph, dim: usize, seed: u64) -> Option<Vec<f64>> {
     Some(out)
 }
 
-/// (I + D^-1/2 W D^-1/2) / 2 with the known top eigenvector (sqrt of the degrees, eigenvalue
-/// 1) projected out: its largest eigenvalues are those of the Laplacian's eigenvectors 2, 3,
-/// ..., and all are in [0, 1], so "largest magnitude" (what Krylov-Schur finds) is the
-/// right end.
+/// (I + D^-1/2 W D^-1/2) / 2 with the known top eigenvector (sqrt of the degrees,
+/// eigenvalue 1) projected out. Its largest eigenvalues belong to the Laplacian's
+/// eigenvectors number 2, 3 and so on, and all lie in [0, 1], so "largest magnitude"
+/// (what Krylov-Schur finds) is the right end.
 #[derive(Debug)]
 struct NormalizedAdjacency {
     n: usize,
@@ -644,9 +703,17 @@ struct NormalizedAdjacency {
 impl NormalizedAdjacency {
     fn new(g: &Graph) -> Self {
         let degree: Vec<f64> = (0..g.n)
-            .map(|i| g.weights[g.indptr[i]..g.indptr[i + 1]].iter().map(|&w| w as f64).sum())
+            .map(|i| {
+                g.weights[g.indptr[i]..g.indptr[i + 1]]
+                    .iter()
+                    .map(|&w| w as f64)
+                    .sum()
+            })
             .collect();
-        let inv_sqrt: Vec<f64> = degree.iter().map(|&d| if d > 0.0 { 1.0 / d.sqrt() } else { 0.0 }).collect();
+        let inv_sqrt: Vec<f64> = degree
+            .iter()
+            .map(|&d| if d > 0.0 { 1.0 / d.sqrt() } else { 0.0 })
+            .collect();
         let mut values = Vec::with_capacity(g.weights.len());
         for i in 0..g.n {
             for p in g.indptr[i]..g.indptr[i + 1] {
@@ -743,7 +810,13 @@ impl LinOp<f64> for NormalizedAdjacency {
         self.n
     }
 
-    fn apply(&self, mut out: MatMut<'_, f64>, rhs: MatRef<'_, f64>, _par: Par, _stack: &mut MemStack) {
+    fn apply(
+        &self,
+        mut out: MatMut<'_, f64>,
+        rhs: MatRef<'_, f64>,
+        _par: Par,
+        _stack: &mut MemStack,
+    ) {
         let mut x = vec![0.0; self.n];
         let mut y = vec![0.0; self.n];
         for c in 0..rhs.ncols() {
@@ -757,7 +830,13 @@ impl LinOp<f64> for NormalizedAdjacency {
         }
     }
 
-    fn conj_apply(&self, out: MatMut<'_, f64>, rhs: MatRef<'_, f64>, par: Par, stack: &mut MemStack) {
+    fn conj_apply(
+        &self,
+        out: MatMut<'_, f64>,
+        rhs: MatRef<'_, f64>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
         self.apply(out, rhs, par, stack);
     }
 }
@@ -778,7 +857,10 @@ fn noisy_scale_and_normalise(coords: Vec<f64>, dim: usize, seed: u64) -> Vec<f32
         let lo = column.clone().copied().fold(f32::INFINITY, f32::min);
         let hi = column.copied().fold(f32::NEG_INFINITY, f32::max);
         let span = if hi > lo { hi - lo } else { 1.0 };
-        out.iter_mut().skip(d).step_by(dim).for_each(|v| *v = 10.0 * (*v - lo) / span);
+        out.iter_mut()
+            .skip(d)
+            .step_by(dim)
+            .for_each(|v| *v = 10.0 * (*v - lo) / span);
     }
     out
 }
@@ -856,7 +938,12 @@ impl Layout<'_> {
 
     /// The epoch loop with the dimension known at compile time: points are arrays, so the
     /// inner loops unroll and lose their bounds checks (this loop is all of UMAP's time).
-    fn optimize_fixed<const D: usize>(&self, emb: &mut [[f32; D]], rng: &mut XorShift, progress: &ProgressBar) {
+    fn optimize_fixed<const D: usize>(
+        &self,
+        emb: &mut [[f32; D]],
+        rng: &mut XorShift,
+        progress: &ProgressBar,
+    ) {
         let n_vertices = emb.len() as u64; // < 2^32: Umap::sample_indices are u32
         let eps = self.epochs_per_sample;
         let eps_neg: Vec<f64> = eps.iter().map(|e| e / self.negative_sample_rate).collect();
@@ -941,7 +1028,9 @@ fn fast_log2(x: f32) -> f32 {
     }
     let t = (m - 1.0) / (m + 1.0);
     let t2 = t * t;
-    let p = t * (2.885_39 + t2 * (0.961_796_7 + t2 * (0.577_078 + t2 * (0.412_198_6 + t2 * 0.320_598_9))));
+    let p = t
+        * (2.885_39
+            + t2 * (0.961_796_7 + t2 * (0.577_078 + t2 * (0.412_198_6 + t2 * 0.320_598_9))));
     exponent as f32 + p
 }
 
@@ -951,7 +1040,10 @@ fn fast_exp2(x: f32) -> f32 {
     let whole = x.round();
     // 2^f for f in [-1/2, 1/2]: degree-6 Taylor of e^(f ln 2), remainder < 2e-7.
     let l = (x - whole) * std::f32::consts::LN_2;
-    let p = 1.0 + l * (1.0 + l * (0.5 + l * (1.0 / 6.0 + l * (1.0 / 24.0 + l * (1.0 / 120.0 + l * (1.0 / 720.0))))));
+    let p = 1.0
+        + l * (1.0
+            + l * (0.5
+                + l * (1.0 / 6.0 + l * (1.0 / 24.0 + l * (1.0 / 120.0 + l * (1.0 / 720.0))))));
     f32::from_bits((((whole as i32) + 127) as u32) << 23) * p
 }
 
@@ -995,7 +1087,12 @@ pub fn bench_clusters(rows: usize, width: usize, clusters: usize, seed: u64) -> 
 }
 
 /// UMAP with default parameters on [`bench_clusters`] data, timed; trustworthiness at 15.
-pub fn bench_umap(rows: usize, width: usize, clusters: usize, seed: u64) -> Result<UmapBenchReport> {
+pub fn bench_umap(
+    rows: usize,
+    width: usize,
+    clusters: usize,
+    seed: u64,
+) -> Result<UmapBenchReport> {
     let x = bench_clusters(rows, width, clusters, seed);
     let params = UmapParams {
         seed,
@@ -1032,7 +1129,7 @@ mod tests {
         let mut worst = 0.0f64;
         for i in 1..20_000 {
             let x = i as f32 * 0.01;
-            for y in [0.8950609f32, -0.1049391, 1.3341670, 0.5] {
+            for y in [0.895_061_f32, -0.104_939, 1.334_167, 0.5] {
                 let exact = (x as f64).powf(y as f64);
                 let rel = ((fast_pow(x, y) as f64 - exact) / exact).abs();
                 worst = worst.max(rel);
@@ -1050,21 +1147,40 @@ mod tests {
             (2.0, 0.01, 0.6353444078965497, 0.7955528900090268),
         ] {
             let (fa, fb) = find_ab_params(spread, min_dist);
-            assert!((fa - a).abs() < 1e-4 * a && (fb - b).abs() < 1e-4 * b, "({spread}, {min_dist}): {fa} {fb}");
+            assert!(
+                (fa - a).abs() < 1e-4 * a && (fb - b).abs() < 1e-4 * b,
+                "({spread}, {min_dist}): {fa} {fb}"
+            );
         }
     }
 
     /// benches/umap_fixture.py: 40 x 5 uniform points, 6 neighbours.
     #[test]
     fn fuzzy_graph_matches_umap_learn() {
-        let x: Vec<f32> = (0..200).map(|i| crate::analysis::pca::bench_uniform(5, i)).collect();
+        let x: Vec<f32> = (0..200)
+            .map(|i| crate::analysis::pca::bench_uniform(5, i))
+            .collect();
         let k = 6;
         let knn = exact_knn(&x, 5, k, true).unwrap();
         let (sigmas, rhos) = smooth_knn_dist(&knn.distances, k, 1.0);
-        let sig_ref = [0.0661325454711914, 0.2613258361816406, 0.13065147399902344, 0.23027801513671875];
-        let rho_ref = [0.3820275664329529, 0.2864503264427185, 0.36729562282562256, 0.3934413194656372];
+        let sig_ref = [
+            0.0661325454711914,
+            0.2613258361816406,
+            0.13065147399902344,
+            0.23027801513671875,
+        ];
+        let rho_ref = [
+            0.3820275664329529,
+            0.2864503264427185,
+            0.36729562282562256,
+            0.3934413194656372,
+        ];
         for i in 0..4 {
-            assert!((sigmas[i] - sig_ref[i]).abs() < 1e-5 * sig_ref[i], "sigma {i}: {}", sigmas[i]);
+            assert!(
+                (sigmas[i] - sig_ref[i]).abs() < 1e-5 * sig_ref[i],
+                "sigma {i}: {}",
+                sigmas[i]
+            );
             assert!((rhos[i] - rho_ref[i]).abs() < 1e-6, "rho {i}: {}", rhos[i]);
         }
         let directed = membership_strengths(&knn.indices, &knn.distances, k, &sigmas, &rhos);
@@ -1072,10 +1188,17 @@ mod tests {
         assert_eq!(g.indices.len(), 252);
         let total: f64 = g.weights.iter().map(|&w| w as f64).sum();
         assert!((total - 147.77586364746094).abs() < 1e-3, "total {total}");
-        let row0: Vec<(u32, f32)> = (g.indptr[0]..g.indptr[1]).map(|p| (g.indices[p], g.weights[p])).collect();
+        let row0: Vec<(u32, f32)> = (g.indptr[0]..g.indptr[1])
+            .map(|p| (g.indices[p], g.weights[p]))
+            .collect();
         let ref0 = [
-            (1, 0.3589005172252655), (7, 1.0), (11, 1.0), (17, 0.5586510896682739),
-            (24, 0.18171195685863495), (27, 0.2957974970340729), (32, 0.32377955317497253),
+            (1, 0.3589005172252655),
+            (7, 1.0),
+            (11, 1.0),
+            (17, 0.5586510896682739),
+            (24, 0.18171195685863495),
+            (27, 0.2957974970340729),
+            (32, 0.32377955317497253),
             (37, 0.4528806805610657),
         ];
         assert_eq!(row0.len(), ref0.len());
@@ -1092,7 +1215,10 @@ mod tests {
         let x = crate::rng::gaussian(3, 0, n * 3);
         let knn = exact_knn(&x, 3, 10, true).unwrap();
         let (s, r) = smooth_knn_dist(&knn.distances, 10, 1.0);
-        let g = fuzzy_union(n, &membership_strengths(&knn.indices, &knn.distances, 10, &s, &r));
+        let g = fuzzy_union(
+            n,
+            &membership_strengths(&knn.indices, &knn.distances, 10, &s, &r),
+        );
         assert_eq!(g.components().1, 1);
         let op = NormalizedAdjacency::new(&g);
         let dense = op.dense_top(2).unwrap();
@@ -1106,7 +1232,12 @@ mod tests {
         let v: Vec<f64> = (0..n).map(|i| dense[(i, 0)]).collect();
         op.apply_vec(&v, &mut lv);
         let lambda: f64 = lv.iter().zip(&v).map(|(a, b)| a * b).sum();
-        let resid: f64 = lv.iter().zip(&v).map(|(a, b)| (a - lambda * b).powi(2)).sum::<f64>().sqrt();
+        let resid: f64 = lv
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| (a - lambda * b).powi(2))
+            .sum::<f64>()
+            .sqrt();
         assert!(resid < 1e-8, "residual {resid}");
     }
 
@@ -1117,12 +1248,18 @@ mod tests {
         // reached trustworthiness(k=15) = UMAP_LEARN_T15.
         const UMAP_LEARN_T15: f64 = 0.9511794723666473;
         let x = bench_clusters(600, 10, 4, 1);
-        let params = UmapParams { seed: 1, ..Default::default() };
+        let params = UmapParams {
+            seed: 1,
+            ..Default::default()
+        };
         let fit = umap(&x, 10, &params, &ProgressBar::hidden()).unwrap();
         assert_eq!(fit.embedding.len(), 1200);
         assert!(fit.embedding.iter().all(|v| v.is_finite()));
         let t = crate::analysis::quality::trustworthiness(&x, 10, &fit.embedding, 2, 15).unwrap();
-        assert!((t - UMAP_LEARN_T15).abs() < 0.02, "trustworthiness {t} vs umap-learn {UMAP_LEARN_T15}");
+        assert!(
+            (t - UMAP_LEARN_T15).abs() < 0.02,
+            "trustworthiness {t} vs umap-learn {UMAP_LEARN_T15}"
+        );
         let again = umap(&x, 10, &params, &ProgressBar::hidden()).unwrap();
         assert_eq!(fit.embedding, again.embedding);
     }
@@ -1130,12 +1267,20 @@ mod tests {
     #[test]
     fn subsamples_to_max_points() {
         let x = bench_clusters(300, 4, 3, 2);
-        let params = UmapParams { seed: 2, n_epochs: Some(20), max_points: 120, ..Default::default() };
+        let params = UmapParams {
+            seed: 2,
+            n_epochs: Some(20),
+            max_points: 120,
+            ..Default::default()
+        };
         let fit = umap(&x, 4, &params, &ProgressBar::hidden()).unwrap();
         assert_eq!(fit.sample_indices.len(), 120);
         assert_eq!(fit.embedding.len(), 240);
         assert_eq!(fit.n_input_rows, 300);
-        assert!(umap(&x[..40], 4, &params, &ProgressBar::hidden()).is_err(), "10 points < 15 neighbours");
+        assert!(
+            umap(&x[..40], 4, &params, &ProgressBar::hidden()).is_err(),
+            "10 points < 15 neighbours"
+        );
     }
 
     #[test]

@@ -139,7 +139,10 @@ fn run_pca(
             let p = fit.project(&rows.x, rows.width)?;
             let mse = fit.reconstruction_mse(&rows.x, rows.width)?;
             let scale = (rows.len() * rows.width) as f64;
-            residual.iter_mut().zip(&mse).for_each(|(r, m)| *r += m * scale);
+            residual
+                .iter_mut()
+                .zip(&mse)
+                .for_each(|(r, m)| *r += m * scale);
             proj.push(rows, &p);
             Ok(())
         })?;
@@ -149,7 +152,10 @@ fn run_pca(
         summary.push(summary_frame(site, &fit)?);
         components.push(components_frame(site, &fit)?);
         projection.push(proj.frame(site)?);
-        run.write_plot(&format!("pca-{}-scree", file_safe(site)), &scree_svg(site, &fit)?)?;
+        run.write_plot(
+            &format!("pca-{}-scree", file_safe(site)),
+            &scree_svg(site, &fit)?,
+        )?;
         if k >= 2 {
             let (x, y) = (proj.column(0), proj.column(1));
             let svg = scatter_svg(
@@ -187,7 +193,12 @@ fn run_pca(
     Ok(())
 }
 
-fn fit_site(run: &Run, site: &str, steps: Option<&[u16]>, components: usize) -> anyhow::Result<PcaFit> {
+fn fit_site(
+    run: &Run,
+    site: &str,
+    steps: Option<&[u16]>,
+    components: usize,
+) -> anyhow::Result<PcaFit> {
     let mut acc: Option<PcaAccumulator> = None;
     run.scan_latents(site, steps, BATCH_ROWS, &mut |rows| {
         if acc.is_none() {
@@ -200,7 +211,7 @@ fn fit_site(run: &Run, site: &str, steps: Option<&[u16]>, components: usize) -> 
     })?;
     let acc = acc.with_context(|| format!("site {site}: no rows for the selected steps"))?;
     let k = components.min(acc.width());
-    Ok(acc.finish(k).with_context(|| format!("PCA of site {site}"))?)
+    acc.finish(k).with_context(|| format!("PCA of site {site}"))
 }
 
 /// Keys and coordinates of projected rows, collected across batches.
@@ -231,7 +242,12 @@ impl Projection {
     }
 
     fn column(&self, c: usize) -> Vec<f32> {
-        self.coords.iter().skip(c).step_by(self.k).copied().collect()
+        self.coords
+            .iter()
+            .skip(c)
+            .step_by(self.k)
+            .copied()
+            .collect()
     }
 
     fn frame(&self, site: &str) -> anyhow::Result<DataFrame> {
@@ -257,7 +273,9 @@ fn key_columns(site: &str, sample: &[u32], step: &[u16], position: &[Option<i32>
 fn variance_frame(site: &str, fit: &PcaFit, measured: &[f64]) -> anyhow::Result<DataFrame> {
     let d = fit.eigenvalues.len();
     let component: Vec<u32> = (1..=d as u32).collect();
-    let closed: Vec<f64> = (1..=d).map(|k| fit.reconstruction_mse_closed_form(k)).collect();
+    let closed: Vec<f64> = (1..=d)
+        .map(|k| fit.reconstruction_mse_closed_form(k))
+        .collect();
     let measured: Vec<Option<f64>> = (1..=d).map(|k| measured.get(k).copied()).collect();
     Ok(DataFrame::new_infer_height(vec![
         Column::new("site".into(), vec![site; d]),
@@ -307,14 +325,18 @@ fn run_umap(
     let mut quality = Frames::default();
     for site in sites {
         let rows = run.read_latents(site, steps)?;
-        anyhow::ensure!(!rows.is_empty(), "site {site}: no rows for the selected steps");
+        anyhow::ensure!(
+            !rows.is_empty(),
+            "site {site}: no rows for the selected steps"
+        );
         let params = UmapParams {
             max_points: args.max_points,
             seed: args.seed,
             ..Default::default()
         };
         let bar = common::bar(0, "umap");
-        let fit = umap(&rows.x, rows.width, &params, &bar).with_context(|| format!("UMAP of site {site}"))?;
+        let fit = umap(&rows.x, rows.width, &params, &bar)
+            .with_context(|| format!("UMAP of site {site}"))?;
         bar.finish_and_clear();
         let idx: Vec<usize> = fit.sample_indices.iter().map(|&i| i as usize).collect();
         let sample: Vec<u32> = idx.iter().map(|&i| rows.sample[i]).collect();
@@ -329,19 +351,35 @@ fn run_umap(
 
         // Quality on a further subsample of the embedded points (O(n^2 k)).
         let q_idx = subsample(idx.len(), QUALITY_POINTS, args.seed ^ 0x51);
-        let high: Vec<f32> = q_idx.iter().flat_map(|&q| rows.row(idx[q as usize]).iter().copied()).collect();
+        let high: Vec<f32> = q_idx
+            .iter()
+            .flat_map(|&q| rows.row(idx[q as usize]).iter().copied())
+            .collect();
         let low: Vec<f32> = q_idx
             .iter()
-            .flat_map(|&q| fit.embedding[q as usize * 2..q as usize * 2 + 2].iter().copied())
+            .flat_map(|&q| {
+                fit.embedding[q as usize * 2..q as usize * 2 + 2]
+                    .iter()
+                    .copied()
+            })
             .collect();
-        let ks: Vec<usize> = [5usize, 15].into_iter().filter(|&k| 2 * k < q_idx.len()).collect();
+        let ks: Vec<usize> = [5usize, 15]
+            .into_iter()
+            .filter(|&k| 2 * k < q_idx.len())
+            .collect();
         let q = neighbourhood_quality(&high, rows.width, &low, 2, &ks)?;
         let n = q.len();
         quality.push(DataFrame::new_infer_height(vec![
             Column::new("site".into(), vec![site.as_str(); n]),
             Column::new("k".into(), q.iter().map(|v| v.k as u32).collect::<Vec<_>>()),
-            Column::new("trustworthiness".into(), q.iter().map(|v| v.trustworthiness).collect::<Vec<_>>()),
-            Column::new("continuity".into(), q.iter().map(|v| v.continuity).collect::<Vec<_>>()),
+            Column::new(
+                "trustworthiness".into(),
+                q.iter().map(|v| v.trustworthiness).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "continuity".into(),
+                q.iter().map(|v| v.continuity).collect::<Vec<_>>(),
+            ),
             Column::new("points".into(), vec![q_idx.len() as u32; n]),
             Column::new("embedded".into(), vec![idx.len() as u32; n]),
             Column::new("rows".into(), vec![rows.len() as u32; n]),
@@ -357,7 +395,10 @@ fn run_umap(
             args.seed,
         )?;
         run.write_plot(&format!("umap-{}", file_safe(site)), &svg)?;
-        let t15 = q.iter().find(|v| v.k == 15).map_or(f64::NAN, |v| v.trustworthiness);
+        let t15 = q
+            .iter()
+            .find(|v| v.k == 15)
+            .map_or(f64::NAN, |v| v.trustworthiness);
         eprintln!(
             "{site}: embedded {} of {} rows ({:?} init, {} graph components); trustworthiness@15 {:.3}",
             idx.len(),
@@ -396,7 +437,13 @@ impl Frames {
 
 fn file_safe(site: &str) -> String {
     site.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -420,7 +467,11 @@ const MAX_INTEGER_LEVELS: usize = 12;
 
 impl ColourBy {
     pub fn from_samples(samples: &DataFrame, column: &str) -> anyhow::Result<Self> {
-        let names: Vec<String> = samples.get_column_names().iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = samples
+            .get_column_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let col = samples.column(column).map_err(|_| {
             anyhow::anyhow!(
                 "--color-by {column}: samples.parquet has no such column; columns: {}",
@@ -446,7 +497,12 @@ impl ColourBy {
                 .map(|v| v.unwrap_or("null").to_string())
                 .collect();
             let mut levels: Vec<String> = text.clone();
-            levels.sort_by(|a, b| natural(a).partial_cmp(&natural(b)).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(b)));
+            levels.sort_by(|a, b| {
+                natural(a)
+                    .partial_cmp(&natural(b))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.cmp(b))
+            });
             levels.dedup();
             let by_sample = ids
                 .iter()
@@ -471,7 +527,10 @@ impl ColourBy {
             .filter(|(_, v)| v.is_finite())
             .collect();
         let min = by_sample.values().copied().fold(f64::INFINITY, f64::min);
-        let max = by_sample.values().copied().fold(f64::NEG_INFINITY, f64::max);
+        let max = by_sample
+            .values()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
         anyhow::ensure!(min.is_finite(), "--color-by {column}: no finite values");
         Ok(ColourBy::Continuous {
             column: column.to_string(),
@@ -519,7 +578,11 @@ mod svg {
             (94.0, 201.0, 98.0),
             (253.0, 231.0, 37.0),
         ];
-        let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 } * 4.0;
+        let t = if t.is_finite() {
+            t.clamp(0.0, 1.0)
+        } else {
+            0.0
+        } * 4.0;
         let i = (t.floor() as usize).min(3);
         let f = t - i as f64;
         let (a, b) = (STOPS[i], STOPS[i + 1]);
@@ -554,7 +617,10 @@ pub fn scree_svg(site: &str, fit: &PcaFit) -> anyhow::Result<String> {
         let root = SVGBackend::with_string(&mut out, svg::SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("PCA scree of {site} ({} rows)", fit.n_samples), ("sans-serif", svg::TITLE))
+            .caption(
+                format!("PCA scree of {site} ({} rows)", fit.n_samples),
+                ("sans-serif", svg::TITLE),
+            )
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(80)
@@ -571,18 +637,30 @@ pub fn scree_svg(site: &str, fit: &PcaFit) -> anyhow::Result<String> {
         let blue = svg::CATEGORICAL[0];
         let orange = svg::CATEGORICAL[1];
         chart
-            .draw_series(LineSeries::new((0..shown).map(|i| ((i + 1) as f64, ratio[i])), blue.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                (0..shown).map(|i| ((i + 1) as f64, ratio[i])),
+                blue.stroke_width(2),
+            ))
             .map_err(plot_err)?
             .label("per component")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(3))
+            });
         chart
-            .draw_series((0..shown).map(|i| Circle::new(((i + 1) as f64, ratio[i]), 3, blue.filled())))
+            .draw_series(
+                (0..shown).map(|i| Circle::new(((i + 1) as f64, ratio[i]), 3, blue.filled())),
+            )
             .map_err(plot_err)?;
         chart
-            .draw_series(LineSeries::new((0..shown).map(|i| ((i + 1) as f64, cumulative[i])), orange.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                (0..shown).map(|i| ((i + 1) as f64, cumulative[i])),
+                orange.stroke_width(2),
+            ))
             .map_err(plot_err)?
             .label("cumulative")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(3))
+            });
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::MiddleRight)
@@ -632,7 +710,8 @@ pub fn scatter_svg(
             .label_style(("sans-serif", svg::TICK))
             .draw()
             .map_err(plot_err)?;
-        let point = |i: usize, c: RGBColor| Circle::new((x[i] as f64, y[i] as f64), 3, c.mix(0.8).filled());
+        let point =
+            |i: usize, c: RGBColor| Circle::new((x[i] as f64, y[i] as f64), 3, c.mix(0.8).filled());
         let idx: Vec<usize> = shown.iter().map(|&i| i as usize).collect();
         match colours {
             None => {
@@ -640,10 +719,17 @@ pub fn scatter_svg(
                     .draw_series(idx.iter().map(|&i| point(i, svg::CATEGORICAL[0])))
                     .map_err(plot_err)?;
             }
-            Some(ColourBy::Categorical { column, by_sample, levels }) => {
+            Some(ColourBy::Categorical {
+                column,
+                by_sample,
+                levels,
+            }) => {
                 for (l, level) in levels.iter().enumerate() {
                     let colour = svg::CATEGORICAL[l % svg::CATEGORICAL.len()];
-                    let members = idx.iter().copied().filter(|&i| by_sample.get(&sample[i]) == Some(&l));
+                    let members = idx
+                        .iter()
+                        .copied()
+                        .filter(|&i| by_sample.get(&sample[i]) == Some(&l));
                     chart
                         .draw_series(members.map(|i| point(i, colour)))
                         .map_err(plot_err)?
@@ -652,7 +738,12 @@ pub fn scatter_svg(
                 }
                 draw_legend(&mut chart)?;
             }
-            Some(ColourBy::Continuous { column, by_sample, min, max }) => {
+            Some(ColourBy::Continuous {
+                column,
+                by_sample,
+                min,
+                max,
+            }) => {
                 let span = if max > min { max - min } else { 1.0 };
                 let colour_of = |i: usize| {
                     by_sample
@@ -673,7 +764,9 @@ pub fn scatter_svg(
                         .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
                         .map_err(plot_err)?
                         .label(label)
-                        .legend(move |(px, py)| Rectangle::new([(px, py - 6), (px + 16, py + 6)], colour.filled()));
+                        .legend(move |(px, py)| {
+                            Rectangle::new([(px, py - 6), (px + 16, py + 6)], colour.filled())
+                        });
                 }
                 draw_legend(&mut chart)?;
             }
@@ -687,7 +780,10 @@ fn draw_legend<'a, DB: plotters::prelude::DrawingBackend + 'a>(
     chart: &mut plotters::prelude::ChartContext<
         'a,
         DB,
-        plotters::prelude::Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+        plotters::prelude::Cartesian2d<
+            plotters::coord::types::RangedCoordf64,
+            plotters::coord::types::RangedCoordf64,
+        >,
     >,
 ) -> anyhow::Result<()> {
     use plotters::prelude::*;
@@ -734,7 +830,9 @@ mod tests {
             }
         }
         run.write_latents_part("latent", 0, &rows).unwrap();
-        let classes: Vec<String> = (0..120).map(|s| ["circle", "square", "star"][s % 3].to_string()).collect();
+        let classes: Vec<String> = (0..120)
+            .map(|s| ["circle", "square", "star"][s % 3].to_string())
+            .collect();
         let size: Vec<f64> = (0..120).map(|s| s as f64 / 10.0).collect();
         let mut df = DataFrame::new_infer_height(vec![
             Column::new("sample".into(), (0..120u32).collect::<Vec<_>>()),
@@ -772,7 +870,11 @@ mod tests {
         // Three centres on three axes: two components carry the between-class variance.
         assert!(cum.get(1).unwrap() > 0.8, "{:?}", cum);
         let closed = var.column("reconstruction_mse").unwrap().f64().unwrap();
-        let measured = var.column("reconstruction_mse_measured").unwrap().f64().unwrap();
+        let measured = var
+            .column("reconstruction_mse_measured")
+            .unwrap()
+            .f64()
+            .unwrap();
         for k in 0..4 {
             let (c, m) = (closed.get(k).unwrap(), measured.get(k).unwrap());
             assert!((c - m).abs() < 1e-4 * (1.0 + c), "k={}: {c} vs {m}", k + 1);
@@ -783,7 +885,10 @@ mod tests {
         assert!(proj.column("pc4").is_ok());
         assert_eq!(run.table("pca_components").unwrap().height(), 4);
         let svg = std::fs::read_to_string(dir.path().join("plots/pca-latent-scatter.svg")).unwrap();
-        assert!(svg.contains("class = star") && svg.contains("PC 1"), "legend and axis labels");
+        assert!(
+            svg.contains("class = star") && svg.contains("PC 1"),
+            "legend and axis labels"
+        );
         assert!(dir.path().join("plots/pca-latent-scree.svg").is_file());
     }
 
@@ -811,6 +916,9 @@ mod tests {
         a.color_by = None;
         a.sites = vec!["unet.mid_block".into()];
         let err = super::run(&a).unwrap_err().to_string();
-        assert!(err.contains("unet.mid_block") && err.contains("latent"), "{err}");
+        assert!(
+            err.contains("unet.mid_block") && err.contains("latent"),
+            "{err}"
+        );
     }
 }
