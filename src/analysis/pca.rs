@@ -507,6 +507,56 @@ pub fn bench_pca(
     })
 }
 
+/// Memory check of the streaming path, for `latentlens bench reduce`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PcaStreamingReport {
+    pub rows: usize,
+    pub width: usize,
+    pub batch_rows: usize,
+    pub seconds: f64,
+    /// Peak resident memory of the process (VmHWM), MiB; `None` off Linux.
+    pub peak_rss_mib: Option<f64>,
+    /// What holding all rows as f32 would take, MiB.
+    pub all_rows_mib: f64,
+}
+
+/// Streams `rows` generated rows (iid uniform from [`bench_uniform`]) through the
+/// accumulator in batches of `batch_rows` and reports the peak memory of the process.
+pub fn bench_pca_streaming(
+    rows: usize,
+    width: usize,
+    batch_rows: usize,
+    seed: u64,
+) -> Result<PcaStreamingReport> {
+    let t0 = std::time::Instant::now();
+    let mut acc = PcaAccumulator::new(width)?;
+    let mut batch = Vec::with_capacity(batch_rows * width);
+    for start in (0..rows).step_by(batch_rows.max(1)) {
+        let n = batch_rows.min(rows - start);
+        batch.clear();
+        let first = (start * width) as u64;
+        batch.extend((0..(n * width) as u64).map(|i| bench_uniform(seed, first + i)));
+        acc.push(&batch, width)?;
+    }
+    acc.finish(width.min(10))?;
+    Ok(PcaStreamingReport {
+        rows,
+        width,
+        batch_rows,
+        seconds: t0.elapsed().as_secs_f64(),
+        peak_rss_mib: peak_rss_mib(),
+        all_rows_mib: (rows * width * 4) as f64 / (1 << 20) as f64,
+    })
+}
+
+/// VmHWM from /proc/self/status, in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// Uniform in [-0.5, 0.5) from a counter: splitmix64 of (seed, index). Reproduced exactly
 /// by benches/sklearn_pca.py with numpy uint64 arithmetic, so both sides fit the same data.
 pub fn bench_uniform(seed: u64, index: u64) -> f32 {
@@ -775,6 +825,13 @@ mod tests {
         acc.push(&[2.0, 2.0, 1.0], 3).unwrap();
         assert!(acc.finish(4).is_err());
         assert!(acc.finish(1).is_ok());
+    }
+
+    #[test]
+    #[ignore = "memory check: cargo test --lib analysis::pca::tests::streaming -- --ignored --nocapture"]
+    fn streaming_1000000x256() {
+        let r = bench_pca_streaming(1_000_000, 256, 65_536, 0).unwrap();
+        println!("{}", serde_json::to_string_pretty(&r).unwrap());
     }
 
     #[test]
