@@ -34,8 +34,10 @@ use crate::store::Run;
 const BATCH_ROWS: usize = 65_536;
 /// Scatter plots draw at most this many points (seeded subsample, said in the title).
 const PLOT_POINTS: usize = 5_000;
-/// Trustworthiness/continuity are O(n^2 k): computed on at most this many embedded points.
+/// Trustworthiness/continuity are O(n^2 k): computed on at most this many embedded points,
+/// and on fewer for wide sites so their f64 copy stays within QUALITY_BYTES.
 const QUALITY_POINTS: usize = 5_000;
+const QUALITY_BYTES: usize = 256 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Method {
@@ -352,7 +354,8 @@ fn run_umap(
         tables.push(DataFrame::new_infer_height(cols)?);
 
         // Quality on a further subsample of the embedded points (O(n^2 k)).
-        let q_idx = subsample(idx.len(), QUALITY_POINTS, args.seed ^ 0x51);
+        let q_points = QUALITY_POINTS.min((QUALITY_BYTES / (8 * rows.width)).max(200));
+        let q_idx = subsample(idx.len(), q_points, args.seed ^ 0x51);
         let high: Vec<f32> = q_idx
             .iter()
             .flat_map(|&q| rows.row(idx[q as usize]).iter().copied())
