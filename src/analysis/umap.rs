@@ -7,7 +7,13 @@
 //! Differences from umap-learn, all deliberate: exact kNN (umap-learn uses exact search
 //! below 4096 points and NN-descent above); one xorshift generator for negative samples
 //! instead of one Tausworthe state per vertex; for a disconnected graph the components are
-//! placed by PCA of their centroids (umap-learn: spectral embedding of the centroids).
+//! placed by PCA of their centroids (umap-learn: spectral embedding of the centroids);
+//! d^b by a polynomial exp2/log2 (relative error < 2e-6; umap-learn's numba `fastmath` pow
+//! is approximate too); the spectral start comes from faer's Krylov-Schur (dense eigh up
+//! to 200 vertices) instead of ARPACK.
+//!
+//! Cost: exact kNN O(n^2 d) on faer gemm, then a single-threaded SGD that is deterministic
+//! in the seed. On 5000 x 50 it runs at about umap-learn's speed (see `bench_umap`).
 
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::matrix_free::eigen::{
