@@ -44,7 +44,7 @@ impl Neighbours {
 /// convention); without it, the k nearest other points (scikit-learn's `kneighbors()`).
 /// Ties are broken by the lower index.
 pub fn exact_knn(rows: &[f32], width: usize, k: usize, include_self: bool) -> Result<Neighbours> {
-    if width == 0 || rows.len() % width != 0 {
+    if width == 0 || !rows.len().is_multiple_of(width) {
         return Err(Error::Invalid(format!(
             "kNN: {} values is not a whole number of rows of width {width}",
             rows.len()

@@ -257,7 +257,7 @@ fn check_rows(rows: &[f32], width: usize, expected: usize) -> Result<()> {
             "rows have width {width}, expected {expected}"
         )));
     }
-    if width == 0 || rows.len() % width != 0 {
+    if width == 0 || !rows.len().is_multiple_of(width) {
         return Err(Error::Invalid(format!(
             "{} values is not a whole number of rows of width {width}",
             rows.len()
@@ -507,6 +507,56 @@ pub fn bench_pca(
     })
 }
 
+/// Memory check of the streaming path, for `latentlens bench reduce`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PcaStreamingReport {
+    pub rows: usize,
+    pub width: usize,
+    pub batch_rows: usize,
+    pub seconds: f64,
+    /// Peak resident memory of the process (VmHWM), MiB; `None` off Linux.
+    pub peak_rss_mib: Option<f64>,
+    /// What holding all rows as f32 would take, MiB.
+    pub all_rows_mib: f64,
+}
+
+/// Streams `rows` generated rows (iid uniform from [`bench_uniform`]) through the
+/// accumulator in batches of `batch_rows` and reports the peak memory of the process.
+pub fn bench_pca_streaming(
+    rows: usize,
+    width: usize,
+    batch_rows: usize,
+    seed: u64,
+) -> Result<PcaStreamingReport> {
+    let t0 = std::time::Instant::now();
+    let mut acc = PcaAccumulator::new(width)?;
+    let mut batch = Vec::with_capacity(batch_rows * width);
+    for start in (0..rows).step_by(batch_rows.max(1)) {
+        let n = batch_rows.min(rows - start);
+        batch.clear();
+        let first = (start * width) as u64;
+        batch.extend((0..(n * width) as u64).map(|i| bench_uniform(seed, first + i)));
+        acc.push(&batch, width)?;
+    }
+    acc.finish(width.min(10))?;
+    Ok(PcaStreamingReport {
+        rows,
+        width,
+        batch_rows,
+        seconds: t0.elapsed().as_secs_f64(),
+        peak_rss_mib: peak_rss_mib(),
+        all_rows_mib: (rows * width * 4) as f64 / (1 << 20) as f64,
+    })
+}
+
+/// VmHWM from /proc/self/status, in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// Uniform in [-0.5, 0.5) from a counter: splitmix64 of (seed, index). Reproduced exactly
 /// by benches/sklearn_pca.py with numpy uint64 arithmetic, so both sides fit the same data.
 pub fn bench_uniform(seed: u64, index: u64) -> f32 {
@@ -612,16 +662,16 @@ mod tests {
         let fit = PcaFit::fit(&x, 5, 5).unwrap();
         let measured = fit.reconstruction_mse(&x, 5).unwrap();
         let proj = fit.project(&x, 5).unwrap();
-        for k in 0..=5 {
+        for (k, &measured_k) in measured.iter().enumerate() {
             // Explicit: x_hat = mean + sum_{c<k} p_c * component_c.
             let mut sse = 0.0f64;
             for (i, row) in x.chunks_exact(5).enumerate() {
-                for j in 0..5 {
+                for (j, &v) in row.iter().enumerate() {
                     let mut xh = fit.mean[j];
                     for c in 0..k {
                         xh += proj[i * 5 + c] as f64 * fit.component(c)[j] as f64;
                     }
-                    sse += (row[j] as f64 - xh).powi(2);
+                    sse += (v as f64 - xh).powi(2);
                 }
             }
             let explicit = sse / (300.0 * 5.0);
@@ -631,9 +681,8 @@ mod tests {
                 "k={k}: {explicit} vs {closed}"
             );
             assert!(
-                (measured[k] - closed).abs() < 1e-3 * (1.0 + closed),
-                "k={k}: {} vs {closed}",
-                measured[k]
+                (measured_k - closed).abs() < 1e-3 * (1.0 + closed),
+                "k={k}: {measured_k} vs {closed}"
             );
         }
     }
@@ -776,6 +825,13 @@ mod tests {
         acc.push(&[2.0, 2.0, 1.0], 3).unwrap();
         assert!(acc.finish(4).is_err());
         assert!(acc.finish(1).is_ok());
+    }
+
+    #[test]
+    #[ignore = "memory check: cargo test --lib analysis::pca::tests::streaming -- --ignored --nocapture"]
+    fn streaming_1000000x256() {
+        let r = bench_pca_streaming(1_000_000, 256, 65_536, 0).unwrap();
+        println!("{}", serde_json::to_string_pretty(&r).unwrap());
     }
 
     #[test]

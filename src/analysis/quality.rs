@@ -129,7 +129,7 @@ fn rank_penalties(
 }
 
 fn rows_of(x: &[f32], width: usize, what: &str) -> Result<usize> {
-    if width == 0 || x.len() % width != 0 {
+    if width == 0 || !x.len().is_multiple_of(width) {
         return Err(Error::Invalid(format!(
             "neighbourhood quality: {what} has {} values, not a whole number of rows of width {width}",
             x.len()

@@ -7,7 +7,13 @@
 //! Differences from umap-learn, all deliberate: exact kNN (umap-learn uses exact search
 //! below 4096 points and NN-descent above); one xorshift generator for negative samples
 //! instead of one Tausworthe state per vertex; for a disconnected graph the components are
-//! placed by PCA of their centroids (umap-learn: spectral embedding of the centroids).
+//! placed by PCA of their centroids (umap-learn: spectral embedding of the centroids);
+//! d^b by a polynomial exp2/log2 (relative error < 2e-6; umap-learn's numba `fastmath` pow
+//! is approximate too); the spectral start comes from faer's Krylov-Schur (dense eigh up
+//! to 200 vertices) instead of ARPACK.
+//!
+//! Cost: exact kNN O(n^2 d) on faer gemm, then a single-threaded SGD that is deterministic
+//! in the seed. On 5000 x 50 it runs at about umap-learn's speed (see `bench_umap`).
 
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::matrix_free::eigen::{
@@ -109,7 +115,7 @@ pub fn umap(
     params: &UmapParams,
     progress: &ProgressBar,
 ) -> Result<Umap> {
-    if width == 0 || rows.len() % width != 0 {
+    if width == 0 || !rows.len().is_multiple_of(width) {
         return Err(Error::Invalid(format!(
             "UMAP: {} values is not a whole number of rows of width {width}",
             rows.len()
@@ -687,10 +693,10 @@ fn spectral_layout(graph: &Graph, dim: usize, seed: u64) -> Option<Vec<f64>> {
     Some(out)
 }
 
-/// (I + D^-1/2 W D^-1/2) / 2 with the known top eigenvector (sqrt of the degrees, eigenvalue
-/// 1) projected out: its largest eigenvalues are those of the Laplacian's eigenvectors 2, 3,
-/// ..., and all are in [0, 1], so "largest magnitude" (what Krylov-Schur finds) is the
-/// right end.
+/// (I + D^-1/2 W D^-1/2) / 2 with the known top eigenvector (sqrt of the degrees,
+/// eigenvalue 1) projected out. Its largest eigenvalues belong to the Laplacian's
+/// eigenvectors number 2, 3 and so on, and all lie in [0, 1], so "largest magnitude"
+/// (what Krylov-Schur finds) is the right end.
 #[derive(Debug)]
 struct NormalizedAdjacency {
     n: usize,
@@ -1129,7 +1135,7 @@ mod tests {
         let mut worst = 0.0f64;
         for i in 1..20_000 {
             let x = i as f32 * 0.01;
-            for y in [0.8950609f32, -0.1049391, 1.3341670, 0.5] {
+            for y in [0.895_061_f32, -0.104_939, 1.334_167, 0.5] {
                 let exact = (x as f64).powf(y as f64);
                 let rel = ((fast_pow(x, y) as f64 - exact) / exact).abs();
                 worst = worst.max(rel);

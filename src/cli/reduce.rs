@@ -10,7 +10,8 @@
 //! - `pca_components`: site, component, loadings (list of f32, the site's width).
 //! - `pca_projection`: site, sample, step, position, pc1..pcN.
 //! - `umap`: site, sample, step, position, umap_1, umap_2 (the embedded subsample).
-//! - `umap_quality`: site, k, trustworthiness, continuity, points, rows, seed.
+//! - `umap_quality`: site, k, trustworthiness, continuity, points (scored), embedded,
+//!   rows (of the site), seed.
 //!
 //! Plots: `pca-<site>-scree.svg`, `pca-<site>-scatter.svg`, `umap-<site>.svg`.
 
@@ -32,8 +33,10 @@ use crate::store::Run;
 const BATCH_ROWS: usize = 65_536;
 /// Scatter plots draw at most this many points (seeded subsample, said in the title).
 const PLOT_POINTS: usize = 5_000;
-/// Trustworthiness/continuity are O(n^2 k): computed on at most this many embedded points.
+/// Trustworthiness/continuity are O(n^2 k): computed on at most this many embedded points,
+/// and on fewer for wide sites so their f64 copy stays within QUALITY_BYTES.
 const QUALITY_POINTS: usize = 5_000;
+const QUALITY_BYTES: usize = 256 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Method {
@@ -61,7 +64,8 @@ pub struct ReduceArgs {
     /// numeric with many values: colour ramp).
     #[arg(long)]
     pub color_by: Option<String>,
-    /// UMAP embeds at most this many rows (seeded subsample; the size is reported).
+    /// UMAP embeds at most this many rows (seeded uniform sample, streamed; the size is
+    /// reported in umap_quality).
     #[arg(long, default_value_t = 20_000)]
     pub max_points: usize,
     #[arg(long, default_value_t = 0)]
@@ -187,9 +191,7 @@ fn fit_site(
     })?;
     let acc = acc.with_context(|| format!("site {site}: no rows for the selected steps"))?;
     let k = components.min(acc.width());
-    Ok(acc
-        .finish(k)
-        .with_context(|| format!("PCA of site {site}"))?)
+    acc.finish(k).with_context(|| format!("PCA of site {site}"))
 }
 
 /// Keys and coordinates of projected rows, collected across batches.
@@ -302,7 +304,7 @@ fn run_umap(
     let mut tables = Frames::default();
     let mut quality = Frames::default();
     for site in sites {
-        let rows = run.read_latents(site, steps)?;
+        let (rows, total_rows) = reservoir(run, site, steps, args.max_points, args.seed)?;
         anyhow::ensure!(
             !rows.is_empty(),
             "site {site}: no rows for the selected steps"
@@ -328,7 +330,8 @@ fn run_umap(
         tables.push(DataFrame::new_infer_height(cols)?);
 
         // Quality on a further subsample of the embedded points (O(n^2 k)).
-        let q_idx = subsample(idx.len(), QUALITY_POINTS, args.seed ^ 0x51);
+        let q_points = QUALITY_POINTS.min((QUALITY_BYTES / (8 * rows.width)).max(200));
+        let q_idx = subsample(idx.len(), q_points, args.seed ^ 0x51);
         let high: Vec<f32> = q_idx
             .iter()
             .flat_map(|&q| rows.row(idx[q as usize]).iter().copied())
@@ -360,7 +363,7 @@ fn run_umap(
             ),
             Column::new("points".into(), vec![q_idx.len() as u32; n]),
             Column::new("embedded".into(), vec![idx.len() as u32; n]),
-            Column::new("rows".into(), vec![rows.len() as u32; n]),
+            Column::new("rows".into(), vec![total_rows; n]),
             Column::new("seed".into(), vec![args.seed; n]),
         ])?);
         let svg = scatter_svg(
@@ -380,7 +383,7 @@ fn run_umap(
         eprintln!(
             "{site}: embedded {} of {} rows ({:?} init, {} graph components); trustworthiness@15 {:.3}",
             idx.len(),
-            rows.len(),
+            total_rows,
             fit.init,
             fit.graph_components,
             t15
@@ -391,6 +394,62 @@ fn run_umap(
         println!("{}", path.display());
     }
     Ok(())
+}
+
+/// Random stream of the UMAP row sample, under --seed.
+const STREAM_RESERVOIR: u64 = 0x5245_5345_5256;
+
+/// A uniform sample of at most `max_points` rows of a site, streamed (reservoir sampling,
+/// seeded), so memory is bounded by `max_points` whatever the site's size. Returns the
+/// sampled rows in (sample, step, position) order and the number of rows seen.
+fn reservoir(
+    run: &Run,
+    site: &str,
+    steps: Option<&[u16]>,
+    max_points: usize,
+    seed: u64,
+) -> anyhow::Result<(crate::store::Latents, u64)> {
+    use rand::Rng;
+    let mut rng = crate::rng::stream(seed, STREAM_RESERVOIR);
+    let mut kept: Option<crate::store::Latents> = None;
+    let mut seen = 0u64;
+    run.scan_latents(site, steps, BATCH_ROWS, &mut |batch| {
+        let keep = kept.get_or_insert_with(|| crate::store::Latents::new(batch.width));
+        let w = batch.width;
+        for i in 0..batch.len() {
+            let slot = if keep.len() < max_points {
+                None
+            } else {
+                let j = rng.gen_range(0..=seen);
+                if j >= max_points as u64 {
+                    seen += 1;
+                    continue;
+                }
+                Some(j as usize)
+            };
+            seen += 1;
+            let (sample, step, t, pos) = (
+                batch.sample[i],
+                batch.step[i],
+                batch.t[i],
+                batch.position[i],
+            );
+            match slot {
+                None => keep.push(sample, step, t, pos, batch.row(i)),
+                Some(j) => {
+                    keep.sample[j] = sample;
+                    keep.step[j] = step;
+                    keep.t[j] = t;
+                    keep.position[j] = pos;
+                    keep.x[j * w..(j + 1) * w].copy_from_slice(batch.row(i));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let mut kept = kept.unwrap_or_default();
+    kept.sort();
+    Ok((kept, seen))
 }
 
 /// Per-site frames stacked into one table.
@@ -882,6 +941,34 @@ mod tests {
         assert!(t.get(0).unwrap() > 0.8, "{q:?}");
         let svg = std::fs::read_to_string(dir.path().join("plots/umap-latent.svg")).unwrap();
         assert!(svg.contains("(min)") && svg.contains("(max)"));
+    }
+
+    #[test]
+    fn umap_subsample_is_bounded_seeded_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = make_run(dir.path());
+        let (a, seen) = reservoir(&run, "latent", None, 100, 5).unwrap();
+        let (b, _) = reservoir(&run, "latent", None, 100, 5).unwrap();
+        assert_eq!((a.len(), seen), (100, 240));
+        assert_eq!(a.x, b.x);
+        assert_ne!(
+            a.sample,
+            reservoir(&run, "latent", None, 100, 6).unwrap().0.sample
+        );
+        // Only the chosen steps are drawn from.
+        let (c, seen) = reservoir(&run, "latent", Some(&[1]), 1000, 5).unwrap();
+        assert_eq!((c.len(), seen), (120, 120));
+        assert!(c.step.iter().all(|&s| s == 1));
+        let mut args = args(dir.path(), Method::Umap, None);
+        args.max_points = 100;
+        super::run(&args).unwrap();
+        assert_eq!(run.table("umap").unwrap().height(), 100);
+        let q = run.table("umap_quality").unwrap();
+        assert_eq!(q.column("rows").unwrap().u64().unwrap().get(0), Some(240));
+        assert_eq!(
+            q.column("embedded").unwrap().u32().unwrap().get(0),
+            Some(100)
+        );
     }
 
     #[test]
