@@ -242,6 +242,7 @@ fn resolve<'a>(
         "strength": args.strength,
         "class": class,
         "ddim_steps": args.ddim_steps,
+        "steps_run": total,
         "eta": args.eta,
         "guidance": args.guidance,
         "chunk_samples": chunk_samples,

@@ -87,12 +87,13 @@ pub fn run(args: &ReduceArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `last` needs the schedule length: taken from the run's config (`ddim_steps`).
+/// `last` needs the number of steps the generation ran: the run's `steps_run` (img2img runs
+/// only part of the schedule), else its `ddim_steps`.
 fn resolve_steps(run: &Run, spec: &str) -> anyhow::Result<Option<Vec<u16>>> {
-    let total = run
-        .manifest()
-        .config
-        .get("ddim_steps")
+    let config = &run.manifest().config;
+    let total = config
+        .get("steps_run")
+        .or_else(|| config.get("ddim_steps"))
         .and_then(|v| v.as_u64())
         .map_or(u16::MAX, |v| v.min(u16::MAX as u64) as u16);
     Ok(crate::steps::parse_steps(spec, 0, total)?)
