@@ -16,6 +16,23 @@ use crate::taps::{Pool, Recorder};
 pub enum BenchCmd {
     /// Recording every site vs the same generation untapped, and record throughput.
     Record(BenchRecord),
+    /// Our logistic probe vs scikit-learn on the same seeded data (see benches/).
+    Probe(super::probe::BenchProbeArgs),
+    /// PCA 20000x768 -> 50, streaming PCA memory, UMAP 5000x50: compare with
+    /// benches/sklearn_pca.py and benches/umap_learn.py on the same generated data.
+    Reduce(BenchReduce),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchReduce {
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also run streaming PCA over 1,000,000 x 256 rows and report peak memory.
+    #[arg(long)]
+    pub streaming: bool,
+    /// Skip UMAP (the slowest part).
+    #[arg(long)]
+    pub no_umap: bool,
 }
 
 #[derive(Debug, Args)]
@@ -51,7 +68,29 @@ struct BenchReport {
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
-    let BenchCmd::Record(args) = cmd;
+    match cmd {
+        BenchCmd::Record(args) => bench_record(&args),
+        BenchCmd::Probe(args) => super::probe::run_bench(&args),
+        BenchCmd::Reduce(args) => bench_reduce(&args),
+    }
+}
+
+fn bench_reduce(args: &BenchReduce) -> anyhow::Result<()> {
+    use crate::analysis::{pca, umap};
+    let pca = pca::bench_pca(20_000, 768, 50, args.seed)?;
+    println!("pca: {}", serde_json::to_string(&pca)?);
+    if args.streaming {
+        let streaming = pca::bench_pca_streaming(1_000_000, 256, 65_536, args.seed)?;
+        println!("pca_streaming: {}", serde_json::to_string(&streaming)?);
+    }
+    if !args.no_umap {
+        let umap = umap::bench_umap(5000, 50, 10, args.seed)?;
+        println!("umap: {}", serde_json::to_string(&umap)?);
+    }
+    Ok(())
+}
+
+fn bench_record(args: &BenchRecord) -> anyhow::Result<()> {
     let model = DiffusionModel::load(&args.weights, &common::device()?)?;
     let sites = model.sites();
     let site_refs: Vec<_> = sites

@@ -7,6 +7,8 @@ use anyhow::Context;
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::store::Run;
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static HANDLER: OnceLock<bool> = OnceLock::new();
 
@@ -44,4 +46,29 @@ pub fn site_patterns(values: &[String]) -> Vec<crate::sites::SitePattern> {
         .filter(|s| !s.is_empty())
         .map(crate::sites::SitePattern::new)
         .collect()
+}
+
+/// The recorded sites of `run` that match `--sites` patterns (all when none are given);
+/// a pattern that matches nothing lists the sites the run has.
+pub fn recorded_sites(run: &Run, patterns: &[String]) -> anyhow::Result<Vec<String>> {
+    let available = run.sites()?;
+    anyhow::ensure!(
+        !available.is_empty(),
+        "{} has no recorded sites (no latents/site=*/ folders)",
+        run.root().display()
+    );
+    let patterns = site_patterns(patterns);
+    for p in &patterns {
+        if !available.iter().any(|s| p.matches(s)) {
+            return Err(crate::Error::UnknownSite {
+                name: p.as_str().to_string(),
+                valid: available.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(available
+        .into_iter()
+        .filter(|s| patterns.is_empty() || patterns.iter().any(|p| p.matches(s)))
+        .collect())
 }

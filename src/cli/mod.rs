@@ -7,8 +7,12 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod common;
+pub mod data;
 pub mod diffusion;
+pub mod infoloss;
+pub mod probe;
 pub mod record;
+pub mod reduce;
 
 /// Look inside the latent spaces of generative models.
 #[derive(Debug, Parser)]
@@ -26,12 +30,21 @@ pub enum Command {
     /// List a model's hook sites and their shapes.
     #[command(subcommand)]
     Sites(record::SitesCmd),
+    /// Make datasets with known ground truth.
+    #[command(subcommand)]
+    Data(data::DataCmd),
     /// Train a built-in model.
     #[command(subcommand)]
     Train(TrainCommand),
     /// Measure a built-in model against its quality targets.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Linear probes with baselines, CIs and control tasks over a run's sites x steps.
+    Probe(probe::ProbeArgs),
+    /// PCA or UMAP of a run's latents, with quality measures and scatter plots.
+    Reduce(reduce::ReduceArgs),
+    /// What is lost between recording points: reconstruction, CKA, mutual information.
+    Infoloss(infoloss::InfolossArgs),
     /// Measure speed: recording overhead and throughput.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -62,8 +75,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Record(cmd) => record::run(cmd),
         Command::Sites(cmd) => record::run_sites(cmd),
+        Command::Data(cmd) => data::run(cmd),
         Command::Train(TrainCommand::Diffusion(args)) => diffusion::run_train(&args),
         Command::Eval(EvalCommand::Diffusion(args)) => diffusion::run_eval(&args),
+        Command::Probe(args) => probe::run(&args),
+        Command::Reduce(args) => reduce::run(&args),
+        Command::Infoloss(args) => infoloss::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

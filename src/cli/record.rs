@@ -17,6 +17,8 @@ pub const DEFAULT_WEIGHTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/
 
 /// Buffered rows per chunk stay under this many bytes.
 const CHUNK_BUDGET_BYTES: u64 = 256 << 20;
+/// A chunk is also the unit of resumption: keep it small enough that Ctrl-C loses little.
+const MAX_CHUNK_SAMPLES: u32 = 64;
 
 #[derive(Debug, Subcommand)]
 pub enum RecordCmd {
@@ -225,7 +227,7 @@ fn resolve<'a>(
     };
     let steps_kept = steps.as_ref().map_or((total - first) as usize, Vec::len);
     let per_sample = bytes_per_sample(&sites, args.pool, steps_kept);
-    let chunk_samples = chunk_samples_for(per_sample, CHUNK_BUDGET_BYTES, 256);
+    let chunk_samples = chunk_samples_for(per_sample, CHUNK_BUDGET_BYTES, MAX_CHUNK_SAMPLES);
     let options = SampleOptions {
         steps: args.ddim_steps,
         eta: args.eta,
@@ -240,6 +242,7 @@ fn resolve<'a>(
         "strength": args.strength,
         "class": class,
         "ddim_steps": args.ddim_steps,
+        "steps_run": total,
         "eta": args.eta,
         "guidance": args.guidance,
         "chunk_samples": chunk_samples,

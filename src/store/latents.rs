@@ -205,7 +205,7 @@ fn list_values(col: &Column, rows: usize) -> std::result::Result<(Vec<f32>, usiz
     if rows == 0 {
         return Ok((flat, 0));
     }
-    if flat.len() % rows != 0 {
+    if !flat.len().is_multiple_of(rows) {
         return Err(format!(
             "column `x` has {} values over {rows} rows: rows differ in width",
             flat.len()

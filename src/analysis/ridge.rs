@@ -1,0 +1,190 @@
+//! Ridge regression from sufficient statistics: X^T X, X^T y and the sums add up across
+//! batches or folds, so a training set's fit needs no pass over its rows, and one pass
+//! serves several targets at once (real, control and permuted labels).
+//!
+//! Objective in standardized coordinates: mean squared error + lambda ||w||^2 (the
+//! intercept is not penalized); scikit-learn's `Ridge(alpha)` on standardized features is
+//! the same model with alpha = lambda * n. Solved by Cholesky of corr + lambda I: for
+//! grids of up to about ten lambdas this is cheaper than one eigendecomposition (faer:
+//! d = 768 Cholesky 35 ms vs eigendecomposition 8.5 s in a dev build).
+
+use faer::linalg::solvers::Solve;
+use faer::{Mat, MatRef, Side};
+
+use crate::analysis::design::{self, Blocks, Moments, Standardizer, MIN_COLS};
+
+/// Statistics of rows and of `t` targets on them.
+#[derive(Clone)]
+pub struct RidgeMoments {
+    pub x: Moments,
+    /// d x t: X^T Y.
+    pub xty: Mat<f64>,
+    pub sum_y: Vec<f64>,
+}
+
+impl RidgeMoments {
+    /// Statistics of the rows `x` (row-major) and targets `y` (n x t, t >= 1).
+    pub fn of(x: MatRef<'_, f32>, y: &[Vec<f64>]) -> RidgeMoments {
+        RidgeMoments::with_x_moments(Moments::of(x), x, y)
+    }
+
+    /// As `of`, with the statistics of `x` already computed.
+    pub fn with_x_moments(xm: Moments, x: MatRef<'_, f32>, y: &[Vec<f64>]) -> RidgeMoments {
+        let n = x.nrows();
+        let t = y.len();
+        let ym = Mat::<f32>::from_fn(
+            n,
+            t.max(MIN_COLS),
+            |r, c| if c < t { y[c][r] as f32 } else { 0.0 },
+        );
+        let xty32 = Blocks {
+            blocks: vec![x],
+            width: x.ncols(),
+        }
+        .tmul(ym.as_ref());
+        RidgeMoments {
+            x: xm,
+            xty: Mat::from_fn(x.ncols(), t, |j, c| xty32[(j, c)] as f64),
+            sum_y: y.iter().map(|col| col.iter().sum()).collect(),
+        }
+    }
+
+    pub fn add(&mut self, other: &RidgeMoments) {
+        self.x.add(&other.x);
+        self.xty += &other.xty;
+        for (a, b) in self.sum_y.iter_mut().zip(&other.sum_y) {
+            *a += b;
+        }
+    }
+
+    pub fn total(parts: &[&RidgeMoments]) -> RidgeMoments {
+        let mut m = parts[0].clone();
+        for p in &parts[1..] {
+            m.add(p);
+        }
+        m
+    }
+}
+
+/// A fitted ridge model for `t` targets, in standardized coordinates.
+#[derive(Debug, Clone)]
+pub struct RidgeModel {
+    pub standardizer: Standardizer,
+    /// d x t weights.
+    pub w: Mat<f64>,
+    pub b: Vec<f64>,
+}
+
+impl RidgeModel {
+    /// Predictions (n x max(t, MIN_COLS), first t columns meaningful).
+    pub fn predict(&self, x: &Blocks<'_>) -> Mat<f32> {
+        let (w, b) = self.standardizer.to_raw(self.w.as_ref(), &self.b);
+        let mut m = x.mul(w.as_ref());
+        design::add_bias(&mut m, &b);
+        m
+    }
+}
+
+/// The Cholesky factor of corr + lambda I for a training set, reusable for any targets.
+pub struct RidgeSolver {
+    standardizer: Standardizer,
+    llt: faer::linalg::solvers::Llt<f64>,
+}
+
+impl RidgeSolver {
+    pub fn new(m: &Moments, lambda: f64) -> crate::Result<RidgeSolver> {
+        let st = m.standardizer();
+        let corr = m.correlation(&st);
+        let d = corr.nrows();
+        let a = Mat::<f64>::from_fn(d, d, |i, j| {
+            corr[(i, j)] + if i == j { lambda } else { 0.0 }
+        });
+        let llt = a.llt(Side::Lower).map_err(|e| {
+            crate::Error::Invalid(format!(
+                "ridge: Cholesky of the feature correlation + {lambda} I failed ({e:?}); use a larger lambda"
+            ))
+        })?;
+        Ok(RidgeSolver {
+            standardizer: st,
+            llt,
+        })
+    }
+
+    /// Solves for every target of `m` (whose X statistics must be the ones this solver
+    /// was built from).
+    pub fn solve(&self, m: &RidgeMoments) -> RidgeModel {
+        let st = &self.standardizer;
+        let n = m.x.n.max(1) as f64;
+        let (d, t) = (m.xty.nrows(), m.xty.ncols());
+        let ybar: Vec<f64> = m.sum_y.iter().map(|s| s / n).collect();
+        let mut w = Mat::<f64>::from_fn(d, t, |j, c| {
+            (m.xty[(j, c)] / n - st.mean[j] * ybar[c]) / st.scale[j]
+        });
+        self.llt.solve_in_place(w.as_mut());
+        RidgeModel {
+            standardizer: st.clone(),
+            w,
+            b: ybar,
+        }
+    }
+}
+
+/// Fits ridge with one lambda (mean-loss convention, see the module note).
+pub fn fit(m: &RidgeMoments, lambda: f64) -> crate::Result<RidgeModel> {
+    Ok(RidgeSolver::new(&m.x, lambda)?.solve(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ridge_equals_the_closed_form_and_adds_up_across_batches() {
+        let (n, d) = (60, 4);
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..n {
+            for j in 0..d {
+                x.push((0.37 * i as f64 * (j + 1) as f64 + j as f64).sin() as f32);
+            }
+            let v = x[i * d] as f64 + 0.5 * x[i * d + 1] as f64 + 0.8 * (2.1 * i as f64).sin();
+            y.push(v as f32 as f64);
+        }
+        // Two batches, accumulated.
+        let a = RidgeMoments::of(
+            MatRef::from_row_major_slice(&x[..25 * d], 25, d),
+            &[y[..25].to_vec()],
+        );
+        let b = RidgeMoments::of(
+            MatRef::from_row_major_slice(&x[25 * d..], 35, d),
+            &[y[25..].to_vec()],
+        );
+        let model = fit(&RidgeMoments::total(&[&a, &b]), 0.3).unwrap();
+        // numpy: solve(S + 0.3 I, Xs^T (y - ybar) / n) on the standardized data
+        // (= sklearn Ridge(alpha = 0.3 * 60)).
+        let want = [
+            0.534228561511283,
+            0.26316974541721255,
+            0.008217627460828264,
+            0.007030184526564775,
+        ];
+        for (j, w) in want.iter().enumerate() {
+            let got = model.w[(j, 0)];
+            assert!((got - w).abs() < 1e-5, "{got} vs {w}");
+        }
+        assert!((model.b[0] - 0.09138863134818773).abs() < 1e-6);
+        // Predictions through the raw-feature weights equal the standardized formula.
+        let pred = model.predict(&Blocks {
+            blocks: vec![MatRef::from_row_major_slice(&x, n, d)],
+            width: d,
+        });
+        let st = &model.standardizer;
+        for r in 0..n {
+            let direct: f64 = (0..d)
+                .map(|j| (x[r * d + j] as f64 - st.mean[j]) / st.scale[j] * want[j])
+                .sum::<f64>()
+                + 0.09138863134818773;
+            assert!((pred[(r, 0)] as f64 - direct).abs() < 1e-4);
+        }
+    }
+}

@@ -1,0 +1,1298 @@
+//! UMAP to a few dimensions, written after umap-learn 0.5 so its embeddings can be compared
+//! with the reference tool: the same fuzzy simplicial set (smooth_knn_dist, fuzzy union),
+//! the same a/b curve fit, spectral initialisation and the same SGD schedule
+//! (`optimize_layout_euclidean`, epochs_per_sample, negative sampling, gradient clip 4).
+//! umap-rs's layout gave wrong embeddings here (stack.md), hence our own.
+//!
+//! Differences from umap-learn, all deliberate: exact kNN (umap-learn uses exact search
+//! below 4096 points and NN-descent above); one xorshift generator for negative samples
+//! instead of one Tausworthe state per vertex; for a disconnected graph the components are
+//! placed by PCA of their centroids (umap-learn: spectral embedding of the centroids);
+//! d^b by a polynomial exp2/log2 (relative error < 2e-6; umap-learn's numba `fastmath` pow
+//! is approximate too); the spectral start comes from faer's Krylov-Schur (dense eigh up
+//! to 200 vertices) instead of ARPACK.
+//!
+//! Cost: exact kNN O(n^2 d) on faer gemm, then a single-threaded SGD that is deterministic
+//! in the seed. On 5000 x 50 it runs at about umap-learn's speed (see `bench_umap`).
+
+use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+use faer::matrix_free::eigen::{
+    partial_self_adjoint_eigen, partial_self_adjoint_eigen_scratch, PartialEigenParams,
+};
+use faer::matrix_free::LinOp;
+use faer::{Col, Mat, MatMut, MatRef, Par, Side};
+use indicatif::ProgressBar;
+use rand::{Rng, RngCore};
+use serde::Serialize;
+
+use crate::analysis::knn::{exact_knn, subsample};
+use crate::{Error, Result};
+
+/// Random streams used by UMAP, under the caller's seed.
+const STREAM_INIT: u64 = 0x554d_4150_0001;
+const STREAM_SGD: u64 = 0x554d_4150_0002;
+const STREAM_EIGEN: u64 = 0x554d_4150_0003;
+
+/// umap-learn's defaults, plus the subsampling cap.
+#[derive(Debug, Clone, Serialize)]
+pub struct UmapParams {
+    pub n_components: usize,
+    pub n_neighbors: usize,
+    pub min_dist: f64,
+    pub spread: f64,
+    pub negative_sample_rate: usize,
+    /// `None`: 500 epochs up to 10,000 points, 200 above (umap-learn's rule).
+    pub n_epochs: Option<usize>,
+    pub learning_rate: f64,
+    pub repulsion_strength: f64,
+    pub local_connectivity: f64,
+    /// At most this many rows are embedded (seeded uniform subsample; exact kNN and the
+    /// quality scores are O(n^2)).
+    pub max_points: usize,
+    pub seed: u64,
+}
+
+impl Default for UmapParams {
+    fn default() -> Self {
+        Self {
+            n_components: 2,
+            n_neighbors: 15,
+            min_dist: 0.1,
+            spread: 1.0,
+            negative_sample_rate: 5,
+            n_epochs: None,
+            learning_rate: 1.0,
+            repulsion_strength: 1.0,
+            local_connectivity: 1.0,
+            max_points: 20_000,
+            seed: 0,
+        }
+    }
+}
+
+/// How the layout was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum UmapInit {
+    /// Eigenvectors of the normalised Laplacian of the (connected) fuzzy graph.
+    Spectral,
+    /// Each connected component laid out spectrally, components placed apart.
+    MultiComponent,
+    /// The eigensolver did not converge: uniform in [-10, 10] (umap-learn's fallback).
+    Random,
+}
+
+/// An embedding and what produced it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Umap {
+    /// Row-major `sample_indices.len() x n_components`.
+    pub embedding: Vec<f32>,
+    pub n_components: usize,
+    /// Which input rows were embedded (sorted); all of them unless subsampled.
+    pub sample_indices: Vec<u32>,
+    pub n_input_rows: usize,
+    pub a: f64,
+    pub b: f64,
+    pub n_epochs: usize,
+    pub n_edges: usize,
+    pub graph_components: usize,
+    pub init: UmapInit,
+    /// Wall time of each stage, for run manifests and benchmarks.
+    pub seconds: UmapSeconds,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct UmapSeconds {
+    pub knn: f64,
+    pub graph: f64,
+    pub init: f64,
+    pub layout: f64,
+}
+
+/// Embeds `rows` (row-major, `width` columns). Deterministic in `params.seed`.
+pub fn umap(
+    rows: &[f32],
+    width: usize,
+    params: &UmapParams,
+    progress: &ProgressBar,
+) -> Result<Umap> {
+    if width == 0 || !rows.len().is_multiple_of(width) {
+        return Err(Error::Invalid(format!(
+            "UMAP: {} values is not a whole number of rows of width {width}",
+            rows.len()
+        )));
+    }
+    check_params(params)?;
+    let n_input_rows = rows.len() / width;
+    let sample_indices = subsample(n_input_rows, params.max_points, params.seed);
+    let data: Vec<f32> = if sample_indices.len() == n_input_rows {
+        rows.to_vec()
+    } else {
+        sample_indices
+            .iter()
+            .flat_map(|&i| {
+                rows[i as usize * width..(i as usize + 1) * width]
+                    .iter()
+                    .copied()
+            })
+            .collect()
+    };
+    if let Some(bad) = data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "UMAP: value at row {} column {} is not finite",
+            sample_indices[bad / width],
+            bad % width
+        )));
+    }
+    let n = sample_indices.len();
+    if n <= params.n_neighbors {
+        return Err(Error::Invalid(format!(
+            "UMAP with n_neighbors = {} needs more than {} points, got {n}",
+            params.n_neighbors, params.n_neighbors
+        )));
+    }
+    let n_epochs = params
+        .n_epochs
+        .unwrap_or(if n <= 10_000 { 500 } else { 200 });
+    let (a, b) = find_ab_params(params.spread, params.min_dist);
+
+    let mut clock = std::time::Instant::now();
+    let mut lap = || {
+        let t = clock.elapsed().as_secs_f64();
+        clock = std::time::Instant::now();
+        t
+    };
+    let mut seconds = UmapSeconds::default();
+    let knn = exact_knn(&data, width, params.n_neighbors, true)?;
+    seconds.knn = lap();
+    let (sigmas, rhos) = smooth_knn_dist(
+        &knn.distances,
+        params.n_neighbors,
+        params.local_connectivity,
+    );
+    let directed = membership_strengths(
+        &knn.indices,
+        &knn.distances,
+        params.n_neighbors,
+        &sigmas,
+        &rhos,
+    );
+    let mut graph = fuzzy_union(n, &directed);
+    graph.drop_below(graph.max_weight() / n_epochs as f32);
+
+    seconds.graph = lap();
+    let (labels, n_comp) = graph.components();
+    let (init_coords, init) = initial_layout(&graph, &labels, n_comp, &data, width, params)?;
+    let mut embedding = noisy_scale_and_normalise(init_coords, params.n_components, params.seed);
+
+    seconds.init = lap();
+    let edges = graph.edges();
+    let epochs_per_sample = make_epochs_per_sample(&edges.2, n_epochs);
+    progress.set_length(n_epochs as u64);
+    let mut rng = XorShift::new(crate::rng::stream(params.seed, STREAM_SGD).next_u64());
+    let layout = Layout {
+        dim: params.n_components,
+        heads: &edges.0,
+        tails: &edges.1,
+        epochs_per_sample: &epochs_per_sample,
+        a: a as f32,
+        b: b as f32,
+        gamma: params.repulsion_strength as f32,
+        initial_alpha: params.learning_rate as f32,
+        negative_sample_rate: params.negative_sample_rate as f64,
+        n_epochs,
+    };
+    layout.optimize(&mut embedding, &mut rng, progress);
+    seconds.layout = lap();
+    Ok(Umap {
+        embedding,
+        n_components: params.n_components,
+        sample_indices,
+        n_input_rows,
+        a,
+        b,
+        n_epochs,
+        n_edges: edges.0.len(),
+        graph_components: n_comp,
+        init,
+        seconds,
+    })
+}
+
+fn check_params(p: &UmapParams) -> Result<()> {
+    let bad = |what: &str| Err(Error::Invalid(format!("UMAP: {what}")));
+    if !(1..=3).contains(&p.n_components) {
+        return bad("n_components must be 1, 2 or 3");
+    }
+    if p.n_neighbors < 2 {
+        return bad("n_neighbors must be at least 2");
+    }
+    if !(p.min_dist >= 0.0 && p.spread > 0.0 && p.min_dist <= p.spread) {
+        return bad("need 0 <= min_dist <= spread and spread > 0");
+    }
+    if p.max_points <= p.n_neighbors {
+        return bad("max_points must exceed n_neighbors");
+    }
+    if p.n_epochs == Some(0) {
+        return bad("n_epochs must be at least 1");
+    }
+    Ok(())
+}
+
+/// Fits 1 / (1 + a x^(2b)) to the target curve (1 below min_dist, exp(-(x - min_dist) /
+/// spread) above) on 300 points of [0, 3 spread], least squares, like umap-learn's
+/// `find_ab_params` (scipy curve_fit, Levenberg-Marquardt from a = b = 1).
+pub fn find_ab_params(spread: f64, min_dist: f64) -> (f64, f64) {
+    let xs: Vec<f64> = (0..300).map(|i| spread * 3.0 * i as f64 / 299.0).collect();
+    let ys: Vec<f64> = xs
+        .iter()
+        .map(|&x| {
+            if x < min_dist {
+                1.0
+            } else {
+                (-(x - min_dist) / spread).exp()
+            }
+        })
+        .collect();
+    let residuals = |a: f64, b: f64| -> f64 {
+        xs.iter()
+            .zip(&ys)
+            .map(|(&x, &y)| (1.0 / (1.0 + a * x.powf(2.0 * b)) - y).powi(2))
+            .sum()
+    };
+    let (mut a, mut b, mut lambda) = (1.0f64, 1.0f64, 1e-3f64);
+    let mut cost = residuals(a, b);
+    for _ in 0..500 {
+        // Normal equations of the 2-parameter problem.
+        let (mut jtj, mut jtr) = ([[0.0f64; 2]; 2], [0.0f64; 2]);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            if x <= 0.0 {
+                continue; // f = 1 at x = 0 whatever a, b: zero Jacobian row.
+            }
+            let u = x.powf(2.0 * b);
+            let f = 1.0 / (1.0 + a * u);
+            let da = -u * f * f;
+            let db = -a * u * 2.0 * x.ln() * f * f;
+            let r = f - y;
+            jtj[0][0] += da * da;
+            jtj[0][1] += da * db;
+            jtj[1][1] += db * db;
+            jtr[0] += da * r;
+            jtr[1] += db * r;
+        }
+        let (m00, m11) = (jtj[0][0] * (1.0 + lambda), jtj[1][1] * (1.0 + lambda));
+        let det = m00 * m11 - jtj[0][1] * jtj[0][1];
+        if det.abs() < 1e-300 {
+            break;
+        }
+        let step_a = -(m11 * jtr[0] - jtj[0][1] * jtr[1]) / det;
+        let step_b = -(m00 * jtr[1] - jtj[0][1] * jtr[0]) / det;
+        let (na, nb) = (a + step_a, b + step_b);
+        let new_cost = if na > 0.0 && nb > 0.0 {
+            residuals(na, nb)
+        } else {
+            f64::INFINITY
+        };
+        if new_cost < cost {
+            let converged = (cost - new_cost) <= 1e-15 * cost.max(1e-300);
+            a = na;
+            b = nb;
+            cost = new_cost;
+            lambda = (lambda * 0.3).max(1e-12);
+            if converged {
+                break;
+            }
+        } else {
+            lambda *= 10.0;
+            if lambda > 1e12 {
+                break;
+            }
+        }
+    }
+    (a, b)
+}
+
+/// umap-learn's `smooth_knn_dist`: per point, rho = distance to the nearest neighbour
+/// (interpolated for fractional local_connectivity) and sigma such that
+/// sum_j exp(-(d_j - rho) / sigma) = log2(k), by bisection (64 steps, tolerance 1e-5).
+/// `distances` is row-major n x k with the point itself first.
+pub fn smooth_knn_dist(
+    distances: &[f32],
+    k: usize,
+    local_connectivity: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    const N_ITER: usize = 64;
+    const TOLERANCE: f64 = 1e-5;
+    const MIN_K_DIST_SCALE: f64 = 1e-3;
+    let target = (k as f64).log2();
+    let n = distances.len() / k;
+    let mean_distances = distances.iter().map(|&d| d as f64).sum::<f64>() / distances.len() as f64;
+    let mut sigmas = vec![0.0; n];
+    let mut rhos = vec![0.0; n];
+    for i in 0..n {
+        let row: Vec<f64> = distances[i * k..(i + 1) * k]
+            .iter()
+            .map(|&d| d as f64)
+            .collect();
+        let non_zero: Vec<f64> = row.iter().copied().filter(|&d| d > 0.0).collect();
+        let mut rho = 0.0;
+        if non_zero.len() as f64 >= local_connectivity {
+            let index = local_connectivity.floor() as usize;
+            let interpolation = local_connectivity - index as f64;
+            if index > 0 {
+                rho = non_zero[index - 1];
+                if interpolation > TOLERANCE {
+                    rho += interpolation * (non_zero[index] - non_zero[index - 1]);
+                }
+            } else {
+                rho = interpolation * non_zero[0];
+            }
+        } else if !non_zero.is_empty() {
+            rho = non_zero.iter().copied().fold(f64::MIN, f64::max);
+        }
+        let (mut lo, mut hi, mut mid) = (0.0f64, f64::INFINITY, 1.0f64);
+        for _ in 0..N_ITER {
+            let mut psum = 0.0;
+            for &d in &row[1..] {
+                let d = d - rho;
+                psum += if d > 0.0 { (-d / mid).exp() } else { 1.0 };
+            }
+            if (psum - target).abs() < TOLERANCE {
+                break;
+            }
+            if psum > target {
+                hi = mid;
+                mid = (lo + hi) / 2.0;
+            } else {
+                lo = mid;
+                mid = if hi == f64::INFINITY {
+                    mid * 2.0
+                } else {
+                    (lo + hi) / 2.0
+                };
+            }
+        }
+        let floor = if rho > 0.0 {
+            MIN_K_DIST_SCALE * row.iter().sum::<f64>() / k as f64
+        } else {
+            MIN_K_DIST_SCALE * mean_distances
+        };
+        sigmas[i] = mid.max(floor);
+        rhos[i] = rho;
+    }
+    (sigmas, rhos)
+}
+
+/// Directed memberships exp(-(d - rho) / sigma) of each kNN edge (1 within rho, 0 to self).
+fn membership_strengths(
+    indices: &[u32],
+    distances: &[f32],
+    k: usize,
+    sigmas: &[f64],
+    rhos: &[f64],
+) -> Vec<(u32, u32, f32)> {
+    let mut out = Vec::with_capacity(indices.len());
+    for (e, (&j, &d)) in indices.iter().zip(distances).enumerate() {
+        let i = e / k;
+        let d = d as f64;
+        let w = if j as usize == i {
+            0.0
+        } else if d - rhos[i] <= 0.0 || sigmas[i] == 0.0 {
+            1.0
+        } else {
+            (-(d - rhos[i]) / sigmas[i]).exp()
+        };
+        out.push((i as u32, j, w as f32));
+    }
+    out
+}
+
+/// A symmetric sparse graph in CSR form, rows sorted by column.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    n: usize,
+    indptr: Vec<usize>,
+    indices: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+/// Fuzzy union (set_op_mix_ratio = 1): w_ij + w_ji - w_ij w_ji, zeros dropped.
+fn fuzzy_union(n: usize, directed: &[(u32, u32, f32)]) -> Graph {
+    // (row, col, forward weight, transposed weight)
+    let mut entries: Vec<(u32, u32, f32, f32)> = Vec::with_capacity(2 * directed.len());
+    for &(i, j, w) in directed {
+        entries.push((i, j, w, 0.0));
+        entries.push((j, i, 0.0, w));
+    }
+    entries.sort_unstable_by_key(|e| (e.0, e.1));
+    let mut indptr = vec![0usize; n + 1];
+    let mut indices = Vec::new();
+    let mut weights = Vec::new();
+    let mut p = 0;
+    while p < entries.len() {
+        let (r, c) = (entries[p].0, entries[p].1);
+        let (mut fwd, mut back) = (0.0f32, 0.0f32);
+        while p < entries.len() && entries[p].0 == r && entries[p].1 == c {
+            fwd += entries[p].2;
+            back += entries[p].3;
+            p += 1;
+        }
+        let w = fwd + back - fwd * back;
+        if w > 0.0 {
+            indices.push(c);
+            weights.push(w);
+            indptr[r as usize + 1] += 1;
+        }
+    }
+    for i in 0..n {
+        indptr[i + 1] += indptr[i];
+    }
+    Graph {
+        n,
+        indptr,
+        indices,
+        weights,
+    }
+}
+
+impl Graph {
+    fn max_weight(&self) -> f32 {
+        self.weights.iter().copied().fold(0.0, f32::max)
+    }
+
+    /// Drops edges below `threshold` (umap-learn: max weight / n_epochs; they would never
+    /// be sampled).
+    fn drop_below(&mut self, threshold: f32) {
+        let mut indptr = vec![0usize; self.n + 1];
+        let (mut indices, mut weights) = (Vec::new(), Vec::new());
+        for i in 0..self.n {
+            for p in self.indptr[i]..self.indptr[i + 1] {
+                if self.weights[p] >= threshold {
+                    indices.push(self.indices[p]);
+                    weights.push(self.weights[p]);
+                }
+            }
+            indptr[i + 1] = indices.len();
+        }
+        self.indptr = indptr;
+        self.indices = indices;
+        self.weights = weights;
+    }
+
+    /// (heads, tails, weights), in (row, column) order like scipy's COO of a CSR matrix.
+    fn edges(&self) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+        let mut heads = Vec::with_capacity(self.indices.len());
+        for i in 0..self.n {
+            heads.extend(std::iter::repeat_n(
+                i as u32,
+                self.indptr[i + 1] - self.indptr[i],
+            ));
+        }
+        (heads, self.indices.clone(), self.weights.clone())
+    }
+
+    /// Connected-component label of every vertex, and the number of components.
+    fn components(&self) -> (Vec<usize>, usize) {
+        let mut label = vec![usize::MAX; self.n];
+        let mut count = 0;
+        let mut stack = Vec::new();
+        for s in 0..self.n {
+            if label[s] != usize::MAX {
+                continue;
+            }
+            label[s] = count;
+            stack.push(s);
+            while let Some(v) = stack.pop() {
+                for &u in &self.indices[self.indptr[v]..self.indptr[v + 1]] {
+                    if label[u as usize] == usize::MAX {
+                        label[u as usize] = count;
+                        stack.push(u as usize);
+                    }
+                }
+            }
+            count += 1;
+        }
+        (label, count)
+    }
+
+    /// The subgraph on `members` (sorted global ids), renumbered 0..members.len().
+    fn subgraph(&self, members: &[usize]) -> Graph {
+        let mut local = vec![u32::MAX; self.n];
+        for (l, &g) in members.iter().enumerate() {
+            local[g] = l as u32;
+        }
+        let mut indptr = vec![0usize; members.len() + 1];
+        let (mut indices, mut weights) = (Vec::new(), Vec::new());
+        for (l, &g) in members.iter().enumerate() {
+            for p in self.indptr[g]..self.indptr[g + 1] {
+                let c = local[self.indices[p] as usize];
+                if c != u32::MAX {
+                    indices.push(c);
+                    weights.push(self.weights[p]);
+                }
+            }
+            indptr[l + 1] = indices.len();
+        }
+        Graph {
+            n: members.len(),
+            indptr,
+            indices,
+            weights,
+        }
+    }
+}
+
+/// Spectral, multi-component or random start, before scaling (n x dim, f64).
+fn initial_layout(
+    graph: &Graph,
+    labels: &[usize],
+    n_comp: usize,
+    data: &[f32],
+    width: usize,
+    params: &UmapParams,
+) -> Result<(Vec<f64>, UmapInit)> {
+    let dim = params.n_components;
+    let n = graph.n;
+    let mut rng = crate::rng::stream(params.seed, STREAM_INIT);
+    if n_comp == 1 {
+        if let Some(coords) = spectral_layout(graph, dim, params.seed) {
+            return Ok((coords, UmapInit::Spectral));
+        }
+        let coords = (0..n * dim).map(|_| rng.gen_range(-10.0..10.0)).collect();
+        return Ok((coords, UmapInit::Random));
+    }
+    let meta = component_positions(labels, n_comp, data, width, dim);
+    let mut coords = vec![0.0f64; n * dim];
+    for c in 0..n_comp {
+        let members: Vec<usize> = (0..n).filter(|&i| labels[i] == c).collect();
+        let centre = &meta[c * dim..(c + 1) * dim];
+        let data_range = (0..n_comp)
+            .filter(|&o| o != c)
+            .map(|o| distance(centre, &meta[o * dim..(o + 1) * dim]))
+            .filter(|&d| d > 0.0)
+            .fold(f64::INFINITY, f64::min)
+            / 2.0;
+        let data_range = if data_range.is_finite() {
+            data_range
+        } else {
+            1.0
+        };
+        let layout = if members.len() < 2 * dim || members.len() <= dim + 1 {
+            None
+        } else {
+            spectral_layout(&graph.subgraph(&members), dim, params.seed ^ c as u64)
+        };
+        match layout {
+            Some(local) => {
+                let max = local.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+                for (l, &g) in members.iter().enumerate() {
+                    for d in 0..dim {
+                        coords[g * dim + d] = local[l * dim + d] * data_range / max + centre[d];
+                    }
+                }
+            }
+            None => {
+                for &g in &members {
+                    for d in 0..dim {
+                        coords[g * dim + d] = rng.gen_range(-data_range..data_range) + centre[d];
+                    }
+                }
+            }
+        }
+    }
+    Ok((coords, UmapInit::MultiComponent))
+}
+
+fn distance(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Where each connected component goes: umap-learn's layout for few components (unit
+/// vectors and their negatives), otherwise the first `dim` principal axes of the component
+/// centroids, scaled so the largest coordinate is 1.
+fn component_positions(
+    labels: &[usize],
+    n_comp: usize,
+    data: &[f32],
+    width: usize,
+    dim: usize,
+) -> Vec<f64> {
+    let mut meta = vec![0.0f64; n_comp * dim];
+    if n_comp <= 2 * dim {
+        let k = n_comp.div_ceil(2);
+        for c in 0..n_comp {
+            let axis = c % k;
+            if axis < dim {
+                meta[c * dim + axis] = if c < k { 1.0 } else { -1.0 };
+            }
+        }
+        return meta;
+    }
+    let mut centroids = Mat::<f64>::zeros(n_comp, width);
+    let mut counts = vec![0usize; n_comp];
+    for (i, &c) in labels.iter().enumerate() {
+        counts[c] += 1;
+        for j in 0..width {
+            centroids[(c, j)] += data[i * width + j] as f64;
+        }
+    }
+    for c in 0..n_comp {
+        for j in 0..width {
+            centroids[(c, j)] /= counts[c] as f64;
+        }
+    }
+    for j in 0..width {
+        let m = (0..n_comp).map(|c| centroids[(c, j)]).sum::<f64>() / n_comp as f64;
+        (0..n_comp).for_each(|c| centroids[(c, j)] -= m);
+    }
+    let cov = centroids.transpose() * &centroids;
+    let axes = match cov.self_adjoint_eigen(Side::Lower) {
+        Ok(e) => e.U().to_owned(),
+        Err(_) => return meta,
+    };
+    for c in 0..n_comp {
+        for d in 0..dim.min(width) {
+            let axis = width - 1 - d;
+            meta[c * dim + d] = (0..width)
+                .map(|j| centroids[(c, j)] * axes[(j, axis)])
+                .sum();
+        }
+    }
+    let max = meta.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if max > 0.0 {
+        meta.iter_mut().for_each(|v| *v /= max);
+    }
+    meta
+}
+
+/// Below this many vertices the Laplacian is decomposed densely.
+const DENSE_SPECTRAL_MAX: usize = 200;
+
+/// Eigenvectors 2..=dim+1 of the normalised Laplacian I - D^-1/2 W D^-1/2 of a connected
+/// graph (row-major n x dim), or None if the eigensolver does not converge.
+fn spectral_layout(graph: &Graph, dim: usize, seed: u64) -> Option<Vec<f64>> {
+    let n = graph.n;
+    if n <= dim + 1 {
+        return None;
+    }
+    let op = NormalizedAdjacency::new(graph);
+    let vectors = if n <= DENSE_SPECTRAL_MAX {
+        op.dense_top(dim)?
+    } else {
+        op.krylov_top(dim, seed)?
+    };
+    let mut out = vec![0.0f64; n * dim];
+    for i in 0..n {
+        for d in 0..dim {
+            out[i * dim + d] = vectors[(i, d)];
+        }
+    }
+    Some(out)
+}
+
+/// (I + D^-1/2 W D^-1/2) / 2 with the known top eigenvector (sqrt of the degrees,
+/// eigenvalue 1) projected out. Its largest eigenvalues belong to the Laplacian's
+/// eigenvectors number 2, 3 and so on, and all lie in [0, 1], so "largest magnitude"
+/// (what Krylov-Schur finds) is the right end.
+#[derive(Debug)]
+struct NormalizedAdjacency {
+    n: usize,
+    indptr: Vec<usize>,
+    indices: Vec<u32>,
+    values: Vec<f64>,
+    top: Vec<f64>,
+}
+
+impl NormalizedAdjacency {
+    fn new(g: &Graph) -> Self {
+        let degree: Vec<f64> = (0..g.n)
+            .map(|i| {
+                g.weights[g.indptr[i]..g.indptr[i + 1]]
+                    .iter()
+                    .map(|&w| w as f64)
+                    .sum()
+            })
+            .collect();
+        let inv_sqrt: Vec<f64> = degree
+            .iter()
+            .map(|&d| if d > 0.0 { 1.0 / d.sqrt() } else { 0.0 })
+            .collect();
+        let mut values = Vec::with_capacity(g.weights.len());
+        for i in 0..g.n {
+            for p in g.indptr[i]..g.indptr[i + 1] {
+                values.push(g.weights[p] as f64 * inv_sqrt[i] * inv_sqrt[g.indices[p] as usize]);
+            }
+        }
+        let norm = degree.iter().sum::<f64>().sqrt();
+        let top = degree.iter().map(|&d| d.sqrt() / norm).collect();
+        Self {
+            n: g.n,
+            indptr: g.indptr.clone(),
+            indices: g.indices.clone(),
+            values,
+            top,
+        }
+    }
+
+    fn project_out_top(&self, x: &mut [f64]) {
+        let dot: f64 = x.iter().zip(&self.top).map(|(a, b)| a * b).sum();
+        x.iter_mut().zip(&self.top).for_each(|(a, b)| *a -= dot * b);
+    }
+
+    fn apply_vec(&self, x: &[f64], out: &mut [f64]) {
+        let mut y = x.to_vec();
+        self.project_out_top(&mut y);
+        for i in 0..self.n {
+            let mut s = 0.0;
+            for p in self.indptr[i]..self.indptr[i + 1] {
+                s += self.values[p] * y[self.indices[p] as usize];
+            }
+            out[i] = 0.5 * (s + y[i]);
+        }
+        self.project_out_top(out);
+    }
+
+    /// Dense eigendecomposition; columns = top `dim` eigenvectors after the deflated one.
+    fn dense_top(&self, dim: usize) -> Option<Mat<f64>> {
+        let n = self.n;
+        let mut m = Mat::<f64>::zeros(n, n);
+        let mut e = vec![0.0; n];
+        let mut col = vec![0.0; n];
+        for j in 0..n {
+            e.iter_mut().for_each(|v| *v = 0.0);
+            e[j] = 1.0;
+            self.apply_vec(&e, &mut col);
+            for i in 0..n {
+                m[(i, j)] = col[i];
+            }
+        }
+        let evd = m.self_adjoint_eigen(Side::Lower).ok()?;
+        let u = evd.U();
+        Some(Mat::from_fn(n, dim, |i, d| u[(i, n - 1 - d)]))
+    }
+
+    /// Krylov-Schur (faer) for the top `dim` eigenvectors, seeded start vector.
+    fn krylov_top(&self, dim: usize, seed: u64) -> Option<Mat<f64>> {
+        let n = self.n;
+        let g = crate::rng::gaussian(seed, STREAM_EIGEN, n);
+        let mut v0 = Col::<f64>::from_fn(n, |i| g[i] as f64);
+        let norm = v0.norm_l2();
+        v0 /= norm;
+        let params = PartialEigenParams {
+            max_restarts: 1000,
+            ..Default::default()
+        };
+        let par = Par::Seq;
+        let mut mem = MemBuffer::new(partial_self_adjoint_eigen_scratch(self, dim, par, params));
+        let mut vecs = Mat::<f64>::zeros(n, dim);
+        let mut vals = vec![0.0f64; dim];
+        let info = partial_self_adjoint_eigen(
+            vecs.as_mut(),
+            &mut vals,
+            self,
+            v0.as_ref(),
+            1e-8,
+            par,
+            MemStack::new(&mut mem),
+            params,
+        );
+        (info.n_converged_eigen >= dim).then_some(vecs)
+    }
+}
+
+impl LinOp<f64> for NormalizedAdjacency {
+    fn apply_scratch(&self, _rhs_ncols: usize, _par: Par) -> StackReq {
+        StackReq::EMPTY
+    }
+
+    fn nrows(&self) -> usize {
+        self.n
+    }
+
+    fn ncols(&self) -> usize {
+        self.n
+    }
+
+    fn apply(
+        &self,
+        mut out: MatMut<'_, f64>,
+        rhs: MatRef<'_, f64>,
+        _par: Par,
+        _stack: &mut MemStack,
+    ) {
+        let mut x = vec![0.0; self.n];
+        let mut y = vec![0.0; self.n];
+        for c in 0..rhs.ncols() {
+            for i in 0..self.n {
+                x[i] = rhs[(i, c)];
+            }
+            self.apply_vec(&x, &mut y);
+            for i in 0..self.n {
+                out[(i, c)] = y[i];
+            }
+        }
+    }
+
+    fn conj_apply(
+        &self,
+        out: MatMut<'_, f64>,
+        rhs: MatRef<'_, f64>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
+        self.apply(out, rhs, par, stack);
+    }
+}
+
+/// umap-learn's `noisy_scale_coords` (largest |coordinate| 10, N(0, 1e-4) noise), then the
+/// per-dimension rescale to [0, 10] done before the SGD.
+fn noisy_scale_and_normalise(coords: Vec<f64>, dim: usize, seed: u64) -> Vec<f32> {
+    let max = coords.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let expansion = if max > 0.0 { 10.0 / max } else { 1.0 };
+    let noise = crate::rng::gaussian(seed, STREAM_INIT + 1, coords.len());
+    let mut out: Vec<f32> = coords
+        .iter()
+        .zip(&noise)
+        .map(|(&c, &z)| (c * expansion) as f32 + 1e-4 * z)
+        .collect();
+    for d in 0..dim {
+        let column = out.iter().skip(d).step_by(dim);
+        let lo = column.clone().copied().fold(f32::INFINITY, f32::min);
+        let hi = column.copied().fold(f32::NEG_INFINITY, f32::max);
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        out.iter_mut()
+            .skip(d)
+            .step_by(dim)
+            .for_each(|v| *v = 10.0 * (*v - lo) / span);
+    }
+    out
+}
+
+/// Epochs between samples of each edge: the strongest edge every epoch, an edge of weight
+/// w every max/w epochs.
+fn make_epochs_per_sample(weights: &[f32], n_epochs: usize) -> Vec<f64> {
+    let max = weights.iter().copied().fold(0.0f32, f32::max) as f64;
+    weights
+        .iter()
+        .map(|&w| {
+            let n_samples = n_epochs as f64 * (w as f64 / max);
+            if n_samples > 0.0 {
+                n_epochs as f64 / n_samples
+            } else {
+                -1.0
+            }
+        })
+        .collect()
+}
+
+/// xorshift64*: fast, and its stream is fixed by the seed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    #[inline]
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in 0..n by multiply-shift (Lemire) instead of a 64-bit division, which was
+    /// a visible share of the negative-sampling loop.
+    #[inline]
+    fn below(&mut self, n: u64) -> usize {
+        (((self.next() >> 32) * n) >> 32) as usize
+    }
+}
+
+struct Layout<'a> {
+    dim: usize,
+    heads: &'a [u32],
+    tails: &'a [u32],
+    epochs_per_sample: &'a [f64],
+    a: f32,
+    b: f32,
+    gamma: f32,
+    initial_alpha: f32,
+    negative_sample_rate: f64,
+    n_epochs: usize,
+}
+
+#[inline]
+fn clip(v: f32) -> f32 {
+    v.clamp(-4.0, 4.0)
+}
+
+impl Layout<'_> {
+    /// umap-learn's `optimize_layout_euclidean` with move_other = True, single-threaded.
+    fn optimize(&self, emb: &mut [f32], rng: &mut XorShift, progress: &ProgressBar) {
+        match self.dim {
+            1 => self.optimize_fixed::<1>(emb.as_chunks_mut().0, rng, progress),
+            2 => self.optimize_fixed::<2>(emb.as_chunks_mut().0, rng, progress),
+            _ => self.optimize_fixed::<3>(emb.as_chunks_mut().0, rng, progress),
+        }
+    }
+
+    /// The epoch loop with the dimension known at compile time: points are arrays, so the
+    /// inner loops unroll and lose their bounds checks (this loop is all of UMAP's time).
+    fn optimize_fixed<const D: usize>(
+        &self,
+        emb: &mut [[f32; D]],
+        rng: &mut XorShift,
+        progress: &ProgressBar,
+    ) {
+        let n_vertices = emb.len() as u64; // < 2^32: Umap::sample_indices are u32
+        let eps = self.epochs_per_sample;
+        let eps_neg: Vec<f64> = eps.iter().map(|e| e / self.negative_sample_rate).collect();
+        let mut next_sample = eps.to_vec();
+        let mut next_negative = eps_neg.clone();
+        let (a, b, gamma) = (self.a, self.b, self.gamma);
+        let mut alpha = self.initial_alpha;
+        for epoch in 0..self.n_epochs {
+            let now = epoch as f64;
+            for e in 0..eps.len() {
+                if next_sample[e] > now || eps[e] <= 0.0 {
+                    continue;
+                }
+                let j = self.heads[e] as usize;
+                let k = self.tails[e] as usize;
+                let (mut current, mut other) = (emb[j], emb[k]);
+                let d2 = squared_distance(&current, &other);
+                let coeff = if d2 > 0.0 {
+                    let pow_b = fast_pow(d2, b);
+                    -2.0 * a * b * (pow_b / d2) / (a * pow_b + 1.0)
+                } else {
+                    0.0
+                };
+                for d in 0..D {
+                    let g = clip(coeff * (current[d] - other[d])) * alpha;
+                    current[d] += g;
+                    other[d] -= g;
+                }
+                emb[k] = other;
+                next_sample[e] += eps[e];
+
+                let n_neg = ((now - next_negative[e]) / eps_neg[e]).max(0.0) as usize;
+                for _ in 0..n_neg {
+                    let k = rng.below(n_vertices);
+                    let other = if k == j { current } else { emb[k] };
+                    let d2 = squared_distance(&current, &other);
+                    if d2 <= 0.0 {
+                        continue; // j itself, or a point on top of it: no gradient either way.
+                    }
+                    let coeff = 2.0 * gamma * b / ((0.001 + d2) * (a * fast_pow(d2, b) + 1.0));
+                    for d in 0..D {
+                        current[d] += clip(coeff * (current[d] - other[d])) * alpha;
+                    }
+                }
+                emb[j] = current;
+                next_negative[e] += n_neg as f64 * eps_neg[e];
+            }
+            alpha = self.initial_alpha * (1.0 - epoch as f32 / self.n_epochs as f32);
+            progress.inc(1);
+        }
+    }
+}
+
+#[inline]
+fn squared_distance<const D: usize>(x: &[f32; D], y: &[f32; D]) -> f32 {
+    let mut s = 0.0;
+    for d in 0..D {
+        let t = x[d] - y[d];
+        s += t * t;
+    }
+    s
+}
+
+/// x^y for x > 0 as 2^(y log2 x) with polynomial log2 and exp2 (relative error ~1e-6,
+/// measured in the tests): libm's powf was half the SGD's time, and umap-learn's numba
+/// `fastmath` pow is likewise approximate.
+#[inline]
+fn fast_pow(x: f32, y: f32) -> f32 {
+    fast_exp2(y * fast_log2(x))
+}
+
+#[inline]
+fn fast_log2(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let mut exponent = ((bits >> 23) & 0xff) as i32 - 127;
+    // Mantissa m in [sqrt(1/2), sqrt(2)), log2(m) = 2/ln2 atanh(t), t = (m - 1) / (m + 1),
+    // |t| <= 0.172, so five terms of the atanh series reach ~1e-9.
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    if m > std::f32::consts::SQRT_2 {
+        m *= 0.5;
+        exponent += 1;
+    }
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let p = t
+        * (2.885_39
+            + t2 * (0.961_796_7 + t2 * (0.577_078 + t2 * (0.412_198_6 + t2 * 0.320_598_9))));
+    exponent as f32 + p
+}
+
+#[inline]
+fn fast_exp2(x: f32) -> f32 {
+    let x = x.clamp(-126.0, 126.0);
+    let whole = x.round();
+    // 2^f for f in [-1/2, 1/2]: degree-6 Taylor of e^(f ln 2), remainder < 2e-7.
+    let l = (x - whole) * std::f32::consts::LN_2;
+    let p = 1.0
+        + l * (1.0
+            + l * (0.5
+                + l * (1.0 / 6.0 + l * (1.0 / 24.0 + l * (1.0 / 120.0 + l * (1.0 / 720.0))))));
+    f32::from_bits((((whole as i32) + 127) as u32) << 23) * p
+}
+
+/// Timing of one UMAP on generated clusters, for `latentlens bench reduce`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UmapBenchReport {
+    pub rows: usize,
+    pub width: usize,
+    pub clusters: usize,
+    pub seed: u64,
+    pub seconds: f64,
+    /// Process CPU time (all threads), 10 ms resolution.
+    pub cpu_seconds: Option<f64>,
+    pub trustworthiness_15: f64,
+    pub init: UmapInit,
+    pub graph_components: usize,
+    pub stages: UmapSeconds,
+}
+
+/// `clusters` Gaussian blobs in `width` dimensions (row-major), centres uniform in
+/// [-5, 5)^width and unit spread, from the counter generator `bench_uniform`, so
+/// benches/umap_learn.py rebuilds the same points. Row i belongs to cluster i % clusters.
+/// Normal draws: Box-Muller on two uniforms (indices 2m and 2m+1 of stream 2^40).
+pub fn bench_clusters(rows: usize, width: usize, clusters: usize, seed: u64) -> Vec<f32> {
+    use crate::analysis::pca::bench_uniform;
+    let centres: Vec<f32> = (0..clusters * width)
+        .map(|i| 10.0 * bench_uniform(seed, i as u64))
+        .collect();
+    let mut out = Vec::with_capacity(rows * width);
+    for i in 0..rows {
+        let c = i % clusters;
+        for j in 0..width {
+            let m = (i * width + j) as u64;
+            let u1 = 0.5 - bench_uniform(seed, (1u64 << 40) + 2 * m) as f64; // (0, 1]
+            let u2 = bench_uniform(seed, (1u64 << 40) + 2 * m + 1) as f64 + 0.5;
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            out.push(centres[c * width + j] + z as f32);
+        }
+    }
+    out
+}
+
+/// UMAP with default parameters on [`bench_clusters`] data, timed; trustworthiness at 15.
+pub fn bench_umap(
+    rows: usize,
+    width: usize,
+    clusters: usize,
+    seed: u64,
+) -> Result<UmapBenchReport> {
+    let x = bench_clusters(rows, width, clusters, seed);
+    let params = UmapParams {
+        seed,
+        ..Default::default()
+    };
+    let cpu0 = crate::analysis::pca::process_cpu_seconds();
+    let t0 = std::time::Instant::now();
+    let fit = umap(&x, width, &params, &ProgressBar::hidden())?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu_seconds = cpu0
+        .zip(crate::analysis::pca::process_cpu_seconds())
+        .map(|(a, b)| b - a);
+    let t = crate::analysis::quality::trustworthiness(&x, width, &fit.embedding, 2, 15)?;
+    Ok(UmapBenchReport {
+        rows,
+        width,
+        clusters,
+        seed,
+        seconds,
+        cpu_seconds,
+        trustworthiness_15: t,
+        init: fit.init,
+        graph_components: fit.graph_components,
+        stages: fit.seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_pow_is_accurate() {
+        let mut worst = 0.0f64;
+        for i in 1..20_000 {
+            let x = i as f32 * 0.01;
+            for y in [0.895_061_f32, -0.104_939, 1.334_167, 0.5] {
+                let exact = (x as f64).powf(y as f64);
+                let rel = ((fast_pow(x, y) as f64 - exact) / exact).abs();
+                worst = worst.max(rel);
+            }
+        }
+        assert!(worst < 2e-6, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn ab_params_match_umap_learn() {
+        // umap.umap_.find_ab_params(spread, min_dist), umap-learn 0.5.12.
+        for (spread, min_dist, a, b) in [
+            (1.0, 0.1, 1.5769434602697652, 0.8950608778515733),
+            (1.0, 0.5, 0.5830300203414425, 1.3341669924314914),
+            (2.0, 0.01, 0.6353444078965497, 0.7955528900090268),
+        ] {
+            let (fa, fb) = find_ab_params(spread, min_dist);
+            assert!(
+                (fa - a).abs() < 1e-4 * a && (fb - b).abs() < 1e-4 * b,
+                "({spread}, {min_dist}): {fa} {fb}"
+            );
+        }
+    }
+
+    /// benches/umap_fixture.py: 40 x 5 uniform points, 6 neighbours.
+    #[test]
+    fn fuzzy_graph_matches_umap_learn() {
+        let x: Vec<f32> = (0..200)
+            .map(|i| crate::analysis::pca::bench_uniform(5, i))
+            .collect();
+        let k = 6;
+        let knn = exact_knn(&x, 5, k, true).unwrap();
+        let (sigmas, rhos) = smooth_knn_dist(&knn.distances, k, 1.0);
+        let sig_ref = [
+            0.0661325454711914,
+            0.2613258361816406,
+            0.13065147399902344,
+            0.23027801513671875,
+        ];
+        let rho_ref = [
+            0.3820275664329529,
+            0.2864503264427185,
+            0.36729562282562256,
+            0.3934413194656372,
+        ];
+        for i in 0..4 {
+            assert!(
+                (sigmas[i] - sig_ref[i]).abs() < 1e-5 * sig_ref[i],
+                "sigma {i}: {}",
+                sigmas[i]
+            );
+            assert!((rhos[i] - rho_ref[i]).abs() < 1e-6, "rho {i}: {}", rhos[i]);
+        }
+        let directed = membership_strengths(&knn.indices, &knn.distances, k, &sigmas, &rhos);
+        let g = fuzzy_union(40, &directed);
+        assert_eq!(g.indices.len(), 252);
+        let total: f64 = g.weights.iter().map(|&w| w as f64).sum();
+        assert!((total - 147.77586364746094).abs() < 1e-3, "total {total}");
+        let row0: Vec<(u32, f32)> = (g.indptr[0]..g.indptr[1])
+            .map(|p| (g.indices[p], g.weights[p]))
+            .collect();
+        let ref0 = [
+            (1, 0.3589005172252655),
+            (7, 1.0),
+            (11, 1.0),
+            (17, 0.5586510896682739),
+            (24, 0.18171195685863495),
+            (27, 0.2957974970340729),
+            (32, 0.32377955317497253),
+            (37, 0.4528806805610657),
+        ];
+        assert_eq!(row0.len(), ref0.len());
+        for ((j, w), (rj, rw)) in row0.iter().zip(ref0) {
+            assert_eq!(*j, rj);
+            assert!((*w as f64 - rw).abs() < 1e-5, "edge 0-{j}: {w} vs {rw}");
+        }
+    }
+
+    /// One connected blob: Krylov-Schur and the dense eigensolver find the same subspace.
+    #[test]
+    fn krylov_spectral_matches_dense() {
+        let n = 400;
+        let x = crate::rng::gaussian(3, 0, n * 3);
+        let knn = exact_knn(&x, 3, 10, true).unwrap();
+        let (s, r) = smooth_knn_dist(&knn.distances, 10, 1.0);
+        let g = fuzzy_union(
+            n,
+            &membership_strengths(&knn.indices, &knn.distances, 10, &s, &r),
+        );
+        assert_eq!(g.components().1, 1);
+        let op = NormalizedAdjacency::new(&g);
+        let dense = op.dense_top(2).unwrap();
+        let krylov = op.krylov_top(2, 1).unwrap();
+        for c in 0..2 {
+            let dot: f64 = (0..n).map(|i| dense[(i, c)] * krylov[(i, c)]).sum();
+            assert!((dot.abs() - 1.0).abs() < 1e-6, "eigenvector {c}: {dot}");
+        }
+        // And they are eigenvectors of the Laplacian: L v = lambda v.
+        let mut lv = vec![0.0; n];
+        let v: Vec<f64> = (0..n).map(|i| dense[(i, 0)]).collect();
+        op.apply_vec(&v, &mut lv);
+        let lambda: f64 = lv.iter().zip(&v).map(|(a, b)| a * b).sum();
+        let resid: f64 = lv
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| (a - lambda * b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(resid < 1e-8, "residual {resid}");
+    }
+
+    #[test]
+    fn separates_clusters_like_umap_learn_and_is_deterministic() {
+        // 4 clusters of 150 points in 10-d; umap-learn 0.5.12 on the same points
+        // (python benches/umap_learn.py --rows 600 --width 10 --clusters 4 --seed 1)
+        // reached trustworthiness(k=15) = UMAP_LEARN_T15.
+        const UMAP_LEARN_T15: f64 = 0.9511794723666473;
+        let x = bench_clusters(600, 10, 4, 1);
+        let params = UmapParams {
+            seed: 1,
+            ..Default::default()
+        };
+        let fit = umap(&x, 10, &params, &ProgressBar::hidden()).unwrap();
+        assert_eq!(fit.embedding.len(), 1200);
+        assert!(fit.embedding.iter().all(|v| v.is_finite()));
+        let t = crate::analysis::quality::trustworthiness(&x, 10, &fit.embedding, 2, 15).unwrap();
+        assert!(
+            (t - UMAP_LEARN_T15).abs() < 0.02,
+            "trustworthiness {t} vs umap-learn {UMAP_LEARN_T15}"
+        );
+        let again = umap(&x, 10, &params, &ProgressBar::hidden()).unwrap();
+        assert_eq!(fit.embedding, again.embedding);
+    }
+
+    #[test]
+    fn subsamples_to_max_points() {
+        let x = bench_clusters(300, 4, 3, 2);
+        let params = UmapParams {
+            seed: 2,
+            n_epochs: Some(20),
+            max_points: 120,
+            ..Default::default()
+        };
+        let fit = umap(&x, 4, &params, &ProgressBar::hidden()).unwrap();
+        assert_eq!(fit.sample_indices.len(), 120);
+        assert_eq!(fit.embedding.len(), 240);
+        assert_eq!(fit.n_input_rows, 300);
+        assert!(
+            umap(&x[..40], 4, &params, &ProgressBar::hidden()).is_err(),
+            "10 points < 15 neighbours"
+        );
+    }
+
+    #[test]
+    #[ignore = "benchmark: cargo test --lib analysis::umap -- --ignored --nocapture"]
+    fn bench_5000x50_10_clusters() {
+        let r = bench_umap(5000, 50, 10, 0).unwrap();
+        println!("{}", serde_json::to_string_pretty(&r).unwrap());
+    }
+}

@@ -1,0 +1,595 @@
+//! Training the built-in reasoner on generated ProsQA-like data with Coconut's curriculum.
+//!
+//! Stage k replaces the first k reasoning steps with k * c continuous thoughts; each stage
+//! runs a fixed number of epochs and starts a fresh optimizer (as the reference code does).
+//! The loss covers only the language after `<eot>` (remaining steps and the answer). The
+//! same loop trains the CoT baseline (stage 0 only) and the no-CoT baseline (answer only).
+//! Never train on the real ProsQA file: it is the held-out evaluation set.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use indicatif::ProgressBar;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::save_hf_gpt2;
+use super::coconut::{forward_batch_with_thoughts, LatentTokens};
+use super::gpt2::{random_varmap, Gpt2, Gpt2Config};
+use super::tokens::{encode, Encoded, Vocab, EOT};
+use crate::data::prosqa::Record;
+use crate::error::IoContext;
+use crate::sites::Hooks;
+use crate::{Error, Result};
+
+/// What the model learns to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Coconut's curriculum: steps replaced by continuous thoughts stage by stage.
+    Coconut,
+    /// Chain of thought in language (stage 0 throughout).
+    Cot,
+    /// The answer right after the question.
+    NoCot,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub method: Method,
+    pub model: Gpt2Config,
+    /// Last curriculum stage (Coconut uses 6 for ProsQA); later stages stay at this one.
+    pub max_stage: usize,
+    /// Epochs at each stage (the CoT / no-CoT baselines run `epochs_per_stage *
+    /// (max_stage + 1)` epochs in all, the same budget).
+    pub epochs_per_stage: usize,
+    /// Thoughts per replaced step (c).
+    pub thoughts_per_step: usize,
+    /// Chance that a sample is trained at a random earlier stage instead of the current one.
+    pub mix_prob: f64,
+    /// Use `stage * c` thoughts even for questions with fewer steps (Coconut's
+    /// `pad_latent_to_max`, used for ProsQA).
+    pub pad_thoughts: bool,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// Samples whose gradients are summed into one optimizer step.
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn new(method: Method, vocab_size: usize) -> Self {
+        Self {
+            method,
+            model: Gpt2Config::tiny(vocab_size),
+            max_stage: 6,
+            epochs_per_stage: 5,
+            thoughts_per_step: 1,
+            mix_prob: 0.0,
+            pad_thoughts: true,
+            learning_rate: 1e-3,
+            weight_decay: 0.01,
+            batch_size: 32,
+            seed: 0,
+        }
+    }
+
+    pub fn total_epochs(&self) -> usize {
+        self.epochs_per_stage * (self.max_stage + 1)
+    }
+
+    /// The curriculum stage of an epoch (0-based).
+    pub fn stage_of_epoch(&self, epoch: usize) -> usize {
+        match self.method {
+            Method::Coconut => (epoch / self.epochs_per_stage.max(1)).min(self.max_stage),
+            Method::Cot | Method::NoCot => 0,
+        }
+    }
+}
+
+/// Where training stands; written beside each checkpoint so a run can resume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub config: TrainConfig,
+    /// Epochs finished.
+    pub epochs_done: usize,
+    /// Mean loss of each finished epoch.
+    pub epoch_losses: Vec<f32>,
+}
+
+/// A training sequence split around its thoughts: `prefix` ends with `<bot>`, `suffix`
+/// starts with `<eot>`; the suffix after `<eot>` is what is trained on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Example {
+    prefix: Vec<u32>,
+    n_thoughts: usize,
+    suffix: Vec<u32>,
+}
+
+fn example(enc: &Encoded, config: &TrainConfig, stage: usize) -> Example {
+    let (stage, n_thoughts) = match config.method {
+        Method::NoCot => (usize::MAX, 0),
+        Method::Cot => (0, 0),
+        Method::Coconut => {
+            let steps = if config.pad_thoughts {
+                stage
+            } else {
+                stage.min(enc.steps.len())
+            };
+            (stage, steps * config.thoughts_per_step)
+        }
+    };
+    let ids = enc.with_thoughts(stage, 0);
+    let eot = ids.iter().position(|&t| t == EOT).unwrap_or(ids.len() - 1);
+    Example {
+        prefix: ids[..eot].to_vec(),
+        n_thoughts,
+        suffix: ids[eot..].to_vec(),
+    }
+}
+
+/// Summed cross-entropy of the suffix tokens after `<eot>` over a batch of examples with
+/// the same number of thoughts, and the number of tokens summed.
+fn batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<(Tensor, usize)> {
+    let rows: Vec<(&[u32], &[u32])> = batch
+        .iter()
+        .map(|e| (e.prefix.as_slice(), e.suffix.as_slice()))
+        .collect();
+    let n_thoughts = batch.first().map(|e| e.n_thoughts).unwrap_or(0);
+    let out = forward_batch_with_thoughts(model, &rows, n_thoughts, &mut Hooks::none())?;
+    let (b, lc, v) = out.logits.dims3()?;
+    // Slot i predicts suffix token i + 1.
+    let (mut labels, mut weights) = (vec![0u32; b * lc], vec![0f32; b * lc]);
+    for (r, e) in batch.iter().enumerate() {
+        for i in 0..e.suffix.len() - 1 {
+            labels[r * lc + i] = e.suffix[i + 1];
+            weights[r * lc + i] = 1.0;
+        }
+    }
+    let count = weights.iter().filter(|&&w| w > 0.0).count();
+    let device = model.device();
+    let labels = Tensor::from_vec(labels, (b * lc, 1), device)?;
+    let weights = Tensor::from_vec(weights, b * lc, device)?;
+    let logp = candle_nn::ops::log_softmax(&out.logits.reshape((b * lc, v))?, 1)?;
+    let picked = logp.gather(&labels, 1)?.squeeze(1)?;
+    Ok(((picked * weights)?.sum_all()?.neg()?, count))
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("train_state.json")
+}
+
+fn model_dir(dir: &Path) -> PathBuf {
+    dir.join("model")
+}
+
+/// Trains on `records` (generated data only), saving `out_dir/model/` (config.json +
+/// model.safetensors) and `out_dir/train_state.json` after every epoch. If `out_dir` already
+/// holds a state with the same config, training resumes after its last finished epoch (the
+/// optimizer moments restart, as they do at every stage switch).
+pub fn train(
+    config: &TrainConfig,
+    records: &[Record],
+    out_dir: &Path,
+    progress: &ProgressBar,
+) -> Result<TrainState> {
+    if records.is_empty() {
+        return Err(Error::Invalid("no training records".into()));
+    }
+    let vocab = Vocab::prosqa();
+    if config.model.vocab_size != vocab.len() {
+        return Err(Error::Invalid(format!(
+            "model vocab_size {} differs from the reasoner vocabulary ({})",
+            config.model.vocab_size,
+            vocab.len()
+        )));
+    }
+    let encoded = records
+        .iter()
+        .map(|r| encode(r, &vocab))
+        .collect::<Result<Vec<_>>>()?;
+    let device = Device::Cpu;
+    let (varmap, mut state) = start_or_resume(config, out_dir, &device)?;
+    let model = Gpt2::new(
+        &config.model,
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+    )?;
+    progress.set_length(config.total_epochs() as u64);
+    progress.set_position(state.epochs_done as u64);
+    let mut optimizer = new_optimizer(config, &varmap)?;
+    let mut last_stage = config.stage_of_epoch(state.epochs_done);
+    for epoch in state.epochs_done..config.total_epochs() {
+        let stage = config.stage_of_epoch(epoch);
+        if stage != last_stage {
+            optimizer = new_optimizer(config, &varmap)?;
+            last_stage = stage;
+        }
+        let loss = run_epoch(config, &model, &encoded, epoch, stage, &mut optimizer)?;
+        state.epochs_done = epoch + 1;
+        state.epoch_losses.push(loss);
+        save_hf_gpt2(model_dir(out_dir), &config.model, &varmap)?;
+        let path = state_path(out_dir);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&state)?).at(&tmp)?;
+        std::fs::rename(&tmp, &path).at(&path)?;
+        progress.inc(1);
+    }
+    Ok(state)
+}
+
+fn new_optimizer(config: &TrainConfig, varmap: &VarMap) -> Result<AdamW> {
+    let params = ParamsAdamW {
+        lr: config.learning_rate,
+        weight_decay: config.weight_decay,
+        ..Default::default()
+    };
+    Ok(AdamW::new(varmap.all_vars(), params)?)
+}
+
+fn start_or_resume(
+    config: &TrainConfig,
+    out_dir: &Path,
+    device: &Device,
+) -> Result<(VarMap, TrainState)> {
+    std::fs::create_dir_all(out_dir).at(out_dir)?;
+    let mut varmap = random_varmap(&config.model, config.seed, device)?;
+    let path = state_path(out_dir);
+    if !path.exists() {
+        let state = TrainState {
+            config: config.clone(),
+            epochs_done: 0,
+            epoch_losses: Vec::new(),
+        };
+        return Ok((varmap, state));
+    }
+    let text = std::fs::read_to_string(&path).at(&path)?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: path.clone(),
+        detail: format!("not a training state: {e}"),
+    })?;
+    if &state.config != config {
+        return Err(Error::RunExists {
+            path: out_dir.to_path_buf(),
+            detail: "it was trained with a different config".into(),
+        });
+    }
+    varmap.load(model_dir(out_dir).join("model.safetensors"))?;
+    Ok((varmap, state))
+}
+
+fn run_epoch(
+    config: &TrainConfig,
+    model: &Gpt2,
+    encoded: &[Encoded],
+    epoch: usize,
+    stage: usize,
+    optimizer: &mut AdamW,
+) -> Result<f32> {
+    let mut rng = crate::rng::stream(config.seed, crate::rng::mix(&[0x7261_696e, epoch as u64]));
+    let mut order: Vec<usize> = (0..encoded.len()).collect();
+    order.shuffle(&mut rng);
+    let (mut total, mut tokens) = (0.0f64, 0usize);
+    for batch in order.chunks(config.batch_size.max(1)) {
+        let examples: Vec<Example> = batch
+            .iter()
+            .map(|&i| {
+                let s = if stage > 0 && rng.gen::<f64>() < config.mix_prob {
+                    rng.gen_range(0..stage)
+                } else {
+                    stage
+                };
+                example(&encoded[i], config, s)
+            })
+            .collect();
+        // Rows that share a number of thoughts run as one padded batch.
+        let mut groups: std::collections::BTreeMap<usize, Vec<&Example>> = Default::default();
+        for e in &examples {
+            groups.entry(e.n_thoughts).or_default().push(e);
+        }
+        let mut sums = Vec::with_capacity(groups.len());
+        let mut count = 0;
+        for group in groups.values() {
+            let (sum, n) = batch_loss(model, group)?;
+            sums.push(sum);
+            count += n;
+        }
+        let loss = (Tensor::stack(&sums, 0)?.sum_all()? / count.max(1) as f64)?;
+        optimizer.backward_step(&loss)?;
+        total += loss.to_scalar::<f32>()? as f64 * count as f64;
+        tokens += count;
+    }
+    Ok((total / tokens.max(1) as f64) as f32)
+}
+
+/// Accuracy of greedy answers, overall and by the question's hop count.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub total: usize,
+    pub correct: usize,
+    /// hops -> (questions, correct).
+    pub by_hops: std::collections::BTreeMap<usize, (usize, usize)>,
+}
+
+impl Accuracy {
+    pub fn rate(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+}
+
+/// The answer of a decoded continuation: the last token before `<eos>` (the node named by
+/// "Name is a X."), whatever steps were spelled out before it.
+pub fn answer_token(decoded: &[u32]) -> Option<u32> {
+    let end = decoded
+        .iter()
+        .position(|&t| t == super::tokens::EOS)
+        .unwrap_or(decoded.len());
+    decoded[..end].last().copied()
+}
+
+/// Greedy evaluation: each record's prompt, `n_thoughts` continuous thoughts (0 for the CoT
+/// and no-CoT baselines), `<eot>`, then decoding; correct when the answer is the target.
+/// Works on the real ProsQA file (evaluation only).
+pub fn evaluate(
+    model: &Gpt2,
+    records: &[Record],
+    n_thoughts: usize,
+    progress: &ProgressBar,
+) -> Result<Accuracy> {
+    let vocab = Vocab::prosqa();
+    let mut acc = Accuracy::default();
+    progress.set_length(records.len() as u64);
+    for record in records {
+        let enc = encode(record, &vocab)?;
+        let max_answer = enc.steps.len() + 2;
+        let gen = super::coconut::generate_latent(
+            model,
+            &enc.prompt,
+            n_thoughts,
+            LatentTokens::builtin(),
+            max_answer,
+            &mut Hooks::none(),
+        )?;
+        let ok = answer_token(&gen.answer) == Some(enc.answer[0]);
+        let entry = acc.by_hops.entry(enc.steps.len()).or_default();
+        entry.0 += 1;
+        entry.1 += ok as usize;
+        acc.total += 1;
+        acc.correct += ok as usize;
+        progress.inc(1);
+    }
+    Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::prosqa::generate;
+
+    fn small(method: Method) -> TrainConfig {
+        let mut c = TrainConfig::new(method, Vocab::prosqa().len());
+        c.model.n_embd = 32;
+        c.model.n_head = 2;
+        c.model.n_layer = 1;
+        c.model.n_positions = 256;
+        c.max_stage = 1;
+        c.epochs_per_stage = 5;
+        c.batch_size = 4;
+        c.learning_rate = 1e-2;
+        c
+    }
+
+    #[test]
+    fn loss_decreases_and_training_resumes() {
+        let records = generate(24, 21);
+        let dir = tempfile::tempdir().unwrap();
+        let config = small(Method::Coconut);
+        let state = train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+        assert_eq!(state.epochs_done, 10);
+        let l = &state.epoch_losses;
+        assert!(
+            l[..5].windows(2).all(|w| w[1] < w[0]),
+            "stage 0 losses {l:?}"
+        );
+        assert!(l[4] < 0.85 * l[0], "stage 0 losses {l:?}");
+        assert!(l[9] < l[0], "losses {l:?}");
+        // Everything is saved: rerunning finds nothing left to do and changes nothing.
+        let again = train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+        assert_eq!(again, state);
+        let loaded =
+            super::super::checkpoint::load_hf_gpt2(dir.path().join("model"), &Device::Cpu).unwrap();
+        assert_eq!(loaded.config, config.model);
+    }
+
+    #[test]
+    fn stage_examples_train_on_the_language_after_eot() {
+        use super::super::tokens::{BOT, EOT};
+        let vocab = Vocab::prosqa();
+        let enc = encode(&generate(1, 4)[0], &vocab).unwrap();
+        let n = enc.steps.len();
+        let ex = example(&enc, &small(Method::Coconut), 1);
+        assert_eq!(ex.prefix, enc.prompt);
+        assert_eq!(*ex.prefix.last().unwrap(), BOT);
+        assert_eq!(ex.n_thoughts, 1);
+        assert_eq!(
+            ex.suffix,
+            [&[EOT], &enc.steps[1..], &enc.answer[..]].concat()
+        );
+        let mut padded = small(Method::Coconut);
+        padded.max_stage = 6;
+        assert_eq!(example(&enc, &padded, n + 1).n_thoughts, n + 1);
+        padded.pad_thoughts = false;
+        padded.thoughts_per_step = 2;
+        let ex = example(&enc, &padded, n + 1);
+        assert_eq!(ex.n_thoughts, 2 * n);
+        assert_eq!(ex.suffix, [&[EOT], &enc.answer[..]].concat());
+        let ex = example(&enc, &small(Method::NoCot), 0);
+        assert_eq!(
+            (ex.n_thoughts, ex.suffix),
+            (0, [&[EOT], &enc.answer[..]].concat())
+        );
+        let ex = example(&enc, &small(Method::Cot), 3);
+        assert_eq!(ex.n_thoughts, 0);
+        assert_eq!(
+            ex.suffix,
+            [&[EOT], &enc.steps[..], &enc.answer[..]].concat()
+        );
+    }
+
+    #[test]
+    fn batched_loss_is_the_mean_of_one_sample_at_a_time() {
+        let vocab = Vocab::prosqa();
+        let config = small(Method::Coconut);
+        let varmap = random_varmap(&config.model, 0, &Device::Cpu).unwrap();
+        let model = Gpt2::new(
+            &config.model,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let examples: Vec<Example> = generate(3, 8)
+            .iter()
+            .map(|r| example(&encode(r, &vocab).unwrap(), &config, 2))
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let (sum, count) = batch_loss(&model, &refs).unwrap();
+        // Reference: candle's cross_entropy on each full sequence, one at a time.
+        let (mut want, mut want_count) = (0.0f32, 0);
+        for e in &examples {
+            let seq = [
+                &e.prefix[..],
+                &vec![super::super::tokens::THOUGHT; e.n_thoughts][..],
+                &e.suffix[..],
+            ]
+            .concat();
+            let out = super::super::coconut::forward_with_thoughts(
+                &model,
+                &seq,
+                LatentTokens::builtin(),
+                &mut Hooks::none(),
+            )
+            .unwrap();
+            let first = e.prefix.len() + e.n_thoughts + 1;
+            let n = seq.len() - first;
+            let logits = out
+                .logits
+                .squeeze(0)
+                .unwrap()
+                .narrow(0, first - 1, n)
+                .unwrap();
+            let labels = Tensor::new(&seq[first..], &Device::Cpu).unwrap();
+            let mean: f32 = candle_nn::loss::cross_entropy(&logits, &labels)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            want += mean * n as f32;
+            want_count += n;
+        }
+        assert_eq!(count, want_count);
+        let got: f32 = sum.to_scalar().unwrap();
+        assert!((got - want).abs() < 1e-3 * want.abs(), "{got} vs {want}");
+    }
+
+    #[test]
+    fn answers_are_read_before_eos() {
+        use super::super::tokens::EOS;
+        assert_eq!(answer_token(&[30, 31, EOS, 40]), Some(31));
+        assert_eq!(answer_token(&[30, 31]), Some(31));
+        assert_eq!(answer_token(&[EOS]), None);
+    }
+
+    #[test]
+    fn evaluation_counts_every_question_by_hops() {
+        let records = generate(6, 2);
+        let config = small(Method::Coconut);
+        let varmap = random_varmap(&config.model, 0, &Device::Cpu).unwrap();
+        let model = Gpt2::new(
+            &config.model,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let acc = evaluate(&model, &records, 2, &ProgressBar::hidden()).unwrap();
+        assert_eq!(acc.total, 6);
+        let mut want = std::collections::BTreeMap::new();
+        for r in &records {
+            want.entry(r.hops()).or_insert((0, 0)).0 += 1;
+        }
+        assert_eq!(
+            acc.by_hops
+                .iter()
+                .map(|(h, (n, _))| (*h, *n))
+                .collect::<Vec<_>>(),
+            want.iter().map(|(h, (n, _))| (*h, *n)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_memorised_training_set_is_answered_correctly() {
+        // Train and evaluate end to end: two questions, learned by heart, must come back
+        // right under greedy decoding, for CoT and for Coconut with its thoughts.
+        let records = generate(2, 5);
+        for (method, thoughts) in [(Method::Cot, 0), (Method::Coconut, 1)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = small(method);
+            config.max_stage = 1;
+            config.epochs_per_stage = 30;
+            config.batch_size = 2;
+            train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+            let loaded =
+                super::super::checkpoint::load_hf_gpt2(dir.path().join("model"), &Device::Cpu)
+                    .unwrap();
+            let acc = evaluate(&loaded.model, &records, thoughts, &ProgressBar::hidden()).unwrap();
+            assert_eq!((acc.total, acc.correct), (2, 2), "{method:?}");
+        }
+    }
+
+    #[test]
+    fn gradients_reach_every_weight() {
+        // Regression: candle-nn's fused layer norm and softmax record no backward pass, which
+        // silently froze everything below the last layer norm.
+        let vocab = Vocab::prosqa();
+        let config = small(Method::Coconut);
+        let varmap = random_varmap(&config.model, 0, &Device::Cpu).unwrap();
+        let model = Gpt2::new(
+            &config.model,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let ex = example(&encode(&generate(1, 3)[0], &vocab).unwrap(), &config, 1);
+        let (loss, _) = batch_loss(&model, &[&ex]).unwrap();
+        let grads = loss.backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let norm = |t: &Tensor| -> f32 { t.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap() };
+        for name in names {
+            let g = grads.get(data[name].as_tensor());
+            let g = g.unwrap_or_else(|| panic!("no gradient reaches {name}"));
+            // c_attn holds the query, key and value maps side by side: each needs its own
+            // gradient (a softmax without backward starves only the query and key parts).
+            let parts = if name.ends_with("c_attn.weight") {
+                3
+            } else {
+                1
+            };
+            let width = g.dim(g.rank() - 1).unwrap() / parts;
+            for p in 0..parts {
+                let part = g.narrow(g.rank() - 1, p * width, width).unwrap();
+                assert!(norm(&part) > 0.0, "no gradient reaches {name} (part {p})");
+            }
+        }
+    }
+
+    #[test]
+    fn a_different_config_does_not_resume() {
+        let records = generate(2, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = small(Method::NoCot);
+        config.max_stage = 0;
+        config.epochs_per_stage = 1;
+        train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+        config.seed = 9;
+        let err = train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap_err();
+        assert!(err.to_string().contains("different config"), "{err}");
+    }
+}
