@@ -136,7 +136,10 @@ impl Moments {
     }
 
     /// Mean and standard deviation (population, like sklearn's StandardScaler); a constant
-    /// column gets scale 1 so it stays 0 after standardization.
+    /// column gets scale 1 so it stays 0 after standardization. "Constant" is judged at the
+    /// precision of the f32 products the moments come from: a spread below ~0.3% of the
+    /// column's RMS is rounding noise (e.g. an almost always black pixel), and dividing by it
+    /// would blow that noise up into an indefinite correlation matrix.
     pub fn standardizer(&self) -> Standardizer {
         let n = self.n.max(1) as f64;
         let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
@@ -145,7 +148,7 @@ impl Moments {
             .enumerate()
             .map(|(j, m)| {
                 let var = self.gram[(j, j)] / n - m * m;
-                let floor = 1e-6 * (self.gram[(j, j)] / n).sqrt();
+                let floor = 3e-3 * (self.gram[(j, j)] / n).sqrt();
                 if var > 0.0 && var.sqrt() > floor {
                     var.sqrt()
                 } else {

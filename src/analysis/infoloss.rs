@@ -1,10 +1,11 @@
 //! What is lost between two recording points: the pieces `latentlens infoloss` puts
 //! together. Reconstruction quality with bootstrap intervals, mutual information between
 //! labels and sites by two estimators, the share of decoded next-token mass that lands on
-//! graph nodes for continuous thoughts, and the hook where decodability retention (probe
-//! score at B over probe score at A) plugs in.
+//! graph nodes for continuous thoughts, and decodability retention (a probe's score at B
+//! over its score at A, from the probe table).
 
 use indicatif::ProgressBar;
+use serde::Serialize;
 
 pub use super::cka::Representation;
 use super::mi;
@@ -433,40 +434,63 @@ pub fn softmax_rows(logits: &[f32], vocab: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// A decodability score of a label from a representation (e.g. a held-out probe
-/// accuracy or R²). The probe module provides the real one; see [`decodability_retention`].
-pub type DecodabilityScore<'s> = dyn Fn(Representation<'_>, &Label) -> Result<f64> + 's;
+/// One probe score: the held-out metric of `label` decoded from `site` at `step`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeScore {
+    pub site: String,
+    pub step: u16,
+    pub label: String,
+    pub metric: String,
+    pub value: f64,
+}
 
-/// Decodability at B relative to A.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Retention {
-    pub score_from: f64,
-    pub score_to: f64,
-    /// `score_to / score_from`; NaN when the score at A is 0.
+/// Decodability at (site, step) relative to the reference site, for one label and metric.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetentionRow {
+    pub label: String,
+    pub metric: String,
+    pub reference_site: String,
+    pub reference_step: u16,
+    pub reference_value: f64,
+    pub site: String,
+    pub step: u16,
+    pub value: f64,
+    /// `value / reference_value`; NaN when the reference decodes nothing (0).
     pub retention: f64,
 }
 
-/// HOOK for the probe work: how much of what a probe decodes at site A it still decodes at
-/// site B, `score(B) / score(A)`, for the same samples and label. `infoloss` passes the
-/// probe module's held-out score here once that lands.
-pub fn decodability_retention(
-    from: Representation<'_>,
-    to: Representation<'_>,
-    label: &Label,
-    score: &DecodabilityScore<'_>,
-) -> Result<Retention> {
-    let score_from = score(from, label)?;
-    let score_to = score(to, label)?;
-    let retention = if score_from != 0.0 {
-        score_to / score_from
-    } else {
-        f64::NAN
-    };
-    Ok(Retention {
-        score_from,
-        score_to,
-        retention,
-    })
+/// Decodability retention: for each (label, metric), every score divided by the score at
+/// `reference` (its earliest step), e.g. how much of what a probe reads from the pixels
+/// survives in the VAE latent, in x_t at each step and in h-space. Labels the reference
+/// was not probed for are left out.
+pub fn retention(scores: &[ProbeScore], reference: &str) -> Vec<RetentionRow> {
+    let mut out = Vec::new();
+    for s in scores {
+        let Some(r) = scores
+            .iter()
+            .filter(|r| r.site == reference && r.label == s.label && r.metric == s.metric)
+            .min_by_key(|r| r.step)
+        else {
+            continue;
+        };
+        let retention = if r.value != 0.0 {
+            s.value / r.value
+        } else {
+            f64::NAN
+        };
+        out.push(RetentionRow {
+            label: s.label.clone(),
+            metric: s.metric.clone(),
+            reference_site: r.site.clone(),
+            reference_step: r.step,
+            reference_value: r.value,
+            site: s.site.clone(),
+            step: s.step,
+            value: s.value,
+            retention,
+        });
+    }
+    out
 }
 
 #[cfg(test)]
@@ -643,21 +667,36 @@ mod tests {
     }
 
     #[test]
-    fn retention_is_the_ratio_of_scores() {
-        let a = [1.0f32, 2.0, 3.0, 4.0];
-        let b = [1.0f32, 1.0, 2.0, 2.0];
-        let label = Label::Continuous(vec![0.0, 1.0]);
-        // A stand-in score: the mean of the representation.
-        let score = |r: Representation<'_>, _: &Label| -> Result<f64> {
-            Ok(r.x.iter().map(|&v| v as f64).sum::<f64>() / r.x.len() as f64)
+    fn retention_divides_by_the_reference_site_per_label() {
+        let score = |site: &str, step: u16, label: &str, value: f64| ProbeScore {
+            site: site.into(),
+            step,
+            label: label.into(),
+            metric: "r2".into(),
+            value,
         };
-        let r = decodability_retention(
-            Representation::new(&a, 2).unwrap(),
-            Representation::new(&b, 2).unwrap(),
-            &label,
-            &score,
-        )
-        .unwrap();
-        assert_eq!((r.score_from, r.score_to, r.retention), (2.5, 1.5, 0.6));
+        let scores = vec![
+            score("image", 0, "x", 0.8),
+            score("latent", 0, "x", 0.4),
+            score("latent", 1, "x", 0.2),
+            score("latent", 0, "hue", 0.9),
+        ];
+        let rows = retention(&scores, "image");
+        let ratios: Vec<(String, u16, f64)> = rows
+            .iter()
+            .map(|r| (r.site.clone(), r.step, r.retention))
+            .collect();
+        assert_eq!(
+            ratios,
+            vec![
+                ("image".into(), 0, 1.0),
+                ("latent".into(), 0, 0.5),
+                ("latent".into(), 1, 0.25)
+            ]
+        );
+        assert!(
+            rows.iter().all(|r| r.label == "x"),
+            "hue has no reference score"
+        );
     }
 }

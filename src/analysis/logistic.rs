@@ -68,16 +68,33 @@ impl Preconditioner {
     pub fn new(corr: &Mat<f64>, n_classes: usize, lambda: f64) -> crate::Result<Preconditioner> {
         let c = curvature(n_classes);
         let d = corr.nrows();
-        // A small floor keeps the bound invertible when lambda is tiny and features collinear.
-        let ridge = lambda.max(1e-3 * c);
-        let p = Mat::<f64>::from_fn(d, d, |i, j| {
-            c * corr[(i, j)] + if i == j { ridge } else { 0.0 }
-        });
-        let llt = p.llt(Side::Lower).map_err(|e| {
-            crate::Error::Invalid(format!(
-                "probe preconditioner: Cholesky of the feature correlation failed ({e:?})"
-            ))
-        })?;
+        // A small floor keeps the bound invertible when lambda is tiny and features collinear;
+        // wide, rank-deficient sites (more features than rows, accumulated in f32) can still
+        // have slightly negative eigenvalues, so the floor grows until the factorisation holds.
+        // Any positive-definite bound gives a valid preconditioner; only its quality changes.
+        let mut ridge = lambda.max(1e-3 * c);
+        let llt = loop {
+            let p = Mat::<f64>::from_fn(d, d, |i, j| {
+                c * corr[(i, j)] + if i == j { ridge } else { 0.0 }
+            });
+            match p.llt(Side::Lower) {
+                Ok(llt) => break llt,
+                Err(_) if ridge >= c => {
+                    // The bound is unusable: fall back to the diagonal one (always valid).
+                    return Ok(Preconditioner {
+                        inv: Mat::<f64>::from_fn(d, d, |i, j| {
+                            if i == j {
+                                1.0 / (c + ridge)
+                            } else {
+                                0.0
+                            }
+                        }),
+                        intercept: 1.0 / c,
+                    });
+                }
+                Err(_) => ridge *= 10.0,
+            }
+        };
         let mut inv = Mat::<f64>::identity(d, d);
         llt.solve_in_place(inv.as_mut());
         Ok(Preconditioner {

@@ -96,14 +96,24 @@ impl RidgeSolver {
         let st = m.standardizer();
         let corr = m.correlation(&st);
         let d = corr.nrows();
-        let a = Mat::<f64>::from_fn(d, d, |i, j| {
-            corr[(i, j)] + if i == j { lambda } else { 0.0 }
-        });
-        let llt = a.llt(Side::Lower).map_err(|e| {
-            crate::Error::Invalid(format!(
-                "ridge: Cholesky of the feature correlation + {lambda} I failed ({e:?}); use a larger lambda"
-            ))
-        })?;
+        // The moments come from f32 products, so the correlation of a wide, rank-deficient
+        // site is PSD only up to rounding (about d * f32 epsilon). A jitter at that level,
+        // grown if the factorisation still fails, keeps tiny lambdas usable there.
+        let mut jitter = d as f64 * f32::EPSILON as f64;
+        let llt = loop {
+            let a = Mat::<f64>::from_fn(d, d, |i, j| {
+                corr[(i, j)] + if i == j { lambda + jitter } else { 0.0 }
+            });
+            match a.llt(Side::Lower) {
+                Ok(llt) => break llt,
+                Err(_) if jitter < 1e-2 => jitter *= 4.0,
+                Err(e) => {
+                    return Err(crate::Error::Invalid(format!(
+                        "ridge: Cholesky of the feature correlation + {lambda} I failed ({e:?}); use a larger lambda"
+                    )))
+                }
+            }
+        };
         Ok(RidgeSolver {
             standardizer: st,
             llt,

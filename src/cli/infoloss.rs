@@ -12,8 +12,8 @@ use polars::prelude::{df, DataFrame, DataType};
 
 use crate::analysis::cka::{cka_matrix, Representation};
 use crate::analysis::infoloss::{
-    compression_ratio, mutual_information_from_scores, reconstruction_per_sample,
-    summarise_reconstruction, Label, MiOptions, PrincipalScores, Summary,
+    compression_ratio, mutual_information_from_scores, reconstruction_per_sample, retention,
+    summarise_reconstruction, Label, MiOptions, PrincipalScores, ProbeScore, RetentionRow, Summary,
 };
 use crate::analysis::mi::subsample;
 use crate::analysis::ssim::ImageShape;
@@ -82,6 +82,11 @@ pub struct InfolossArgs {
     /// k of the kNN (KSG) estimator.
     #[arg(long, default_value_t = 3)]
     pub neighbours: usize,
+
+    /// Reference site of decodability retention: every probe score in
+    /// tables/probes.parquet is divided by this site's score for the same label.
+    #[arg(long, default_value = "image")]
+    pub retention_from: String,
 }
 
 pub fn run(args: InfolossArgs) -> anyhow::Result<()> {
@@ -104,9 +109,157 @@ pub fn run(args: InfolossArgs) -> anyhow::Result<()> {
     }
     cka(&run, &reps)?;
     mutual_info(&run, &args, &reps)?;
-    // Decodability retention (probe score at --to over --from) plugs in here through
-    // `analysis::infoloss::decodability_retention` once the probe module provides a score.
+    decodability_retention(&run, &args.retention_from)?;
     Ok(())
+}
+
+// ---------------------------------------------------------------- retention
+
+/// Probe scores relative to the reference site, from `latentlens probe`'s table: balanced
+/// accuracy for categorical labels, R² for continuous ones.
+fn decodability_retention(run: &Run, reference: &str) -> anyhow::Result<()> {
+    if !run.tables()?.iter().any(|t| t == "probes") {
+        eprintln!(
+            "no tables/probes.parquet: run `latentlens probe` (including --sites {reference}) \
+             for decodability retention"
+        );
+        return Ok(());
+    }
+    let probes = run.table("probes")?;
+    let scores = probe_scores(&probes)?;
+    let rows = retention(&scores, reference);
+    if rows.is_empty() {
+        eprintln!(
+            "tables/probes.parquet has no scores at `{reference}`; skipping decodability retention"
+        );
+        return Ok(());
+    }
+    let mut table = df!(
+        "label" => rows.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(),
+        "metric" => rows.iter().map(|r| r.metric.as_str()).collect::<Vec<_>>(),
+        "reference_site" => rows.iter().map(|r| r.reference_site.as_str()).collect::<Vec<_>>(),
+        "reference_step" => rows.iter().map(|r| r.reference_step).collect::<Vec<_>>(),
+        "reference_value" => rows.iter().map(|r| r.reference_value).collect::<Vec<_>>(),
+        "site" => rows.iter().map(|r| r.site.as_str()).collect::<Vec<_>>(),
+        "step" => rows.iter().map(|r| r.step).collect::<Vec<_>>(),
+        "value" => rows.iter().map(|r| r.value).collect::<Vec<_>>(),
+        "retention" => rows.iter().map(|r| r.retention).collect::<Vec<_>>(),
+    )?;
+    println!(
+        "wrote {}",
+        run.write_table("retention", &mut table)?.display()
+    );
+    let svg = retention_svg(&rows, reference)?;
+    println!(
+        "wrote {}",
+        run.write_plot("infoloss-retention", &svg)?.display()
+    );
+    Ok(())
+}
+
+fn probe_scores(probes: &DataFrame) -> anyhow::Result<Vec<ProbeScore>> {
+    let text = |name: &str| -> anyhow::Result<Vec<String>> {
+        Ok(probes
+            .column(name)?
+            .str()?
+            .iter()
+            .map(|v| v.unwrap_or_default().to_string())
+            .collect())
+    };
+    let (sites, labels, kinds, metrics) = (
+        text("site")?,
+        text("label")?,
+        text("kind")?,
+        text("metric")?,
+    );
+    let steps: Vec<u16> = probes
+        .column("step")?
+        .u16()?
+        .iter()
+        .map(|v| v.unwrap_or(0))
+        .collect();
+    let values: Vec<Option<f64>> = probes.column("value")?.f64()?.iter().collect();
+    Ok((0..probes.height())
+        .filter(|&i| {
+            let headline = if kinds[i] == "continuous" {
+                "r2"
+            } else {
+                "balanced_accuracy"
+            };
+            metrics[i] == headline && values[i].is_some_and(f64::is_finite)
+        })
+        .map(|i| ProbeScore {
+            site: sites[i].clone(),
+            step: steps[i],
+            label: labels[i].clone(),
+            metric: metrics[i].clone(),
+            value: values[i].unwrap_or(f64::NAN),
+        })
+        .collect())
+}
+
+/// Retention by step, one line per (label, site); sites that fire once are single points.
+fn retention_svg(rows: &[RetentionRow], reference: &str) -> anyhow::Result<String> {
+    let series: BTreeSet<(String, String)> = rows
+        .iter()
+        .map(|r| (r.label.clone(), r.site.clone()))
+        .collect();
+    let x_hi = rows.iter().map(|r| r.step).max().unwrap_or(0).max(1) as f64;
+    let finite = || rows.iter().map(|r| r.retention).filter(|v| v.is_finite());
+    let y_lo = finite().fold(0.0f64, f64::min);
+    let y_hi = finite().fold(1.0f64, f64::max) * 1.05;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("Decodability retention: probe score / score at `{reference}`"),
+                ("sans-serif", 20),
+            )
+            .margin(14)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.3..x_hi + 0.3, y_lo..y_hi)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("retention (1 = as decodable as the reference)")
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 17))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (i, (label, site)) in series.iter().enumerate() {
+            let colour = Palette99::pick(i).to_rgba();
+            let mut pts: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| &r.label == label && &r.site == site && r.retention.is_finite())
+                .map(|r| (r.step as f64, r.retention))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(format!("{label} @ {site}"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(svg)
 }
 
 // ---------------------------------------------------------------- reconstruction
@@ -1152,6 +1305,7 @@ mod tests {
             max_points: 2000,
             components: 2,
             neighbours: 3,
+            retention_from: "image".into(),
         };
         super::run(args.clone()).unwrap();
 
