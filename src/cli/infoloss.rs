@@ -224,6 +224,8 @@ fn retention_svg(rows: &[RetentionRow], reference: &str) -> anyhow::Result<Strin
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         chart
             .configure_mesh()
+            .x_labels((x_hi as usize + 1).min(12))
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("step")
             .y_desc("retention (1 = as decodable as the reference)")
             .label_style(("sans-serif", 15))
@@ -254,7 +256,7 @@ fn retention_svg(rows: &[RetentionRow], reference: &str) -> anyhow::Result<Strin
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 13))
-            .position(SeriesLabelPosition::LowerLeft)
+            .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
