@@ -18,6 +18,7 @@ use crate::analysis::infoloss::{
 use crate::analysis::mi::subsample;
 use crate::analysis::ssim::ImageShape;
 use crate::cli::common::{bar, site_patterns};
+use crate::cli::plot::{file_safe, viridis};
 use crate::store::{Latents, Run};
 
 /// Steps per site kept when `--steps` is not given.
@@ -769,23 +770,6 @@ fn cka_heatmap_svg(names: &[String], matrix: &[f64], n: usize) -> anyhow::Result
     Ok(svg)
 }
 
-/// An approximation of matplotlib's viridis on [0, 1].
-fn viridis(t: f64) -> RGBColor {
-    const STOPS: [(f64, f64, f64); 5] = [
-        (68.0, 1.0, 84.0),
-        (59.0, 82.0, 139.0),
-        (33.0, 145.0, 140.0),
-        (94.0, 201.0, 98.0),
-        (253.0, 231.0, 37.0),
-    ];
-    let t = t.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
-    let i = (t.floor() as usize).min(STOPS.len() - 2);
-    let f = t - i as f64;
-    let (a, b) = (STOPS[i], STOPS[i + 1]);
-    let mix = |p: f64, q: f64| (p + (q - p) * f).round() as u8;
-    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
-}
-
 // ---------------------------------------------------------------- mutual information
 
 struct MiRow {
@@ -895,18 +879,6 @@ fn mutual_info(run: &Run, args: &InfolossArgs, reps: &Reps) -> anyhow::Result<()
         eprintln!("wrote {}", path.display());
     }
     Ok(())
-}
-
-fn file_safe(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// The label for the representation rows (`samples` order) and the rows that have one:

@@ -10,6 +10,7 @@ pub mod common;
 pub mod data;
 pub mod diffusion;
 pub mod infoloss;
+pub mod plot;
 pub mod probe;
 pub mod record;
 pub mod reduce;

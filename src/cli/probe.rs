@@ -14,6 +14,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use polars::prelude::*;
 
 use super::common;
+use super::plot::file_safe;
 use crate::analysis::probe::{
     self, ProbeConfig, ProbeInput, ProbeResult, ProbeRow, Target, WeightRow,
 };
@@ -588,18 +589,6 @@ fn print_summary(rows: &[ProbeRow], labels: &[Label]) {
             );
         }
     }
-}
-
-fn file_safe(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 const FONT: &str = "sans-serif";

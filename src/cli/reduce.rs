@@ -23,6 +23,7 @@ use clap::{Args, ValueEnum};
 use polars::prelude::*;
 
 use super::common;
+use super::plot::file_safe;
 use crate::analysis::knn::subsample;
 use crate::analysis::pca::{PcaAccumulator, PcaFit};
 use crate::analysis::quality::neighbourhood_quality;
@@ -473,18 +474,6 @@ impl Frames {
     }
 }
 
-fn file_safe(site: &str) -> String {
-    site.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// Colours for scatter points from one samples.parquet column.
 pub enum ColourBy {
     Categorical {
@@ -609,23 +598,7 @@ mod svg {
 
     /// Viridis at 5 stops, linearly interpolated; `t` in [0, 1].
     pub fn ramp(t: f64) -> RGBColor {
-        const STOPS: [(f64, f64, f64); 5] = [
-            (68.0, 1.0, 84.0),
-            (59.0, 82.0, 139.0),
-            (33.0, 145.0, 140.0),
-            (94.0, 201.0, 98.0),
-            (253.0, 231.0, 37.0),
-        ];
-        let t = if t.is_finite() {
-            t.clamp(0.0, 1.0)
-        } else {
-            0.0
-        } * 4.0;
-        let i = (t.floor() as usize).min(3);
-        let f = t - i as f64;
-        let (a, b) = (STOPS[i], STOPS[i + 1]);
-        let mix = |x: f64, y: f64| (x + (y - x) * f).round() as u8;
-        RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+        crate::cli::plot::viridis(t)
     }
 
     /// The data's range with 5% padding (plotters pins out-of-range points to the border).
