@@ -192,3 +192,44 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command, EvalCommand, TrainCommand};
+    use clap::Parser;
+
+    #[test]
+    fn train_and_eval_parse_their_flags_and_default_to_the_shipped_weights() {
+        let cli = Cli::try_parse_from([
+            "latentlens",
+            "train",
+            "diffusion",
+            "--part",
+            "unet",
+            "--steps",
+            "5",
+            "--lr",
+            "1e-4",
+        ])
+        .unwrap();
+        let Command::Train(TrainCommand::Diffusion(t)) = cli.command else {
+            panic!("not train diffusion");
+        };
+        assert_eq!(
+            (t.part, t.steps, t.lr),
+            (PartArg::Unet, Some(5), Some(1e-4))
+        );
+        assert!(t.out.ends_with("weights/diffusion"));
+        let o = options_for(Part::Unet, &t);
+        assert_eq!((o.steps, o.batch_size), (5, 64));
+
+        let cli = Cli::try_parse_from(["latentlens", "eval", "diffusion", "--json"]).unwrap();
+        let Command::Eval(EvalCommand::Diffusion(e)) = cli.command else {
+            panic!("not eval diffusion");
+        };
+        assert!(e.json && e.weights.ends_with("weights/diffusion"));
+        assert_eq!((e.n_generate, e.sample_steps), (500, 50));
+        assert!(Cli::try_parse_from(["latentlens", "train", "diffusion", "--part", "x"]).is_err());
+    }
+}
