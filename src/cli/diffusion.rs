@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::diffusion::eval::{evaluate, EvalOptions};
 use crate::diffusion::pipeline::{read_config, CONFIG_FILE};
 use crate::diffusion::train::{
-    train_classifier, train_unet, train_vae, Part, TrainOptions, TrainSummary,
+    finetune_vae_decoder, train_classifier, train_unet, train_vae, Part, TrainOptions, TrainSummary,
 };
 use crate::diffusion::{DiffusionConfig, DiffusionModel, SampleOptions};
 
@@ -23,7 +23,9 @@ pub enum PartArg {
     Vae,
     Unet,
     Classifier,
-    /// VAE, then UNet (needs the VAE), then classifier.
+    /// Fine-tune only the VAE decoder (latents unchanged, so a trained UNet stays valid).
+    VaeDecoder,
+    /// VAE, then UNet (needs the VAE), then classifier, then the decoder fine-tune.
     All,
 }
 
@@ -39,7 +41,7 @@ pub struct TrainArgs {
     /// Which network to train.
     #[arg(long, value_enum, default_value_t = PartArg::All)]
     pub part: PartArg,
-    /// Training steps (default: vae 2000, unet 3000, classifier 600).
+    /// Training steps (default: vae 2000, unet 3000, classifier 600, vae-decoder 300).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Images per step (default: vae 32, unet 64, classifier 64).
@@ -128,7 +130,8 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         PartArg::Vae => &[Part::Vae],
         PartArg::Unet => &[Part::Unet],
         PartArg::Classifier => &[Part::Classifier],
-        PartArg::All => &[Part::Vae, Part::Unet, Part::Classifier],
+        PartArg::VaeDecoder => &[Part::VaeDecoder],
+        PartArg::All => &[Part::Vae, Part::Unet, Part::Classifier, Part::VaeDecoder],
     };
     for &part in parts {
         let opts = options_for(part, args);
@@ -136,6 +139,7 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         let summary = match part {
             Part::Vae => train_vae(&args.out, &config, &opts, &device, &pb)?,
             Part::Unet => train_unet(&args.out, &opts, &device, &pb)?,
+            Part::VaeDecoder => finetune_vae_decoder(&args.out, &opts, &device, &pb)?,
             Part::Classifier => {
                 let s = train_classifier(&args.out, &config, &opts, &device, &pb)?;
                 if !config_path.exists() {
