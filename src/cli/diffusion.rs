@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::diffusion::eval::{evaluate, EvalOptions};
 use crate::diffusion::pipeline::{read_config, CONFIG_FILE};
 use crate::diffusion::train::{
-    train_classifier, train_unet, train_vae, Part, TrainOptions, TrainSummary,
+    finetune_vae_decoder, train_classifier, train_unet, train_vae, Part, TrainOptions, TrainSummary,
 };
 use crate::diffusion::{DiffusionConfig, DiffusionModel, SampleOptions};
 
@@ -23,7 +23,9 @@ pub enum PartArg {
     Vae,
     Unet,
     Classifier,
-    /// VAE, then UNet (needs the VAE), then classifier.
+    /// Fine-tune only the VAE decoder (latents unchanged, so a trained UNet stays valid).
+    VaeDecoder,
+    /// VAE, then UNet (needs the VAE), then classifier, then the decoder fine-tune.
     All,
 }
 
@@ -39,7 +41,7 @@ pub struct TrainArgs {
     /// Which network to train.
     #[arg(long, value_enum, default_value_t = PartArg::All)]
     pub part: PartArg,
-    /// Training steps (default: vae 2000, unet 3000, classifier 600).
+    /// Training steps (default: vae 2000, unet 3000, classifier 600, vae-decoder 300).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Images per step (default: vae 32, unet 64, classifier 64).
@@ -128,7 +130,8 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         PartArg::Vae => &[Part::Vae],
         PartArg::Unet => &[Part::Unet],
         PartArg::Classifier => &[Part::Classifier],
-        PartArg::All => &[Part::Vae, Part::Unet, Part::Classifier],
+        PartArg::VaeDecoder => &[Part::VaeDecoder],
+        PartArg::All => &[Part::Vae, Part::Unet, Part::Classifier, Part::VaeDecoder],
     };
     for &part in parts {
         let opts = options_for(part, args);
@@ -136,6 +139,7 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         let summary = match part {
             Part::Vae => train_vae(&args.out, &config, &opts, &device, &pb)?,
             Part::Unet => train_unet(&args.out, &opts, &device, &pb)?,
+            Part::VaeDecoder => finetune_vae_decoder(&args.out, &opts, &device, &pb)?,
             Part::Classifier => {
                 let s = train_classifier(&args.out, &config, &opts, &device, &pb)?;
                 if !config_path.exists() {
@@ -191,4 +195,45 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         println!("({:.0} s)", r.seconds);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command, EvalCommand, TrainCommand};
+    use clap::Parser;
+
+    #[test]
+    fn train_and_eval_parse_their_flags_and_default_to_the_shipped_weights() {
+        let cli = Cli::try_parse_from([
+            "latentlens",
+            "train",
+            "diffusion",
+            "--part",
+            "unet",
+            "--steps",
+            "5",
+            "--lr",
+            "1e-4",
+        ])
+        .unwrap();
+        let Command::Train(TrainCommand::Diffusion(t)) = cli.command else {
+            panic!("not train diffusion");
+        };
+        assert_eq!(
+            (t.part, t.steps, t.lr),
+            (PartArg::Unet, Some(5), Some(1e-4))
+        );
+        assert!(t.out.ends_with("weights/diffusion"));
+        let o = options_for(Part::Unet, &t);
+        assert_eq!((o.steps, o.batch_size), (5, 64));
+
+        let cli = Cli::try_parse_from(["latentlens", "eval", "diffusion", "--json"]).unwrap();
+        let Command::Eval(EvalCommand::Diffusion(e)) = cli.command else {
+            panic!("not eval diffusion");
+        };
+        assert!(e.json && e.weights.ends_with("weights/diffusion"));
+        assert_eq!((e.n_generate, e.sample_steps), (500, 50));
+        assert!(Cli::try_parse_from(["latentlens", "train", "diffusion", "--part", "x"]).is_err());
+    }
 }

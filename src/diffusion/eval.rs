@@ -143,3 +143,46 @@ pub fn evaluate(
         seconds: began.elapsed().as_secs_f64(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::pipeline::tests::tiny_model;
+
+    #[test]
+    fn psnr_matches_the_mse_of_the_reconstructions_and_counts_are_balanced() -> crate::Result<()> {
+        let (model, _maps) = tiny_model();
+        let opts = EvalOptions {
+            n_reconstruct: 6,
+            n_classify: 5,
+            n_generate: 6,
+            batch_size: 4,
+            sample: SampleOptions {
+                steps: 2,
+                ..SampleOptions::default()
+            },
+            seed: 0,
+        };
+        let r = evaluate(&model, &opts, &ProgressBar::hidden())?;
+        // Second method: one batch of all six images, MSE in [0, 1] pixel units.
+        let heldout = Shapes::new(32, HELDOUT_SEED);
+        let (_, images) = heldout.batch(0..6, &model.device)?;
+        let (mean, _) = model.vae.encode(&images, &mut Hooks::none())?;
+        let recon = model
+            .vae
+            .decode(&mean, &mut Hooks::none())?
+            .clamp(-1f32, 1f32)?;
+        let mse = (((recon + 1.0)? / 2.0)? - ((images + 1.0)? / 2.0)?)?
+            .sqr()?
+            .mean_all()?
+            .to_scalar::<f32>()? as f64;
+        assert!((r.vae_psnr_db - (-10.0 * mse.log10())).abs() < 1e-3);
+        assert!((0.0..=1.0).contains(&r.classifier_accuracy));
+        assert_eq!(r.generated_accuracy_per_class.len(), 3);
+        // Two of each class were asked for, so per-class rates are multiples of 1/2.
+        for a in &r.generated_accuracy_per_class {
+            assert!([0.0, 0.5, 1.0].contains(a), "{a}");
+        }
+        Ok(())
+    }
+}

@@ -36,6 +36,10 @@ pub enum Part {
     Vae,
     Unet,
     Classifier,
+    /// Fine-tunes only the VAE decoder on posterior means: the encoder, hence the latents
+    /// a trained UNet was fitted to, stay exactly as they are.
+    #[serde(rename = "vae-decoder")]
+    VaeDecoder,
 }
 
 impl Part {
@@ -44,6 +48,7 @@ impl Part {
             Part::Vae => "vae",
             Part::Unet => "unet",
             Part::Classifier => "classifier",
+            Part::VaeDecoder => "vae-decoder",
         }
     }
 
@@ -52,12 +57,13 @@ impl Part {
             Part::Vae => 1,
             Part::Unet => 2,
             Part::Classifier => 3,
+            Part::VaeDecoder => 4,
         }
     }
 
     fn weights_file(self) -> &'static str {
         match self {
-            Part::Vae => VAE_FILE,
+            Part::Vae | Part::VaeDecoder => VAE_FILE,
             Part::Unet => UNET_FILE,
             Part::Classifier => CLASSIFIER_FILE,
         }
@@ -112,6 +118,12 @@ impl TrainOptions {
                 lr: 2e-3,
                 ..base
             },
+            Part::VaeDecoder => Self {
+                steps: 300,
+                lr: 2e-4,
+                warmup: 10,
+                ..base
+            },
         }
     }
 
@@ -156,6 +168,8 @@ struct Trainer {
     varmap: VarMap,
     options: TrainOptions,
     part_config: serde_json::Value,
+    /// Only variables whose name starts with this are trained (all when `None`).
+    trainable: Option<&'static str>,
 }
 
 impl Trainer {
@@ -259,7 +273,21 @@ fn run_loop(
         weight_decay: opts.weight_decay,
         ..Default::default()
     };
-    let mut opt = AdamW::new(trainer.varmap.all_vars(), params)?;
+    let vars = match trainer.trainable {
+        None => trainer.varmap.all_vars(),
+        Some(prefix) => {
+            let data = trainer
+                .varmap
+                .data()
+                .lock()
+                .map_err(|_| crate::Error::Invalid("variable map lock poisoned".into()))?;
+            data.iter()
+                .filter(|(name, _)| name.starts_with(prefix))
+                .map(|(_, v)| v.clone())
+                .collect()
+        }
+    };
+    let mut opt = AdamW::new(vars, params)?;
     pb.set_length(opts.steps as u64);
     pb.set_position(start as u64);
     let began = Instant::now();
@@ -339,6 +367,7 @@ pub fn train_vae(
         varmap,
         options: options.clone(),
         part_config: part_config(&config.vae)?,
+        trainable: None,
     };
     let shapes = Shapes::new(config.image_size, TRAIN_SEED);
     let summary = run_loop(&mut trainer, pb, |step, opt| {
@@ -376,6 +405,49 @@ pub fn train_vae(
     cfg.latent_scale = scale;
     write_config(out, &cfg)?;
     Ok(summary)
+}
+
+/// Fine-tunes the decoder of `out/vae.safetensors` to reconstruct images from their
+/// posterior means (what img2img and evaluation decode), leaving the encoder untouched.
+pub fn finetune_vae_decoder(
+    out: &Path,
+    options: &TrainOptions,
+    device: &Device,
+    pb: &ProgressBar,
+) -> crate::Result<TrainSummary> {
+    let config = read_config(&out.join(CONFIG_FILE))?;
+    let mut varmap = VarMap::new();
+    let vae = Vae::new(
+        &config.vae,
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
+    )?;
+    let vae_path = out.join(VAE_FILE);
+    varmap.load(&vae_path).map_err(|e| crate::Error::Weights {
+        path: vae_path.clone(),
+        detail: e.to_string(),
+    })?;
+    let mut trainer = Trainer {
+        part: Part::VaeDecoder,
+        out: out.to_path_buf(),
+        varmap,
+        options: options.clone(),
+        part_config: part_config(&config.vae)?,
+        trainable: Some("decoder."),
+    };
+    let shapes = Shapes::new(config.image_size, TRAIN_SEED);
+    run_loop(&mut trainer, pb, |step, opt| {
+        let (_, images) = train_batch(&shapes, step, options.batch_size, device)?;
+        let (mean, _) = vae.encode(&images, &mut Hooks::none())?;
+        let recon = vae.decode(&mean.detach(), &mut Hooks::none())?;
+        let b = images.dim(0)?;
+        let rec = (recon - &images)?
+            .sqr()?
+            .sum_all()?
+            .affine(1.0 / b as f64, 0.0)?;
+        opt.backward_step(&rec)?;
+        let pixels = (images.elem_count() / b) as f64;
+        Ok(rec.to_scalar::<f32>()? as f64 / pixels)
+    })
 }
 
 /// 1 / std of the posterior means over 2048 training images.
@@ -426,6 +498,7 @@ pub fn train_unet(
         varmap,
         options: options.clone(),
         part_config: part_config(&config.unet)?,
+        trainable: None,
     };
     let shapes = Shapes::new(config.image_size, TRAIN_SEED);
     let scheduler = Scheduler::new(&config.scheduler);
@@ -486,6 +559,7 @@ pub fn train_classifier(
         varmap,
         options: options.clone(),
         part_config: part_config(&config.classifier)?,
+        trainable: None,
     };
     let shapes = Shapes::new(config.image_size, TRAIN_SEED);
     run_loop(&mut trainer, pb, |step, opt| {
@@ -531,6 +605,22 @@ mod tests {
         assert_eq!((s.steps, s.resumed_from), (3, 2));
         train_unet(out, &quick(2), &dev, &pb)?;
         train_classifier(out, &config, &quick(2), &dev, &pb)?;
+
+        // The decoder fine-tune changes the decoder and leaves the encoder bit-identical.
+        let before = candle_core::safetensors::load(out.join(VAE_FILE), &dev)?;
+        finetune_vae_decoder(out, &quick(2), &dev, &pb)?;
+        let after = candle_core::safetensors::load(out.join(VAE_FILE), &dev)?;
+        assert_eq!(before.len(), after.len());
+        let mut decoder_moved = false;
+        for (name, b) in &before {
+            let d = (b - &after[name])?.abs()?.max_all()?.to_scalar::<f32>()?;
+            if name.starts_with("encoder.") {
+                assert_eq!(d, 0.0, "{name} changed");
+            } else if d > 0.0 {
+                decoder_moved = true;
+            }
+        }
+        assert!(decoder_moved);
         let model = DiffusionModel::load(out, &dev)?;
         assert!(model.classifier.is_some());
         // A checkpoint from another architecture is refused, not silently mixed in.
