@@ -212,7 +212,7 @@ fn retention_svg(rows: &[RetentionRow], reference: &str) -> anyhow::Result<Strin
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (960, 600)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 format!("Decodability retention: probe score / score at `{reference}`"),
@@ -221,8 +221,7 @@ fn retention_svg(rows: &[RetentionRow], reference: &str) -> anyhow::Result<Strin
             .margin(14)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d(-0.3..x_hi + 0.3, y_lo..y_hi)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .build_cartesian_2d(-0.3..x_hi + 0.3, y_lo..y_hi)?;
         chart
             .configure_mesh()
             .x_labels((x_hi as usize + 1).min(12))
@@ -231,8 +230,7 @@ fn retention_svg(rows: &[RetentionRow], reference: &str) -> anyhow::Result<Strin
             .y_desc("retention (1 = as decodable as the reference)")
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 17))
-            .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .draw()?;
         for (i, (label, site)) in series.iter().enumerate() {
             let colour = Palette99::pick(i).to_rgba();
             let mut pts: Vec<(f64, f64)> = rows
@@ -242,15 +240,12 @@ fn retention_svg(rows: &[RetentionRow], reference: &str) -> anyhow::Result<Strin
                 .collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
             chart
-                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))?
                 .label(format!("{label} @ {site}"))
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
                 });
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, colour.filled())))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
         }
         chart
             .configure_series_labels()
@@ -258,9 +253,8 @@ fn retention_svg(rows: &[RetentionRow], reference: &str) -> anyhow::Result<Strin
             .border_style(BLACK)
             .label_font(("sans-serif", 13))
             .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+            .draw()?;
+        root.present()?;
     }
     Ok(svg)
 }
