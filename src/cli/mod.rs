@@ -12,6 +12,7 @@ pub mod diffusion;
 pub mod infoloss;
 pub mod plot;
 pub mod probe;
+pub mod reasoner;
 pub mod record;
 pub mod reduce;
 
@@ -55,12 +56,16 @@ pub enum Command {
 pub enum TrainCommand {
     /// The tiny latent diffusion model (VAE, UNet, shape classifier).
     Diffusion(diffusion::TrainArgs),
+    /// The built-in continuous-thought reasoner (Coconut, CoT or no-CoT) on generated data.
+    Reasoner(reasoner::TrainArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
     /// The tiny latent diffusion model: PSNR, classifier and generation accuracy.
     Diffusion(diffusion::EvalArgs),
+    /// Reasoners on a ProsQA file: answer accuracy and tokens generated (Table 1).
+    Reasoner(reasoner::EvalArgs),
 }
 
 /// Exit codes: 0 success, 1 error, 2 usage error (clap), 130 interrupted.
@@ -79,6 +84,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::Train(TrainCommand::Diffusion(args)) => diffusion::run_train(&args),
         Command::Eval(EvalCommand::Diffusion(args)) => diffusion::run_eval(&args),
+        Command::Train(TrainCommand::Reasoner(args)) => reasoner::run_train(&args),
+        Command::Eval(EvalCommand::Reasoner(args)) => reasoner::run_eval(&args),
         Command::Probe(args) => probe::run(&args),
         Command::Reduce(args) => reduce::run(&args),
         Command::Infoloss(args) => infoloss::run(args),

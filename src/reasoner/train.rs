@@ -7,6 +7,7 @@
 //! Never train on the real ProsQA file: it is the held-out evaluation set.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
@@ -168,12 +169,15 @@ fn model_dir(dir: &Path) -> PathBuf {
 /// Trains on `records` (generated data only), saving `out_dir/model/` (config.json +
 /// model.safetensors) and `out_dir/train_state.json` after every epoch. If `out_dir` already
 /// holds a state with the same config, training resumes after its last finished epoch (the
-/// optimizer moments restart, as they do at every stage switch).
+/// optimizer moments restart, as they do at every stage switch). When `stop` turns true the
+/// epoch in progress is dropped and `Error::Interrupted` returned; the last finished epoch
+/// stays saved.
 pub fn train(
     config: &TrainConfig,
     records: &[Record],
     out_dir: &Path,
     progress: &ProgressBar,
+    stop: &AtomicBool,
 ) -> Result<TrainState> {
     if records.is_empty() {
         return Err(Error::Invalid("no training records".into()));
@@ -196,8 +200,9 @@ pub fn train(
         &config.model,
         VarBuilder::from_varmap(&varmap, DType::F32, &device),
     )?;
-    progress.set_length(config.total_epochs() as u64);
-    progress.set_position(state.epochs_done as u64);
+    let batches_per_epoch = encoded.len().div_ceil(config.batch_size.max(1));
+    progress.set_length((config.total_epochs() * batches_per_epoch) as u64);
+    progress.set_position((state.epochs_done * batches_per_epoch) as u64);
     let mut optimizer = new_optimizer(config, &varmap)?;
     let mut last_stage = config.stage_of_epoch(state.epochs_done);
     for epoch in state.epochs_done..config.total_epochs() {
@@ -206,7 +211,14 @@ pub fn train(
             optimizer = new_optimizer(config, &varmap)?;
             last_stage = stage;
         }
-        let loss = run_epoch(config, &model, &encoded, epoch, stage, &mut optimizer)?;
+        let ctx = EpochContext {
+            config,
+            model: &model,
+            encoded: &encoded,
+            progress,
+            stop,
+        };
+        let loss = run_epoch(&ctx, epoch, stage, &mut optimizer)?;
         state.epochs_done = epoch + 1;
         state.epoch_losses.push(loss);
         save_hf_gpt2(model_dir(out_dir), &config.model, &varmap)?;
@@ -214,7 +226,7 @@ pub fn train(
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_string_pretty(&state)?).at(&tmp)?;
         std::fs::rename(&tmp, &path).at(&path)?;
-        progress.inc(1);
+        progress.set_message(format!("stage {stage} loss {loss:.4}"));
     }
     Ok(state)
 }
@@ -259,19 +271,31 @@ fn start_or_resume(
     Ok((varmap, state))
 }
 
-fn run_epoch(
-    config: &TrainConfig,
-    model: &Gpt2,
-    encoded: &[Encoded],
-    epoch: usize,
-    stage: usize,
-    optimizer: &mut AdamW,
-) -> Result<f32> {
+/// What every batch of an epoch needs besides its stage.
+struct EpochContext<'a> {
+    config: &'a TrainConfig,
+    model: &'a Gpt2,
+    encoded: &'a [Encoded],
+    progress: &'a ProgressBar,
+    stop: &'a AtomicBool,
+}
+
+fn run_epoch(ctx: &EpochContext, epoch: usize, stage: usize, optimizer: &mut AdamW) -> Result<f32> {
+    let EpochContext {
+        config,
+        model,
+        encoded,
+        progress,
+        stop,
+    } = *ctx;
     let mut rng = crate::rng::stream(config.seed, crate::rng::mix(&[0x7261_696e, epoch as u64]));
     let mut order: Vec<usize> = (0..encoded.len()).collect();
     order.shuffle(&mut rng);
     let (mut total, mut tokens) = (0.0f64, 0usize);
     for batch in order.chunks(config.batch_size.max(1)) {
+        if stop.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted);
+        }
         let examples: Vec<Example> = batch
             .iter()
             .map(|&i| {
@@ -299,6 +323,7 @@ fn run_epoch(
         optimizer.backward_step(&loss)?;
         total += loss.to_scalar::<f32>()? as f64 * count as f64;
         tokens += count;
+        progress.inc(1);
     }
     Ok((total / tokens.max(1) as f64) as f32)
 }
@@ -310,11 +335,19 @@ pub struct Accuracy {
     pub correct: usize,
     /// hops -> (questions, correct).
     pub by_hops: std::collections::BTreeMap<usize, (usize, usize)>,
+    /// Tokens generated after the prompt over all questions, continuous thoughts included
+    /// (the paper's "# tokens": `<eot>` and the stop token are not counted).
+    pub generated: usize,
 }
 
 impl Accuracy {
     pub fn rate(&self) -> f64 {
         self.correct as f64 / self.total.max(1) as f64
+    }
+
+    /// Mean tokens generated per question.
+    pub fn mean_generated(&self) -> f64 {
+        self.generated as f64 / self.total.max(1) as f64
     }
 }
 
@@ -352,6 +385,12 @@ pub fn evaluate(
             &mut Hooks::none(),
         )?;
         let ok = answer_token(&gen.answer) == Some(enc.answer[0]);
+        let spoken = gen
+            .answer
+            .iter()
+            .filter(|&&t| t != super::tokens::EOS)
+            .count();
+        acc.generated += n_thoughts + spoken;
         let entry = acc.by_hops.entry(enc.steps.len()).or_default();
         entry.0 += 1;
         entry.1 += ok as usize;
@@ -385,7 +424,14 @@ mod tests {
         let records = generate(24, 21);
         let dir = tempfile::tempdir().unwrap();
         let config = small(Method::Coconut);
-        let state = train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+        let state = train(
+            &config,
+            &records,
+            dir.path(),
+            &ProgressBar::hidden(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         assert_eq!(state.epochs_done, 10);
         let l = &state.epoch_losses;
         assert!(
@@ -395,7 +441,14 @@ mod tests {
         assert!(l[4] < 0.85 * l[0], "stage 0 losses {l:?}");
         assert!(l[9] < l[0], "losses {l:?}");
         // Everything is saved: rerunning finds nothing left to do and changes nothing.
-        let again = train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+        let again = train(
+            &config,
+            &records,
+            dir.path(),
+            &ProgressBar::hidden(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         assert_eq!(again, state);
         let loaded =
             super::super::checkpoint::load_hf_gpt2(dir.path().join("model"), &Device::Cpu).unwrap();
@@ -534,7 +587,14 @@ mod tests {
             config.max_stage = 1;
             config.epochs_per_stage = 30;
             config.batch_size = 2;
-            train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+            train(
+                &config,
+                &records,
+                dir.path(),
+                &ProgressBar::hidden(),
+                &AtomicBool::new(false),
+            )
+            .unwrap();
             let loaded =
                 super::super::checkpoint::load_hf_gpt2(dir.path().join("model"), &Device::Cpu)
                     .unwrap();
@@ -587,9 +647,23 @@ mod tests {
         let mut config = small(Method::NoCot);
         config.max_stage = 0;
         config.epochs_per_stage = 1;
-        train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap();
+        train(
+            &config,
+            &records,
+            dir.path(),
+            &ProgressBar::hidden(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         config.seed = 9;
-        let err = train(&config, &records, dir.path(), &ProgressBar::hidden()).unwrap_err();
+        let err = train(
+            &config,
+            &records,
+            dir.path(),
+            &ProgressBar::hidden(),
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("different config"), "{err}");
     }
 }

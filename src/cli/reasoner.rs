@@ -1,0 +1,283 @@
+//! `latentlens train reasoner` and `latentlens eval reasoner`: train the built-in
+//! continuous-thought reasoner (Coconut and its CoT / no-CoT baselines) on generated
+//! ProsQA-like data, and measure any of them on a ProsQA file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::common::{bar, interrupt_flag};
+use crate::data::prosqa;
+use crate::reasoner::checkpoint::load_hf_gpt2;
+use crate::reasoner::tokens::Vocab;
+use crate::reasoner::train::{evaluate, train, Accuracy, Method, TrainConfig, TrainState};
+
+/// Where the shipped reasoners live, one folder per method.
+pub const DEFAULT_REASONER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/reasoner");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    Coconut,
+    Cot,
+    NoCot,
+}
+
+impl MethodArg {
+    fn method(self) -> Method {
+        match self {
+            MethodArg::Coconut => Method::Coconut,
+            MethodArg::Cot => Method::Cot,
+            MethodArg::NoCot => Method::NoCot,
+        }
+    }
+
+    fn folder(self) -> &'static str {
+        match self {
+            MethodArg::Coconut => "coconut",
+            MethodArg::Cot => "cot",
+            MethodArg::NoCot => "no-cot",
+        }
+    }
+}
+
+/// Train the built-in reasoner on generated ProsQA-like questions (never on the real file).
+///
+/// The model and its training state are saved after every epoch; rerunning the same
+/// command resumes after the last finished epoch.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[arg(long, value_enum, default_value_t = MethodArg::Coconut)]
+    pub method: MethodArg,
+    /// Output folder (default: weights/reasoner/<method>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Generated training questions.
+    #[arg(long, default_value_t = 4000)]
+    pub train_size: usize,
+    /// Seed of the generated training questions.
+    #[arg(long, default_value_t = 7)]
+    pub data_seed: u64,
+    /// Last curriculum stage = most thoughts (Coconut uses 6 on ProsQA).
+    #[arg(long, default_value_t = 6)]
+    pub max_stage: usize,
+    /// Epochs at each stage; the baselines get the same total.
+    #[arg(long, default_value_t = 3)]
+    pub epochs_per_stage: usize,
+    /// Thoughts per replaced reasoning step (c).
+    #[arg(long, default_value_t = 1)]
+    pub thoughts_per_step: usize,
+    /// Chance of training a sample at a random earlier stage.
+    #[arg(long, default_value_t = 0.0)]
+    pub mix_prob: f64,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Width of the model.
+    #[arg(long, default_value_t = 128)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Seed of the initial weights and the sample order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        let mut c = TrainConfig::new(self.method.method(), Vocab::prosqa().len());
+        c.model.n_embd = self.d_model;
+        c.model.n_layer = self.layers;
+        c.model.n_head = self.heads;
+        c.max_stage = self.max_stage;
+        c.epochs_per_stage = self.epochs_per_stage;
+        c.thoughts_per_step = self.thoughts_per_step;
+        c.mix_prob = self.mix_prob;
+        c.batch_size = self.batch_size;
+        c.learning_rate = self.lr;
+        c.seed = self.seed;
+        c
+    }
+
+    fn out(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| Path::new(DEFAULT_REASONER_DIR).join(self.method.folder()))
+    }
+}
+
+/// Answer accuracy and tokens generated on a ProsQA file, for each model given.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// ProsQA JSON file (e.g. ../shared/data/prosqa_valid.json).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Model folders (config.json + model.safetensors). Default: the three shipped models.
+    #[arg(long = "model")]
+    pub models: Vec<PathBuf>,
+    /// Continuous thoughts for Coconut models (baselines always use 0).
+    #[arg(long, default_value_t = 6)]
+    pub thoughts: usize,
+    /// Evaluate only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    let out = args.out();
+    let records = prosqa::generate(args.train_size, args.data_seed);
+    let pb = bar(0, args.method.folder());
+    let state = train(&config, &records, &out, &pb, interrupt_flag());
+    pb.finish_and_clear();
+    let state = state.with_context(|| format!("training into {}", out.display()))?;
+    println!(
+        "{}: {} epochs, last loss {:.4} -> {}",
+        args.method.folder(),
+        state.epochs_done,
+        state.epoch_losses.last().copied().unwrap_or(f32::NAN),
+        out.join("model").display()
+    );
+    Ok(())
+}
+
+/// One model's line of the accuracy table.
+#[derive(Debug, Serialize)]
+pub struct EvalRow {
+    pub model: PathBuf,
+    pub method: Method,
+    pub thoughts: usize,
+    pub accuracy: f64,
+    pub mean_tokens: f64,
+    pub detail: Accuracy,
+}
+
+/// The method a model folder was trained with, from the `train_state.json` beside it.
+fn method_of(model_dir: &Path) -> anyhow::Result<Method> {
+    let state = model_dir
+        .parent()
+        .map(|p| p.join("train_state.json"))
+        .filter(|p| p.exists());
+    let Some(path) = state else {
+        return Ok(Method::Coconut);
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let state: TrainState = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a training state", path.display()))?;
+    Ok(state.config.method)
+}
+
+pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let mut records = prosqa::load(&args.data)?;
+    if let Some(n) = args.limit {
+        records.truncate(n);
+    }
+    let models = if args.models.is_empty() {
+        [MethodArg::Cot, MethodArg::NoCot, MethodArg::Coconut]
+            .iter()
+            .map(|m| {
+                Path::new(DEFAULT_REASONER_DIR)
+                    .join(m.folder())
+                    .join("model")
+            })
+            .collect()
+    } else {
+        args.models.clone()
+    };
+    let mut rows = Vec::new();
+    for dir in &models {
+        let method = method_of(dir)?;
+        let loaded = load_hf_gpt2(dir, &Device::Cpu)?;
+        let thoughts = if method == Method::Coconut {
+            args.thoughts
+        } else {
+            0
+        };
+        let pb = bar(0, "eval");
+        let acc = evaluate(&loaded.model, &records, thoughts, &pb);
+        pb.finish_and_clear();
+        let acc = acc?;
+        rows.push(EvalRow {
+            model: dir.clone(),
+            method,
+            thoughts,
+            accuracy: acc.rate(),
+            mean_tokens: acc.mean_generated(),
+            detail: acc,
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{} ({} questions)\n{:<10} {:>8} {:>10} {:>9}  by hops",
+        args.data.display(),
+        records.len(),
+        "method",
+        "thoughts",
+        "accuracy",
+        "# tokens"
+    );
+    for r in &rows {
+        let hops: Vec<String> = r
+            .detail
+            .by_hops
+            .iter()
+            .map(|(h, (n, c))| format!("{h}:{:.0}%", 100.0 * *c as f64 / (*n).max(1) as f64))
+            .collect();
+        println!(
+            "{:<10} {:>8} {:>9.1}% {:>9.1}  {}",
+            format!("{:?}", r.method),
+            r.thoughts,
+            100.0 * r.accuracy,
+            r.mean_tokens,
+            hops.join(" ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command, EvalCommand, TrainCommand};
+    use clap::Parser;
+
+    #[test]
+    fn train_flags_reach_the_config_and_default_to_the_shipped_folder() {
+        let cli = Cli::try_parse_from([
+            "latentlens",
+            "train",
+            "reasoner",
+            "--method",
+            "no-cot",
+            "--d-model",
+            "64",
+            "--mix-prob",
+            "0.3",
+        ])
+        .unwrap();
+        let Command::Train(TrainCommand::Reasoner(t)) = cli.command else {
+            panic!("not train reasoner");
+        };
+        let c = t.config();
+        assert_eq!(c.method, Method::NoCot);
+        assert_eq!((c.model.n_embd, c.mix_prob, c.max_stage), (64, 0.3, 6));
+        assert!(t.out().ends_with("weights/reasoner/no-cot"));
+        let cli =
+            Cli::try_parse_from(["latentlens", "eval", "reasoner", "--data", "x.json"]).unwrap();
+        let Command::Eval(EvalCommand::Reasoner(e)) = cli.command else {
+            panic!("not eval reasoner");
+        };
+        assert_eq!((e.thoughts, e.models.len()), (6, 0));
+    }
+}
