@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod coconut;
+pub mod format;
 pub mod gpt2;
 pub mod tokens;
 pub mod train;
