@@ -1,6 +1,7 @@
 //! Analyses on recorded latents. Plain matrices in, plain results out: nothing here knows
 //! candle, and only `store` touches run folders. See ARCHITECTURE.md.
 
+pub mod bfs;
 pub mod cka;
 pub mod cv;
 pub mod design;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod bfs;
 pub mod common;
 pub mod data;
 pub mod diffusion;
@@ -47,6 +48,9 @@ pub enum Command {
     Reduce(reduce::ReduceArgs),
     /// What is lost between recording points: reconstruction, CKA, mutual information.
     Infoloss(infoloss::InfolossArgs),
+    /// Breadth-first search in continuous thoughts: node values, frontier mass and decoded
+    /// chains after k = 0..K thoughts (Coconut paper, section 5).
+    Bfs(bfs::BfsArgs),
     /// Measure speed: recording overhead and throughput.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -89,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Probe(args) => probe::run(&args),
         Command::Reduce(args) => reduce::run(&args),
         Command::Infoloss(args) => infoloss::run(args),
+        Command::Bfs(args) => bfs::run(&args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -346,7 +346,10 @@ mod tests {
             vec![crate::reasoner::tokens::QUERY]
         }
         fn node_tokens(&self, r: &Record, node: usize) -> Result<Vec<u32>> {
-            Ok(vec![crate::reasoner::tokens::SEP, self.0.node_tokens(r, node)?[0]])
+            Ok(vec![
+                crate::reasoner::tokens::SEP,
+                self.0.node_tokens(r, node)?[0],
+            ])
         }
         fn read_chain(&self, r: &Record, generated: &[u32]) -> Chain {
             self.0.read_chain(r, generated)
