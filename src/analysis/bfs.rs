@@ -730,7 +730,7 @@ mod tests {
             .collect();
         assert_eq!(min, [(0, false, 0.3, 1), (1, true, 0.3, 2)]);
 
-        let top = topk_rows(&[q.clone()], 1, &[0, 1], 3).unwrap();
+        let top = topk_rows(std::slice::from_ref(&q), 1, &[0, 1], 3).unwrap();
         let at0: Vec<f64> = top
             .iter()
             .filter(|r| r.step == 0)

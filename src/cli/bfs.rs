@@ -410,6 +410,8 @@ fn topk_svg(rows: &[TopKRow], steps: &[usize]) -> anyhow::Result<String> {
     Ok(svg)
 }
 
+type MassOf = fn(&MassRow) -> f64;
+
 /// Where the next step's mass goes after k thoughts, and the branch entropy.
 fn mass_svg(rows: &[MassRow]) -> anyhow::Result<String> {
     let x_hi = rows.iter().map(|r| r.step).max().unwrap_or(0).max(1) as f64;
@@ -437,7 +439,7 @@ fn mass_svg(rows: &[MassRow]) -> anyhow::Result<String> {
             .label_style(("sans-serif", 13))
             .axis_desc_style(("sans-serif", 14))
             .draw()?;
-        let series: [(&str, fn(&MassRow) -> f64); 4] = [
+        let series: [(&str, MassOf); 4] = [
             ("frontier nodes", |r| r.frontier),
             ("reachable nodes", |r| r.reachable),
             ("other graph nodes", |r| r.other_nodes),
