@@ -299,8 +299,9 @@ pub struct MassRow {
     pub other_nodes: f64,
     /// On anything that does not start with a node's name.
     pub non_node: f64,
-    /// Mean branch entropy over the questions whose frontier holds mass.
-    pub branch_entropy: f64,
+    /// Mean branch entropy over the questions whose frontier holds mass; `None` when no
+    /// question's does (past the deepest node).
+    pub branch_entropy: Option<f64>,
     /// Questions the entropy is averaged over.
     pub entropy_questions: u32,
 }
@@ -338,11 +339,7 @@ pub fn mass_rows(questions: &[QuestionBranches], lead: usize) -> Result<Vec<Mass
             reachable: mean(reachable),
             other_nodes: mean(graph - frontier),
             non_node: mean(n as f64 - graph),
-            branch_entropy: if entropy_n > 0 {
-                entropy / entropy_n as f64
-            } else {
-                f64::NAN
-            },
+            branch_entropy: (entropy_n > 0).then(|| entropy / entropy_n as f64),
             entropy_questions: entropy_n,
         });
     }
@@ -717,8 +714,8 @@ mod tests {
         assert!((mass[0].non_node - 0.1).abs() < 1e-12);
         // Entropy of (0.75, 0.25) and of a uniform 3-way split.
         let h0 = -(0.75f64 * 0.75f64.ln() + 0.25 * 0.25f64.ln());
-        assert!((mass[0].branch_entropy - h0).abs() < 1e-12);
-        assert!((mass[1].branch_entropy - 3f64.ln()).abs() < 1e-12);
+        assert!((mass[0].branch_entropy.unwrap() - h0).abs() < 1e-12);
+        assert!((mass[1].branch_entropy.unwrap() - 3f64.ln()).abs() < 1e-12);
         assert!((mass[1].non_node - 0.1).abs() < 1e-12);
 
         let heights = height_rows(std::slice::from_ref(&q), 1, &[1]).unwrap();

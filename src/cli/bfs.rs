@@ -259,7 +259,7 @@ fn print_summary(questions: &[QuestionBranches], seconds: f64) -> anyhow::Result
             r.frontier,
             r.other_nodes,
             r.non_node,
-            r.branch_entropy,
+            r.branch_entropy.unwrap_or(f64::NAN),
             chains.join(", ")
         );
     }
@@ -454,12 +454,11 @@ fn mass_svg(rows: &[MassRow]) -> anyhow::Result<String> {
                 .legend(line(c));
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
         }
-        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
 
         let finite: Vec<(f64, f64)> = rows
             .iter()
-            .filter(|r| r.branch_entropy.is_finite())
-            .map(|r| (r.step as f64, r.branch_entropy))
+            .filter_map(|r| r.branch_entropy.map(|h| (r.step as f64, h)))
             .collect();
         let y_hi = finite.iter().map(|p| p.1).fold(0.0, f64::max).max(0.1) * 1.1;
         let mut chart = ChartBuilder::on(&right)
@@ -487,7 +486,6 @@ fn mass_svg(rows: &[MassRow]) -> anyhow::Result<String> {
 
 /// Figure 5: share of each kind of continuation after k thoughts, stacked.
 fn chains_svg(counts: &[[u32; 6]]) -> anyhow::Result<String> {
-    let x_hi = counts.len().max(1) as f64;
     let colours = [
         RGBColor(49, 163, 84),
         RGBColor(222, 45, 38),
@@ -498,8 +496,10 @@ fn chains_svg(counts: &[[u32; 6]]) -> anyhow::Result<String> {
     ];
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (820, 480)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (860, 480)).into_drawing_area();
         root.fill(&WHITE)?;
+        // Blank room right of the last bar holds the legend.
+        let last = counts.len().max(1) as f64 - 1.0;
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 "Greedy continuation after k thoughts, by kind",
@@ -508,13 +508,20 @@ fn chains_svg(counts: &[[u32; 6]]) -> anyhow::Result<String> {
             .margin(14)
             .x_label_area_size(50)
             .y_label_area_size(60)
-            .right_y_label_area_size(170)
-            .build_cartesian_2d(-0.5..x_hi - 0.5, 0.0..100.0)?;
+            .build_cartesian_2d(-0.5..last + 2.6, 0.0..100.0)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(counts.len().max(1))
-            .x_label_formatter(&|v| format!("{v:.0}"))
+            .light_line_style(WHITE)
+            .x_labels(counts.len().max(1) + 3)
+            .x_label_formatter(&|v| {
+                if *v <= last + 0.01 {
+                    format!("{v:.0}")
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("continuous thoughts k")
             .y_desc("% of questions")
             .label_style(("sans-serif", 13))
