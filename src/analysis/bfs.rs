@@ -23,9 +23,11 @@ use crate::{Error, Result};
 pub struct NodeFact {
     /// Shortest distance (hops) from the root; `None` when unreachable.
     pub depth: Option<usize>,
-    /// Shortest distance down to a leaf (the paper's height, section 5.3).
+    /// Shortest distance down to a leaf: the height of the paper's value-vs-height figure
+    /// ("its shortest distance to any leaf node"; Fig. 9 in v1, Fig. 7 later).
     pub height_min: usize,
-    /// Longest distance down to a leaf (the usual tree height).
+    /// Longest distance down to a leaf: the `h` of the paper's search-tree illustration
+    /// (its caption says "longest distance to any leaf nodes").
     pub height_max: usize,
     /// Whether the target can be reached from this node (the target itself included).
     pub reaches_target: bool,

@@ -137,6 +137,7 @@ fn open_run(args: &BfsArgs, model_dir: &Path, weights: &[PathBuf]) -> anyhow::Re
     if args.run.join("manifest.json").is_file() {
         let run = Run::open(&args.run)?;
         if run.manifest().kind != "bfs" {
+            check_same_data(&run, &args.data)?;
             return Ok(run);
         }
     }
@@ -160,6 +161,23 @@ fn open_run(args: &BfsArgs, model_dir: &Path, weights: &[PathBuf]) -> anyhow::Re
     };
     let (run, _) = Run::create_or_resume(&args.run, Manifest::new("bfs", config, 0, model))?;
     Ok(run)
+}
+
+/// A run that names its data file must have been made on --data: `sample` is the index
+/// of a question in that file, and the tables are joined on it.
+fn check_same_data(run: &Run, data: &Path) -> anyhow::Result<()> {
+    let Some(recorded) = run.manifest().config.get("data").and_then(|d| d.as_str()) else {
+        return Ok(());
+    };
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    anyhow::ensure!(
+        canonical(Path::new(recorded)) == canonical(data),
+        "{} was recorded on {recorded}, not on {}: its `sample` ids would not match; pass \
+         the same --data or a new --run folder",
+        run.root().display(),
+        data.display()
+    );
+    Ok(())
 }
 
 /// Branches every question; stops between questions when `stop` turns true.
@@ -659,6 +677,22 @@ mod tests {
         let r = Run::open(&other).unwrap();
         assert_eq!(r.manifest().kind, "record reasoner");
         assert_eq!(r.table("bfs_chains").unwrap().height(), 3 * 2);
+        // ... unless it was recorded on another data file.
+        let elsewhere = tmp.path().join("elsewhere");
+        let m = Manifest::new(
+            "record reasoner",
+            serde_json::json!({ "data": tmp.path().join("other.json") }),
+            0,
+            ModelInfo {
+                id: "x".into(),
+                weights: Vec::new(),
+            },
+        );
+        Run::create_or_resume(&elsewhere, m).unwrap();
+        let err = run(&args(&elsewhere, &data, &model, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sample` ids would not match"), "{err}");
     }
 
     #[test]
