@@ -105,9 +105,11 @@ pub fn run(args: &BfsArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let pb = bar(records.len() as u64, "bfs");
+    let vocab = format.vocab().clone();
     let questions = branch_all(
         &loaded.model,
         &format,
+        &|ids: &[u32]| vocab.decode(ids),
         &records,
         args.thoughts,
         &pb,
@@ -117,7 +119,7 @@ pub fn run(args: &BfsArgs) -> anyhow::Result<()> {
     let questions = questions?;
     let seconds = started.elapsed().as_secs_f64();
 
-    let written = write_outputs(&run, &questions, args.thoughts)?;
+    let written = write_outputs(&run, &questions, args.thoughts, BUILTIN_LEAD)?;
     for path in &written {
         println!("wrote {}", path.display());
     }
@@ -128,7 +130,7 @@ pub fn run(args: &BfsArgs) -> anyhow::Result<()> {
         m.status = STATUS_COMPLETE.into();
         run.write_manifest()?;
     }
-    print_summary(&questions, seconds)?;
+    print_summary(&questions, BUILTIN_LEAD, seconds)?;
     Ok(())
 }
 
@@ -180,10 +182,12 @@ fn check_same_data(run: &Run, data: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Branches every question; stops between questions when `stop` turns true.
+/// Branches every question; `decode` turns a continuation into text for the chains table.
+/// Stops between questions when `stop` turns true.
 pub fn branch_all(
     model: &Gpt2,
-    format: &BuiltinFormat,
+    format: &dyn QuestionFormat,
+    decode: &dyn Fn(&[u32]) -> String,
     records: &[Record],
     thoughts: usize,
     progress: &ProgressBar,
@@ -199,7 +203,7 @@ pub fn branch_all(
             .iter()
             .map(|b| DecodedChain {
                 category: classify_chain(record, &format.read_chain(record, &b.generated)),
-                text: format.vocab().decode(&b.generated),
+                text: decode(&b.generated),
             })
             .collect();
         out.push(QuestionBranches {
@@ -213,20 +217,22 @@ pub fn branch_all(
     Ok(out)
 }
 
-/// Writes every table and plot; returns their paths.
+/// Writes every table and plot; `lead` places the frontier (`analysis::bfs::frontier_depth`).
+/// Returns the paths written.
 pub fn write_outputs(
     run: &Run,
     questions: &[QuestionBranches],
     thoughts: usize,
+    lead: usize,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let steps: Vec<usize> = FIGURE_STEPS
         .iter()
         .copied()
         .filter(|&k| k <= thoughts)
         .collect();
-    let mass = mass_rows(questions, BUILTIN_LEAD)?;
-    let heights = height_rows(questions, BUILTIN_LEAD, &steps)?;
-    let top = topk_rows(questions, BUILTIN_LEAD, &steps, TOP)?;
+    let mass = mass_rows(questions, lead)?;
+    let heights = height_rows(questions, lead, &steps)?;
+    let top = topk_rows(questions, lead, &steps, TOP)?;
     let counts = chain_counts(questions);
     // Render everything first: nothing is written if a plot fails.
     let plots = [
@@ -236,7 +242,7 @@ pub fn write_outputs(
         ("bfs-chains", chains_svg(&counts)?),
     ];
     let mut tables = [
-        ("bfs_nodes", nodes_table(questions, BUILTIN_LEAD)?),
+        ("bfs_nodes", nodes_table(questions, lead)?),
         ("bfs_mass", mass_table(&mass)?),
         ("bfs_height", height_table(&heights)?),
         ("bfs_topk", topk_table(&top)?),
@@ -252,8 +258,8 @@ pub fn write_outputs(
     Ok(paths)
 }
 
-fn print_summary(questions: &[QuestionBranches], seconds: f64) -> anyhow::Result<()> {
-    let mass = mass_rows(questions, BUILTIN_LEAD)?;
+fn print_summary(questions: &[QuestionBranches], lead: usize, seconds: f64) -> anyhow::Result<()> {
+    let mass = mass_rows(questions, lead)?;
     let counts = chain_counts(questions);
     println!(
         "{} questions in {seconds:.1} s\n{:>3} {:>9} {:>11} {:>9} {:>8}  chains",
@@ -717,6 +723,7 @@ mod tests {
         let err = branch_all(
             &loaded.model,
             &BuiltinFormat::default(),
+            &|_: &[u32]| String::new(),
             &prosqa::load(&data).unwrap(),
             2,
             &ProgressBar::hidden(),
