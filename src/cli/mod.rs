@@ -14,6 +14,7 @@ pub mod plot;
 pub mod probe;
 pub mod reasoner;
 pub mod record;
+pub mod record_reasoner;
 pub mod reduce;
 
 /// Look inside the latent spaces of generative models.
