@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod bench_reasoner;
 pub mod common;
 pub mod data;
 pub mod diffusion;
