@@ -100,7 +100,8 @@ impl Bpe {
             self.specials.push((token.to_string(), id));
         }
         // Longest first, so that a token that starts another one never cuts it.
-        self.specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.specials
+            .sort_by_key(|(token, _)| std::cmp::Reverse(token.len()));
     }
 
     /// Number of tokens, added ones included: the embedding rows a matching model has.
