@@ -1,11 +1,14 @@
 //! The continuous-thought reasoner: GPT-2 with TransformerLens-named sites (`gpt2`),
 //! Coconut's latent mode (`coconut`), the built-in vocabulary and record encoding
-//! (`tokens`), checkpoint loading (`checkpoint`: Hugging Face GPT-2 folders, Coconut `.pth`
+//! (`tokens`), GPT-2's BPE tokenizer and Coconut's GPT-2 question format (`bpe`,
+//! `gpt2_format`), checkpoint loading (`checkpoint`: Hugging Face GPT-2 folders, Coconut `.pth`
 //! state dicts) and the curriculum trainer (`train`). See ARCHITECTURE.md.
 
+pub mod bpe;
 pub mod checkpoint;
 pub mod coconut;
 pub mod format;
 pub mod gpt2;
+pub mod gpt2_format;
 pub mod tokens;
 pub mod train;
