@@ -28,7 +28,9 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
-    #[error("tokenizer {tokenizer} has {tokens} tokens but {weights} has {rows} embedding rows: {hint}")]
+    #[error(
+        "tokenizer {tokenizer} has {tokens} tokens but {weights} has {rows} embedding rows: {hint}"
+    )]
     VocabMismatch {
         tokenizer: PathBuf,
         tokens: usize,

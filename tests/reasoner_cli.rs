@@ -178,3 +178,67 @@ fn eval_reasoner_reports_accuracy_and_tokens_per_model() {
     // Two thoughts plus at least one spoken token per question.
     assert!(row["mean_tokens"].as_f64().unwrap() >= 3.0, "{row}");
 }
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+#[test]
+fn a_tokenizer_that_does_not_fit_the_checkpoint_is_refused_with_both_sizes() {
+    let ckpt = format!("{FIXTURES}/reasoner/coconut_tiny.pth");
+    let tokenizer = format!("{FIXTURES}/bpe");
+    let data = format!("{FIXTURES}/reasoner/prosqa_valid_head.json");
+    let out = latentlens(&[
+        "eval",
+        "reasoner",
+        "--data",
+        &data,
+        "--checkpoint",
+        &ckpt,
+        "--tokenizer",
+        &tokenizer,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    // The fixture tokenizer has 500 tokens + 3 latent ones; the checkpoint 16 rows.
+    for needle in ["503", "16", "coconut_tiny.pth", "bpe"] {
+        assert!(err.contains(needle), "stderr lacks `{needle}`:\n{err}");
+    }
+    // Without a tokenizer the checkpoint cannot be read at all: say what to give.
+    let out = latentlens(&["eval", "reasoner", "--data", &data, "--checkpoint", &ckpt]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--tokenizer"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_gpt2_model_with_its_bpe_tokenizer_is_evaluated_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Gpt2Config {
+        n_embd: 16,
+        n_layer: 1,
+        n_head: 2,
+        n_positions: 1024,
+        vocab_size: 503,
+        layer_norm_epsilon: 1e-5,
+    };
+    let varmap = random_varmap(&config, 1, &Device::Cpu).unwrap();
+    let model = dir.path().join("gpt2");
+    save_hf_gpt2(&model, &config, &varmap).unwrap();
+    let data = format!("{FIXTURES}/reasoner/prosqa_valid_head.json");
+    let out = latentlens(&[
+        "eval",
+        "reasoner",
+        "--data",
+        &data,
+        "--limit",
+        "2",
+        "--thoughts",
+        "1",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        &format!("{FIXTURES}/bpe"),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["detail"]["total"], 2);
+}

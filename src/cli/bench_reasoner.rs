@@ -5,21 +5,16 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 
-use super::reasoner::DEFAULT_REASONER_DIR;
 use crate::data::prosqa;
-use crate::reasoner::checkpoint::load_hf_gpt2;
 use crate::reasoner::coconut::{generate_latent, thoughts_by_recomputation};
-use crate::reasoner::format::{BuiltinFormat, QuestionFormat};
 use crate::sites::Hooks;
 
 #[derive(Debug, Args)]
 pub struct BenchReasoner {
-    /// Model folder. Default: the shipped Coconut model.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: super::reasoner::ReasonerSource,
     /// ProsQA file whose questions are the prompts (default: 64 generated ones).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -58,19 +53,13 @@ struct Report {
 }
 
 pub fn run(args: &BenchReasoner) -> anyhow::Result<()> {
-    let dir = args
-        .model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_REASONER_DIR).join("coconut/model"));
-    let loaded = load_hf_gpt2(&dir, &candle_core::Device::Cpu)
-        .with_context(|| format!("loading the reasoner from {}", dir.display()))?;
-    let model = &loaded.model;
+    let reasoner = args.source.load()?;
+    let (model, format) = (&reasoner.loaded.model, reasoner.format.as_ref());
     let mut records = match &args.data {
         Some(p) => prosqa::load(p)?,
         None => prosqa::generate(args.questions, 99),
     };
     records.truncate(args.questions);
-    let format = BuiltinFormat::default();
     let prompts = records
         .iter()
         .map(|r| format.prompt(r))

@@ -2,18 +2,18 @@
 //! a continuous-thought reasoner and record its sites at every pass (pass 0 = the prompt,
 //! pass k = thought k, then `<eot>` and each decoded token).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use polars::prelude::*;
 
 use super::common;
-use super::reasoner::DEFAULT_REASONER_DIR;
+use super::reasoner::ReasonerSource;
 use crate::data::prosqa::{self, Record};
-use crate::reasoner::checkpoint::{load_hf_gpt2, LoadedGpt2};
+use crate::reasoner::checkpoint::LoadedGpt2;
 use crate::reasoner::coconut::generate_latent;
-use crate::reasoner::format::{BuiltinFormat, QuestionFormat};
+use crate::reasoner::format::QuestionFormat;
 use crate::record::{bytes_per_sample, chunk_samples_for, record, RecordPlan};
 use crate::sites::{select_sites, Hooks, SiteInfo};
 use crate::store::{manifest::hash_file, Manifest, ModelInfo, Run, Start};
@@ -21,12 +21,6 @@ use crate::taps::Pool;
 
 const CHUNK_BUDGET_BYTES: u64 = 256 << 20;
 const MAX_CHUNK_SAMPLES: u32 = 64;
-
-fn default_model() -> PathBuf {
-    Path::new(DEFAULT_REASONER_DIR)
-        .join("coconut")
-        .join("model")
-}
 
 #[derive(Debug, Args)]
 pub struct RecordReasoner {
@@ -36,9 +30,8 @@ pub struct RecordReasoner {
     /// ProsQA JSON file (the real prosqa_valid.json or one from `data prosqa`).
     #[arg(long)]
     pub data: PathBuf,
-    /// Model folder (config.json + model.safetensors). Default: the shipped Coconut model.
-    #[arg(long, default_value_os_t = default_model())]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub source: ReasonerSource,
     /// Continuous thoughts before the answer.
     #[arg(long, default_value_t = 6)]
     pub thoughts: usize,
@@ -59,22 +52,12 @@ pub struct RecordReasoner {
 
 #[derive(Debug, Args)]
 pub struct SitesReasoner {
-    /// Model folder (config.json + model.safetensors). Default: the shipped Coconut model.
-    #[arg(long, default_value_os_t = default_model())]
-    pub model: PathBuf,
-}
-
-fn load_model(dir: &Path) -> anyhow::Result<LoadedGpt2> {
-    load_hf_gpt2(dir, &common::device()?).with_context(|| {
-        format!(
-            "loading the reasoner from {} (train one with `latentlens train reasoner`)",
-            dir.display()
-        )
-    })
+    #[command(flatten)]
+    pub source: ReasonerSource,
 }
 
 pub fn run_sites(args: &SitesReasoner) -> anyhow::Result<()> {
-    let loaded = load_model(&args.model)?;
+    let loaded = args.source.load()?.loaded;
     println!(
         "{:<32} {:<10} shape (per question and pass)",
         "site", "fires"
@@ -121,8 +104,8 @@ pub fn run(args: &RecordReasoner) -> anyhow::Result<()> {
         "{} has no records",
         args.data.display()
     );
-    let loaded = load_model(&args.model)?;
-    let format = BuiltinFormat::default();
+    let reasoner = args.source.load()?;
+    let (loaded, format) = (&reasoner.loaded, reasoner.format.as_ref());
     let prompts = records
         .iter()
         .enumerate()
@@ -151,7 +134,7 @@ pub fn run(args: &RecordReasoner) -> anyhow::Result<()> {
     let chunk_samples = chunk_samples_for(per_sample, CHUNK_BUDGET_BYTES, MAX_CHUNK_SAMPLES);
     let config = serde_json::json!({
         "data": args.data,
-        "model": args.model,
+        "model": reasoner.source,
         "questions": records.len(),
         "thoughts": args.thoughts,
         "sites": sites.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
@@ -170,7 +153,7 @@ pub fn run(args: &RecordReasoner) -> anyhow::Result<()> {
         config,
         0,
         ModelInfo {
-            id: format!("latentlens reasoner ({})", args.model.display()),
+            id: format!("reasoner ({})", reasoner.source.display()),
             weights,
         },
     );
@@ -189,8 +172,8 @@ pub fn run(args: &RecordReasoner) -> anyhow::Result<()> {
     let bar = common::bar(records.len() as u64, "recording");
     let mut forward = |ids: &[u32], hooks: &mut Hooks| -> crate::Result<DataFrame> {
         let question = Question {
-            loaded: &loaded,
-            format: &format,
+            loaded,
+            format,
             thoughts: args.thoughts,
         };
         question.answer(ids, &records, &prompts, hooks)
@@ -226,7 +209,7 @@ pub fn run(args: &RecordReasoner) -> anyhow::Result<()> {
 /// One latent-mode generation per question, with its labels.
 struct Question<'a> {
     loaded: &'a LoadedGpt2,
-    format: &'a BuiltinFormat,
+    format: &'a dyn QuestionFormat,
     thoughts: usize,
 }
 

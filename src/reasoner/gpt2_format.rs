@@ -128,6 +128,11 @@ impl QuestionFormat for CoconutGpt2Format {
     fn max_answer_tokens(&self, record: &Record) -> usize {
         16 * (record.steps.len() + 2)
     }
+
+    /// After k >= 1 thoughts the next step reads "Every X is a Y." with X reached at hop k.
+    fn named_hop(&self, thoughts: usize) -> usize {
+        thoughts
+    }
 }
 
 #[cfg(test)]
