@@ -68,6 +68,10 @@ pub struct TrainArgs {
     /// Epochs at each stage; the baselines get the same total.
     #[arg(long, default_value_t = 3)]
     pub epochs_per_stage: usize,
+    /// Epochs at the last stage after the curriculum. Raising it later continues a finished
+    /// run.
+    #[arg(long, default_value_t = 0)]
+    pub extra_epochs: usize,
     /// Thoughts per replaced reasoning step (c).
     #[arg(long, default_value_t = 1)]
     pub thoughts_per_step: usize,
@@ -99,6 +103,7 @@ impl TrainArgs {
         c.max_stage = self.max_stage;
         c.epochs_per_stage = self.epochs_per_stage;
         c.thoughts_per_step = self.thoughts_per_step;
+        c.extra_epochs = self.extra_epochs;
         c.mix_prob = self.mix_prob;
         c.batch_size = self.batch_size;
         c.learning_rate = self.lr;

@@ -49,6 +49,11 @@ pub struct TrainConfig {
     pub epochs_per_stage: usize,
     /// Thoughts per replaced step (c).
     pub thoughts_per_step: usize,
+    /// Epochs after the curriculum, at the last stage (the reference code's `num_epochs`
+    /// beyond `epochs_per_stage * (max_stage + 1)`). May grow between runs: training then
+    /// resumes where it stopped.
+    #[serde(default)]
+    pub extra_epochs: usize,
     /// Chance that a sample is trained at a random earlier stage instead of the current one.
     pub mix_prob: f64,
     /// Use `stage * c` thoughts even for questions with fewer steps (Coconut's
@@ -69,6 +74,7 @@ impl TrainConfig {
             max_stage: 6,
             epochs_per_stage: 5,
             thoughts_per_step: 1,
+            extra_epochs: 0,
             mix_prob: 0.0,
             pad_thoughts: true,
             learning_rate: 1e-3,
@@ -79,7 +85,15 @@ impl TrainConfig {
     }
 
     pub fn total_epochs(&self) -> usize {
-        self.epochs_per_stage * (self.max_stage + 1)
+        self.epochs_per_stage * (self.max_stage + 1) + self.extra_epochs
+    }
+
+    /// Whether a run trained with `other` can go on under `self`: the same in everything but
+    /// a number of extra epochs at least as large.
+    fn continues(&self, other: &TrainConfig) -> bool {
+        let mut same = other.clone();
+        same.extra_epochs = self.extra_epochs;
+        &same == self && self.extra_epochs >= other.extra_epochs
     }
 
     /// The curriculum stage of an epoch (0-based).
@@ -262,12 +276,14 @@ fn start_or_resume(
         path: path.clone(),
         detail: format!("not a training state: {e}"),
     })?;
-    if &state.config != config {
+    if !config.continues(&state.config) {
         return Err(Error::RunExists {
             path: out_dir.to_path_buf(),
-            detail: "it was trained with a different config".into(),
+            detail: "it was trained with a different config (only --extra-epochs may grow)".into(),
         });
     }
+    let mut state = state;
+    state.config = config.clone();
     varmap.load(model_dir(out_dir).join("model.safetensors"))?;
     Ok((varmap, state))
 }
@@ -647,6 +663,17 @@ mod tests {
             &AtomicBool::new(false),
         )
         .unwrap();
+        // More epochs at the last stage continue the same run.
+        config.extra_epochs = 1;
+        let more = train(
+            &config,
+            &records,
+            dir.path(),
+            &ProgressBar::hidden(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert_eq!(more.epochs_done, 2);
         config.seed = 9;
         let err = train(
             &config,
