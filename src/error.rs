@@ -28,6 +28,17 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    #[error(
+        "tokenizer {tokenizer} has {tokens} tokens but {weights} has {rows} embedding rows: {hint}"
+    )]
+    VocabMismatch {
+        tokenizer: PathBuf,
+        tokens: usize,
+        weights: PathBuf,
+        rows: usize,
+        hint: String,
+    },
+
     #[error("interrupted; finished parts are kept and rerunning the same command resumes")]
     Interrupted,
 

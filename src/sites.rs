@@ -17,6 +17,9 @@ pub struct Firing<'a> {
     pub step: u16,
     /// Diffusion timestep; `None` outside diffusion.
     pub t: Option<i32>,
+    /// Absolute sequence position of the first position of a token site in this pass (a
+    /// language model's pass over cached context starts after it); 0 elsewhere.
+    pub first_position: i32,
 }
 
 /// Something that observes or replaces tensors at sites.
@@ -35,6 +38,7 @@ pub struct Hooks<'a> {
     taps: Vec<&'a mut dyn Tap>,
     step: u16,
     t: Option<i32>,
+    first_position: i32,
 }
 
 impl<'a> Hooks<'a> {
@@ -58,6 +62,11 @@ impl<'a> Hooks<'a> {
         self.t = t;
     }
 
+    /// Sets the absolute position of the first token of the following pass.
+    pub fn set_first_position(&mut self, position: usize) {
+        self.first_position = position as i32;
+    }
+
     pub fn step(&self) -> u16 {
         self.step
     }
@@ -68,6 +77,7 @@ impl<'a> Hooks<'a> {
             site,
             step: self.step,
             t: self.t,
+            first_position: self.first_position,
         };
         let mut x = x;
         for tap in self.taps.iter_mut() {

@@ -148,7 +148,13 @@ impl Tap for Recorder {
             let chunk = &values[i * per_sample..(i + 1) * per_sample];
             if tokens && self.pool == Pool::None {
                 for (p, row) in chunk.chunks_exact(width).enumerate() {
-                    rows.push(sample, at.step, at.t, Some(p as i32), row);
+                    rows.push(
+                        sample,
+                        at.step,
+                        at.t,
+                        Some(at.first_position + p as i32),
+                        row,
+                    );
                 }
             } else {
                 rows.push(sample, at.step, at.t, None, chunk);

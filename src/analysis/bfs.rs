@@ -12,7 +12,7 @@
 //! - `bfs_topk` (Fig. 8): cumulative top-1/2/3 frontier value by percentile of questions;
 //! - `bfs_chains` (Fig. 5): what the greedy continuation after k thoughts is.
 
-use polars::prelude::{df, DataFrame};
+use polars::prelude::{df, DataFrame, NamedFrom, Series};
 
 use crate::data::prosqa::Record;
 use crate::reasoner::format::Chain;
@@ -48,12 +48,16 @@ pub fn node_facts(record: &Record) -> Vec<NodeFact> {
         .collect()
 }
 
-/// The depth of the nodes a step spoken after `thoughts` thoughts starts with: the
-/// frontier. `lead` is how many hops past the thoughts a format's step names first:
-/// Coconut's text ("Every X is a Y", X at depth k) has lead 0; the built-in format names
-/// the step's new node (depth k + 1), lead 1.
-pub fn frontier_depth(thoughts: usize, lead: usize) -> usize {
-    thoughts + lead
+/// The frontier after k thoughts: the depth of the nodes the first spoken step names,
+/// `frontier[k]` (`QuestionFormat::named_hop(k)`: k for Coconut's text, "Every X is a Y"
+/// with X at depth k; k + 1 for the built-in format, which names the step's new node).
+fn frontier_at(frontier: &[usize], k: usize) -> Result<usize> {
+    frontier.get(k).copied().ok_or_else(|| {
+        Error::Invalid(format!(
+            "no frontier depth for {k} thoughts (given for 0..{})",
+            frontier.len()
+        ))
+    })
 }
 
 /// What a greedy continuation after k thoughts says (paper Fig. 5).
@@ -146,8 +150,26 @@ pub fn classify_chain(record: &Record, chain: &Chain) -> ChainCategory {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedChain {
     pub category: ChainCategory,
-    /// The continuation as text (for people reading the table).
+    /// The chain as read, for people: `a -> b -> ? => answer` (`?`: not a node).
     pub text: String,
+    /// The generated token ids (stop token included when reached).
+    pub tokens: Vec<u32>,
+}
+
+/// A chain in node names: steps joined by `->`, then `=>` and the answer; `?` for a name
+/// that is not a node of the question.
+pub fn chain_text(record: &Record, chain: &Chain) -> String {
+    let name = |v: &Option<usize>| {
+        v.and_then(|v| record.idx_to_symbol.get(v))
+            .map_or("?", String::as_str)
+    };
+    let steps: Vec<&str> = chain.steps.iter().map(name).collect();
+    let answer = name(&chain.answer);
+    if steps.is_empty() {
+        format!("=> {answer}")
+    } else {
+        format!("{} => {answer}", steps.join(" -> "))
+    }
 }
 
 /// One question's branches: the node values and continuation after k = 0..K thoughts.
@@ -199,12 +221,12 @@ impl QuestionBranches {
         Ok(())
     }
 
-    fn frontier(&self, facts: &[NodeFact], k: usize, lead: usize) -> Vec<f64> {
-        let d = frontier_depth(k, lead);
+    /// Values after k thoughts of the nodes at `depth`.
+    fn frontier(&self, facts: &[NodeFact], k: usize, depth: usize) -> Vec<f64> {
         facts
             .iter()
             .zip(&self.values[k])
-            .filter(|(f, _)| f.depth == Some(d))
+            .filter(|(f, _)| f.depth == Some(depth))
             .map(|(_, &x)| x)
             .collect()
     }
@@ -239,13 +261,13 @@ fn validate_all(questions: &[QuestionBranches]) -> Result<()> {
 }
 
 /// `bfs_nodes`: one row per (sample, step, node).
-pub fn nodes_table(questions: &[QuestionBranches], lead: usize) -> Result<DataFrame> {
+pub fn nodes_table(questions: &[QuestionBranches], frontier: &[usize]) -> Result<DataFrame> {
     validate_all(questions)?;
     let mut c = NodeColumns::default();
     for q in questions {
         let facts = node_facts(&q.record);
         for (k, row) in q.values.iter().enumerate() {
-            let frontier = frontier_depth(k, lead);
+            let at = frontier_at(frontier, k)?;
             for (v, (fact, &value)) in facts.iter().zip(row).enumerate() {
                 c.sample.push(q.sample);
                 c.step.push(k as u16);
@@ -255,7 +277,7 @@ pub fn nodes_table(questions: &[QuestionBranches], lead: usize) -> Result<DataFr
                 c.height_min.push(fact.height_min as u32);
                 c.height_max.push(fact.height_max as u32);
                 c.reaches_target.push(fact.reaches_target);
-                c.in_frontier.push(fact.depth == Some(frontier));
+                c.in_frontier.push(fact.depth == Some(at));
                 c.value.push(value);
             }
         }
@@ -309,18 +331,18 @@ pub struct MassRow {
 }
 
 /// `bfs_mass` rows, one per k.
-pub fn mass_rows(questions: &[QuestionBranches], lead: usize) -> Result<Vec<MassRow>> {
+pub fn mass_rows(questions: &[QuestionBranches], frontier: &[usize]) -> Result<Vec<MassRow>> {
     validate_all(questions)?;
     let steps = questions.iter().map(|q| q.values.len()).max().unwrap_or(0);
     let mut rows = Vec::with_capacity(steps);
     for k in 0..steps {
-        let (mut n, mut frontier, mut reachable, mut graph) = (0u32, 0.0, 0.0, 0.0);
+        let (mut n, mut on_frontier, mut reachable, mut graph) = (0u32, 0.0, 0.0, 0.0);
         let (mut entropy, mut entropy_n) = (0.0, 0u32);
         for q in questions.iter().filter(|q| k < q.values.len()) {
             let facts = node_facts(&q.record);
-            let f = q.frontier(&facts, k, lead);
+            let f = q.frontier(&facts, k, frontier_at(frontier, k)?);
             n += 1;
-            frontier += f.iter().sum::<f64>();
+            on_frontier += f.iter().sum::<f64>();
             graph += q.values[k].iter().sum::<f64>();
             reachable += facts
                 .iter()
@@ -337,9 +359,9 @@ pub fn mass_rows(questions: &[QuestionBranches], lead: usize) -> Result<Vec<Mass
         rows.push(MassRow {
             step: k as u16,
             questions: n,
-            frontier: mean(frontier),
+            frontier: mean(on_frontier),
             reachable: mean(reachable),
-            other_nodes: mean(graph - frontier),
+            other_nodes: mean(graph - on_frontier),
             non_node: mean(n as f64 - graph),
             branch_entropy: (entropy_n > 0).then(|| entropy / entropy_n as f64),
             entropy_questions: entropy_n,
@@ -394,7 +416,7 @@ pub struct HeightRow {
 /// `bfs_height` rows at the given steps, for both height definitions, sorted.
 pub fn height_rows(
     questions: &[QuestionBranches],
-    lead: usize,
+    frontier: &[usize],
     steps: &[usize],
 ) -> Result<Vec<HeightRow>> {
     validate_all(questions)?;
@@ -403,7 +425,7 @@ pub fn height_rows(
     for q in questions {
         let facts = node_facts(&q.record);
         for &k in steps.iter().filter(|&&k| k < q.values.len()) {
-            let d = frontier_depth(k, lead);
+            let d = frontier_at(frontier, k)?;
             for (fact, &value) in facts.iter().zip(&q.values[k]) {
                 if fact.depth != Some(d) {
                     continue;
@@ -464,7 +486,7 @@ pub struct TopKRow {
 /// are left out. Sorted by (step, top, value).
 pub fn topk_rows(
     questions: &[QuestionBranches],
-    lead: usize,
+    frontier: &[usize],
     steps: &[usize],
     top: usize,
 ) -> Result<Vec<TopKRow>> {
@@ -473,7 +495,7 @@ pub fn topk_rows(
     for &k in steps {
         let mut per_top: Vec<Vec<(u32, f64)>> = vec![Vec::new(); top];
         for q in questions.iter().filter(|q| k < q.values.len()) {
-            let f = q.frontier(&node_facts(&q.record), k, lead);
+            let f = q.frontier(&node_facts(&q.record), k, frontier_at(frontier, k)?);
             if f.is_empty() {
                 continue;
             }
@@ -514,14 +536,15 @@ pub fn topk_table(rows: &[TopKRow]) -> Result<DataFrame> {
 /// `bfs_chains`: one row per (sample, step) with its category and text.
 pub fn chains_table(questions: &[QuestionBranches]) -> Result<DataFrame> {
     validate_all(questions)?;
-    let (mut sample, mut step, mut category, mut text) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut sample, mut step, mut category, mut text, mut tokens) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for q in questions {
         for (k, c) in q.chains.iter().enumerate() {
             sample.push(q.sample);
             step.push(k as u16);
             category.push(c.category.as_str());
             text.push(c.text.clone());
+            tokens.push(Series::new("".into(), &c.tokens));
         }
     }
     Ok(df!(
@@ -529,6 +552,7 @@ pub fn chains_table(questions: &[QuestionBranches]) -> Result<DataFrame> {
         "step" => step,
         "category" => category,
         "text" => text,
+        "tokens" => tokens,
     )?)
 }
 
@@ -663,6 +687,9 @@ mod tests {
         );
     }
 
+    /// The built-in format's frontier: the node one hop past the thoughts.
+    const AHEAD: [usize; 3] = [1, 2, 3];
+
     fn branches(values: Vec<Vec<f64>>) -> QuestionBranches {
         QuestionBranches {
             sample: 7,
@@ -675,7 +702,7 @@ mod tests {
     #[test]
     fn the_nodes_table_marks_the_frontier_of_each_step() {
         let values = vec![vec![0.1; 9], vec![0.05; 9]];
-        let df = nodes_table(&[branches(values)], 1).unwrap();
+        let df = nodes_table(&[branches(values)], &AHEAD).unwrap();
         assert_eq!(df.height(), 18);
         let col = |n: &str| df.column(n).unwrap().clone();
         let frontier: Vec<bool> = col("in_frontier")
@@ -690,7 +717,7 @@ mod tests {
             .filter(|&i| frontier[i])
             .map(|i| (step[i], node[i]))
             .collect();
-        // Lead 1: after 0 thoughts the depth-1 nodes, after 1 the depth-2 nodes.
+        // After 0 thoughts the depth-1 nodes, after 1 the depth-2 nodes.
         assert_eq!(on, [(0, 2), (0, 3), (1, 4), (1, 5), (1, 6)]);
         assert_eq!(col("depth").null_count(), 4);
         assert_eq!(col("name").str().unwrap().get(4), Some("c"));
@@ -708,7 +735,7 @@ mod tests {
         v1[5] = 0.3;
         v1[6] = 0.3;
         let q = branches(vec![v0, v1]);
-        let mass = mass_rows(std::slice::from_ref(&q), 1).unwrap();
+        let mass = mass_rows(std::slice::from_ref(&q), &AHEAD).unwrap();
         assert_eq!(mass.len(), 2);
         assert!((mass[0].frontier - 0.8).abs() < 1e-12);
         assert!((mass[0].reachable - 0.8).abs() < 1e-12);
@@ -720,7 +747,7 @@ mod tests {
         assert!((mass[1].branch_entropy.unwrap() - 3f64.ln()).abs() < 1e-12);
         assert!((mass[1].non_node - 0.1).abs() < 1e-12);
 
-        let heights = height_rows(std::slice::from_ref(&q), 1, &[1]).unwrap();
+        let heights = height_rows(std::slice::from_ref(&q), &AHEAD, &[1]).unwrap();
         // Step 1 frontier: 4 (h_min 1, reaches), 5 (0, no), 6 (1, reaches).
         let min: Vec<(u32, bool, f64, u32)> = heights
             .iter()
@@ -729,7 +756,7 @@ mod tests {
             .collect();
         assert_eq!(min, [(0, false, 0.3, 1), (1, true, 0.3, 2)]);
 
-        let top = topk_rows(std::slice::from_ref(&q), 1, &[0, 1], 3).unwrap();
+        let top = topk_rows(std::slice::from_ref(&q), &AHEAD, &[0, 1], 3).unwrap();
         let at0: Vec<f64> = top
             .iter()
             .filter(|r| r.step == 0)
@@ -755,24 +782,26 @@ mod tests {
                 q
             })
             .collect();
-        let rows = topk_rows(&qs, 1, &[0], 1).unwrap();
+        let rows = topk_rows(&qs, &AHEAD, &[0], 1).unwrap();
         let got: Vec<(u32, f64)> = rows.iter().map(|r| (r.sample, r.percentile)).collect();
         assert_eq!(got, [(1, 25.0), (3, 50.0), (2, 75.0), (0, 100.0)]);
     }
 
     #[test]
     fn values_that_are_not_probabilities_are_refused() {
-        let err = nodes_table(&[branches(vec![vec![0.2; 8]])], 1)
+        let err = nodes_table(&[branches(vec![vec![0.2; 8]])], &AHEAD)
             .unwrap_err()
             .to_string();
         assert!(err.contains("8 values for 9 nodes"), "{err}");
-        let err = mass_rows(&[branches(vec![vec![0.2; 9]])], 1)
+        let err = mass_rows(&[branches(vec![vec![0.2; 9]])], &AHEAD)
             .unwrap_err()
             .to_string();
         assert!(err.contains("sum to"), "{err}");
         let mut v = vec![0.0; 9];
         v[0] = f64::NAN;
-        assert!(nodes_table(&[branches(vec![v])], 1).is_err());
+        assert!(nodes_table(&[branches(vec![v.clone()])], &AHEAD).is_err());
+        // A step without a frontier depth.
+        assert!(nodes_table(&[branches(vec![vec![0.0; 9]; 4])], &AHEAD).is_err());
     }
 
     #[test]
@@ -781,5 +810,15 @@ mod tests {
         assert_eq!(branch_entropy(&[0.0, 0.0]), None);
         assert_eq!(branch_entropy(&[0.4]), Some(0.0));
         assert_eq!(top_cumulative(&[0.1, 0.5, 0.2], 2), vec![0.5, 0.7]);
+    }
+
+    #[test]
+    fn chain_text_names_nodes_and_marks_strangers() {
+        let r = question();
+        assert_eq!(
+            chain_text(&r, &chain(&[Some(2), None], Some(7))),
+            "a -> ? => e"
+        );
+        assert_eq!(chain_text(&r, &chain(&[], None)), "=> ?");
     }
 }

@@ -21,6 +21,8 @@ pub enum BenchCmd {
     /// PCA 20000x768 -> 50, streaming PCA memory, UMAP 5000x50: compare with
     /// benches/sklearn_pca.py and benches/umap_learn.py on the same generated data.
     Reduce(BenchReduce),
+    /// Continuous thoughts per second, and the KV cache against recomputing the prefix.
+    Reasoner(super::bench_reasoner::BenchReasoner),
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +74,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Record(args) => bench_record(&args),
         BenchCmd::Probe(args) => super::probe::run_bench(&args),
         BenchCmd::Reduce(args) => bench_reduce(&args),
+        BenchCmd::Reasoner(args) => super::bench_reasoner::run(&args),
     }
 }
 

@@ -7,30 +7,25 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::Context;
 use indicatif::ProgressBar;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::common::{bar, device, interrupt_flag};
-use super::reasoner::DEFAULT_REASONER_DIR;
+use super::common::{bar, interrupt_flag};
+use super::reasoner::ReasonerSource;
 use crate::analysis::bfs::{
-    chain_counts, chains_table, classify_chain, height_rows, height_table, mass_rows, mass_table,
-    nodes_table, topk_rows, topk_table, ChainCategory, DecodedChain, HeightKind, HeightRow,
-    MassRow, QuestionBranches, TopKRow,
+    chain_counts, chain_text, chains_table, classify_chain, height_rows, height_table, mass_rows,
+    mass_table, nodes_table, topk_rows, topk_table, ChainCategory, DecodedChain, HeightKind,
+    HeightRow, MassRow, QuestionBranches, TopKRow,
 };
 use crate::data::prosqa::{self, Record};
 use crate::reasoner::branch::branch_thoughts;
-use crate::reasoner::checkpoint::load_hf_gpt2;
-use crate::reasoner::format::{BuiltinFormat, QuestionFormat};
+use crate::reasoner::format::QuestionFormat;
 use crate::reasoner::gpt2::Gpt2;
 use crate::store::manifest::hash_file;
 use crate::store::{Manifest, ModelInfo, Run, STATUS_COMPLETE};
 
-/// The built-in format names a step's new node: after k thoughts the next step names a
-/// node at depth k + 1 (see `analysis::bfs::frontier_depth`).
-const BUILTIN_LEAD: usize = 1;
 /// Thought counts of the paper's Figures 8 and 9.
 const FIGURE_STEPS: [usize; 2] = [1, 2];
 /// Top-j cumulative values of Figure 8.
@@ -49,10 +44,8 @@ pub struct BfsArgs {
     #[arg(long)]
     pub data: PathBuf,
 
-    /// Model folder (config.json + model.safetensors) [default: the shipped built-in
-    /// Coconut model, weights/reasoner/coconut/model].
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: ReasonerSource,
 
     /// Largest number of continuous thoughts K; every k = 0..K is analysed.
     #[arg(long, default_value_t = 6)]
@@ -61,16 +54,6 @@ pub struct BfsArgs {
     /// Analyse only the first N questions.
     #[arg(long)]
     pub limit: Option<usize>,
-}
-
-impl BfsArgs {
-    fn model_dir(&self) -> PathBuf {
-        self.model.clone().unwrap_or_else(|| {
-            Path::new(DEFAULT_REASONER_DIR)
-                .join("coconut")
-                .join("model")
-        })
-    }
 }
 
 pub fn run(args: &BfsArgs) -> anyhow::Result<()> {
@@ -83,33 +66,21 @@ pub fn run(args: &BfsArgs) -> anyhow::Result<()> {
         "{} holds no questions",
         args.data.display()
     );
-    let model_dir = args.model_dir();
-    anyhow::ensure!(
-        model_dir.join("config.json").is_file(),
-        "no model in {} (config.json + model.safetensors); train the built-in one with \
-         `latentlens train reasoner` or pass --model",
-        model_dir.display()
-    );
-    let loaded = load_hf_gpt2(&model_dir, &device()?)
-        .with_context(|| format!("loading the reasoner from {}", model_dir.display()))?;
-    let format = BuiltinFormat::default();
-    anyhow::ensure!(
-        loaded.config.vocab_size == format.vocab().len(),
-        "{} has a vocabulary of {} tokens, the built-in question format {}: this command \
-         reads the built-in reasoner (a GPT-2 BPE checkpoint needs its own format)",
-        model_dir.display(),
-        loaded.config.vocab_size,
-        format.vocab().len()
-    );
-    let mut run = open_run(args, &model_dir, &loaded.weight_files)?;
+    let reasoner = args.source.load()?;
+    let format = reasoner.format.as_ref();
+    let frontier: Vec<usize> = (0..=args.thoughts).map(|k| format.named_hop(k)).collect();
+    let mut run = open_run(
+        args,
+        &reasoner.source,
+        &reasoner.loaded.weight_files,
+        &frontier,
+    )?;
 
     let started = Instant::now();
     let pb = bar(records.len() as u64, "bfs");
-    let vocab = format.vocab().clone();
     let questions = branch_all(
-        &loaded.model,
-        &format,
-        &|ids: &[u32]| vocab.decode(ids),
+        &reasoner.loaded.model,
+        format,
         &records,
         args.thoughts,
         &pb,
@@ -119,7 +90,7 @@ pub fn run(args: &BfsArgs) -> anyhow::Result<()> {
     let questions = questions?;
     let seconds = started.elapsed().as_secs_f64();
 
-    let written = write_outputs(&run, &questions, args.thoughts, BUILTIN_LEAD)?;
+    let written = write_outputs(&run, &questions, &frontier)?;
     for path in &written {
         println!("wrote {}", path.display());
     }
@@ -130,12 +101,17 @@ pub fn run(args: &BfsArgs) -> anyhow::Result<()> {
         m.status = STATUS_COMPLETE.into();
         run.write_manifest()?;
     }
-    print_summary(&questions, BUILTIN_LEAD, seconds)?;
+    print_summary(&questions, &frontier, seconds)?;
     Ok(())
 }
 
 /// The run to add the tables to: an existing one, or a new `bfs` run.
-fn open_run(args: &BfsArgs, model_dir: &Path, weights: &[PathBuf]) -> anyhow::Result<Run> {
+fn open_run(
+    args: &BfsArgs,
+    model: &Path,
+    weights: &[PathBuf],
+    frontier: &[usize],
+) -> anyhow::Result<Run> {
     if args.run.join("manifest.json").is_file() {
         let run = Run::open(&args.run)?;
         if run.manifest().kind != "bfs" {
@@ -151,14 +127,14 @@ fn open_run(args: &BfsArgs, model_dir: &Path, weights: &[PathBuf]) -> anyhow::Re
     let config = serde_json::json!({
         "data": args.data,
         "data_sha256": data.sha256,
-        "model": model_dir,
+        "model": model,
+        "tokenizer": args.source.tokenizer,
         "thoughts": args.thoughts,
         "limit": args.limit,
-        "format": "builtin",
-        "frontier_lead": BUILTIN_LEAD,
+        "frontier_depths": frontier,
     });
     let model = ModelInfo {
-        id: model_dir.display().to_string(),
+        id: format!("reasoner ({})", model.display()),
         weights,
     };
     let (run, _) = Run::create_or_resume(&args.run, Manifest::new("bfs", config, 0, model))?;
@@ -182,12 +158,10 @@ fn check_same_data(run: &Run, data: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Branches every question; `decode` turns a continuation into text for the chains table.
-/// Stops between questions when `stop` turns true.
+/// Branches every question; stops between questions when `stop` turns true.
 pub fn branch_all(
     model: &Gpt2,
     format: &dyn QuestionFormat,
-    decode: &dyn Fn(&[u32]) -> String,
     records: &[Record],
     thoughts: usize,
     progress: &ProgressBar,
@@ -201,9 +175,13 @@ pub fn branch_all(
         let branches = branch_thoughts(model, format, record, thoughts, true)?;
         let chains = branches
             .iter()
-            .map(|b| DecodedChain {
-                category: classify_chain(record, &format.read_chain(record, &b.generated)),
-                text: decode(&b.generated),
+            .map(|b| {
+                let chain = format.read_chain(record, &b.generated);
+                DecodedChain {
+                    category: classify_chain(record, &chain),
+                    text: chain_text(record, &chain),
+                    tokens: b.generated.clone(),
+                }
             })
             .collect();
         out.push(QuestionBranches {
@@ -217,22 +195,21 @@ pub fn branch_all(
     Ok(out)
 }
 
-/// Writes every table and plot; `lead` places the frontier (`analysis::bfs::frontier_depth`).
-/// Returns the paths written.
+/// Writes every table and plot; `frontier[k]` is the depth of the frontier after k
+/// thoughts (`QuestionFormat::named_hop`). Returns the paths written.
 pub fn write_outputs(
     run: &Run,
     questions: &[QuestionBranches],
-    thoughts: usize,
-    lead: usize,
+    frontier: &[usize],
 ) -> anyhow::Result<Vec<PathBuf>> {
     let steps: Vec<usize> = FIGURE_STEPS
         .iter()
         .copied()
-        .filter(|&k| k <= thoughts)
+        .filter(|&k| k < frontier.len())
         .collect();
-    let mass = mass_rows(questions, lead)?;
-    let heights = height_rows(questions, lead, &steps)?;
-    let top = topk_rows(questions, lead, &steps, TOP)?;
+    let mass = mass_rows(questions, frontier)?;
+    let heights = height_rows(questions, frontier, &steps)?;
+    let top = topk_rows(questions, frontier, &steps, TOP)?;
     let counts = chain_counts(questions);
     // Render everything first: nothing is written if a plot fails.
     let plots = [
@@ -242,7 +219,7 @@ pub fn write_outputs(
         ("bfs-chains", chains_svg(&counts)?),
     ];
     let mut tables = [
-        ("bfs_nodes", nodes_table(questions, lead)?),
+        ("bfs_nodes", nodes_table(questions, frontier)?),
         ("bfs_mass", mass_table(&mass)?),
         ("bfs_height", height_table(&heights)?),
         ("bfs_topk", topk_table(&top)?),
@@ -258,8 +235,12 @@ pub fn write_outputs(
     Ok(paths)
 }
 
-fn print_summary(questions: &[QuestionBranches], lead: usize, seconds: f64) -> anyhow::Result<()> {
-    let mass = mass_rows(questions, lead)?;
+fn print_summary(
+    questions: &[QuestionBranches],
+    frontier: &[usize],
+    seconds: f64,
+) -> anyhow::Result<()> {
+    let mass = mass_rows(questions, frontier)?;
     let counts = chain_counts(questions);
     println!(
         "{} questions in {seconds:.1} s\n{:>3} {:>9} {:>11} {:>9} {:>8}  chains",
@@ -579,7 +560,8 @@ fn chains_svg(counts: &[[u32; 6]]) -> anyhow::Result<String> {
 mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
-    use crate::reasoner::checkpoint::save_hf_gpt2;
+    use crate::reasoner::checkpoint::{load_hf_gpt2, save_hf_gpt2};
+    use crate::reasoner::format::BuiltinFormat;
     use crate::reasoner::gpt2::{random_varmap, Gpt2Config};
     use candle_core::Device;
     use clap::Parser;
@@ -710,7 +692,7 @@ mod tests {
         let err = run(&args(&tmp.path().join("run"), &data, &model, 1))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("vocabulary of 40 tokens"), "{err}");
+        assert!(err.contains("has 40 embedding rows"), "{err}");
         assert!(!tmp.path().join("run").exists());
     }
 
@@ -723,7 +705,6 @@ mod tests {
         let err = branch_all(
             &loaded.model,
             &BuiltinFormat::default(),
-            &|_: &[u32]| String::new(),
             &prosqa::load(&data).unwrap(),
             2,
             &ProgressBar::hidden(),
@@ -741,6 +722,9 @@ mod tests {
             panic!("not bfs");
         };
         assert_eq!((a.thoughts, a.limit), (6, None));
-        assert!(a.model_dir().ends_with("weights/reasoner/coconut/model"));
+        assert!(a
+            .source
+            .model_dir()
+            .ends_with("weights/reasoner/coconut/model"));
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod bench_reasoner;
 pub mod bfs;
 pub mod common;
 pub mod data;
@@ -15,6 +16,7 @@ pub mod plot;
 pub mod probe;
 pub mod reasoner;
 pub mod record;
+pub mod record_reasoner;
 pub mod reduce;
 
 /// Look inside the latent spaces of generative models.

@@ -5,13 +5,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use candle_core::Device;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::common::{bar, interrupt_flag};
 use crate::data::prosqa;
-use crate::reasoner::checkpoint::load_hf_gpt2;
+use crate::reasoner::bpe::Bpe;
+use crate::reasoner::checkpoint::{load_coconut, load_hf_gpt2, LoadedGpt2};
+use crate::reasoner::format::{BuiltinFormat, QuestionFormat};
+use crate::reasoner::gpt2_format::CoconutGpt2Format;
 use crate::reasoner::tokens::Vocab;
 use crate::reasoner::train::{evaluate, train, Accuracy, Method, TrainConfig, TrainState};
 
@@ -66,6 +68,10 @@ pub struct TrainArgs {
     /// Epochs at each stage; the baselines get the same total.
     #[arg(long, default_value_t = 3)]
     pub epochs_per_stage: usize,
+    /// Epochs at the last stage after the curriculum. Raising it later continues a finished
+    /// run.
+    #[arg(long, default_value_t = 0)]
+    pub extra_epochs: usize,
     /// Thoughts per replaced reasoning step (c).
     #[arg(long, default_value_t = 1)]
     pub thoughts_per_step: usize,
@@ -97,6 +103,7 @@ impl TrainArgs {
         c.max_stage = self.max_stage;
         c.epochs_per_stage = self.epochs_per_stage;
         c.thoughts_per_step = self.thoughts_per_step;
+        c.extra_epochs = self.extra_epochs;
         c.mix_prob = self.mix_prob;
         c.batch_size = self.batch_size;
         c.learning_rate = self.lr;
@@ -111,6 +118,110 @@ impl TrainArgs {
     }
 }
 
+/// Where a reasoner comes from: the built-in model's folder, a Hugging Face GPT-2 folder, or
+/// a Coconut training checkpoint with the GPT-2 tokenizer it was trained with.
+#[derive(Debug, Clone, Args)]
+pub struct ReasonerSource {
+    /// Model folder (config.json + model.safetensors): a built-in reasoner, or a Hugging
+    /// Face GPT-2 trained on ProsQA (then give --tokenizer, or keep vocab.json + merges.txt
+    /// in the folder). Default: the shipped Coconut model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A Coconut checkpoint as the reference code saves it (PyTorch state dict, keys under
+    /// `base_causallm.`). Needs --tokenizer.
+    #[arg(long, conflicts_with = "model")]
+    pub checkpoint: Option<PathBuf>,
+    /// GPT-2 tokenizer folder (vocab.json + merges.txt) for --checkpoint or a GPT-2 --model.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// A model and the format its tokens follow.
+pub struct Reasoner {
+    pub loaded: LoadedGpt2,
+    pub format: Box<dyn QuestionFormat>,
+    /// What the model was loaded from (for manifests and messages).
+    pub source: PathBuf,
+}
+
+impl ReasonerSource {
+    pub fn model_dir(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(|| {
+            Path::new(DEFAULT_REASONER_DIR)
+                .join("coconut")
+                .join("model")
+        })
+    }
+
+    pub fn load(&self) -> anyhow::Result<Reasoner> {
+        let device = super::common::device()?;
+        if let Some(ckpt) = &self.checkpoint {
+            let tokenizer = self.tokenizer.as_ref().with_context(|| {
+                format!(
+                    "{} is a Coconut checkpoint: give --tokenizer DIR with the GPT-2                      vocab.json and merges.txt it was trained with",
+                    ckpt.display()
+                )
+            })?;
+            let loaded = load_coconut(ckpt, None, &device)?;
+            let format = gpt2_format(tokenizer, &loaded, ckpt)?;
+            return Ok(Reasoner {
+                loaded,
+                format,
+                source: ckpt.clone(),
+            });
+        }
+        let dir = self.model_dir();
+        let loaded = load_hf_gpt2(&dir, &device).with_context(|| {
+            format!(
+                "loading the reasoner from {} (train one with `latentlens train reasoner`)",
+                dir.display()
+            )
+        })?;
+        let tokenizer = self
+            .tokenizer
+            .clone()
+            .or_else(|| Some(dir.clone()).filter(|d| d.join("vocab.json").exists()));
+        let format: Box<dyn QuestionFormat> = match tokenizer {
+            Some(t) => gpt2_format(&t, &loaded, &dir.join("model.safetensors"))?,
+            None => builtin_format(&loaded, &dir)?,
+        };
+        Ok(Reasoner {
+            loaded,
+            format,
+            source: dir,
+        })
+    }
+}
+
+fn gpt2_format(
+    tokenizer: &Path,
+    loaded: &LoadedGpt2,
+    weights: &Path,
+) -> anyhow::Result<Box<dyn QuestionFormat>> {
+    let format = CoconutGpt2Format::new(Bpe::from_dir(tokenizer)?)?;
+    format
+        .bpe()
+        .check_vocab(tokenizer, loaded.config.vocab_size, weights)?;
+    Ok(Box::new(format))
+}
+
+fn builtin_format(loaded: &LoadedGpt2, dir: &Path) -> anyhow::Result<Box<dyn QuestionFormat>> {
+    let format = BuiltinFormat::default();
+    let want = format.vocab().len();
+    if loaded.config.vocab_size != want {
+        return Err(crate::Error::VocabMismatch {
+            tokenizer: PathBuf::from("the built-in ProsQA vocabulary"),
+            tokens: want,
+            weights: dir.join("model.safetensors"),
+            rows: loaded.config.vocab_size,
+            hint: "a GPT-2 checkpoint needs its tokenizer: give --tokenizer DIR (vocab.json +                    merges.txt)"
+                .into(),
+        }
+        .into());
+    }
+    Ok(Box::new(format))
+}
+
 /// Answer accuracy and tokens generated on a ProsQA file, for each model given.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -120,6 +231,12 @@ pub struct EvalArgs {
     /// Model folders (config.json + model.safetensors). Default: the three shipped models.
     #[arg(long = "model")]
     pub models: Vec<PathBuf>,
+    /// A Coconut checkpoint (.pth) to evaluate instead; needs --tokenizer.
+    #[arg(long, conflicts_with = "models")]
+    pub checkpoint: Option<PathBuf>,
+    /// GPT-2 tokenizer folder for --checkpoint or GPT-2 model folders.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// Continuous thoughts for Coconut models (baselines always use 0).
     #[arg(long, default_value_t = 6)]
     pub thoughts: usize,
@@ -180,7 +297,7 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     if let Some(n) = args.limit {
         records.truncate(n);
     }
-    let models = if args.models.is_empty() {
+    let models: Vec<PathBuf> = if args.models.is_empty() {
         [MethodArg::Cot, MethodArg::NoCot, MethodArg::Coconut]
             .iter()
             .map(|m| {
@@ -192,21 +309,45 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     } else {
         args.models.clone()
     };
+    let sources: Vec<ReasonerSource> = match &args.checkpoint {
+        Some(ckpt) => vec![ReasonerSource {
+            model: None,
+            checkpoint: Some(ckpt.clone()),
+            tokenizer: args.tokenizer.clone(),
+        }],
+        None => models
+            .into_iter()
+            .map(|m| ReasonerSource {
+                model: Some(m),
+                checkpoint: None,
+                tokenizer: args.tokenizer.clone(),
+            })
+            .collect(),
+    };
     let mut rows = Vec::new();
-    for dir in &models {
-        let method = method_of(dir)?;
-        let loaded = load_hf_gpt2(dir, &Device::Cpu)?;
+    for source in &sources {
+        let method = match &source.model {
+            Some(dir) => method_of(dir)?,
+            None => Method::Coconut,
+        };
+        let reasoner = source.load()?;
         let thoughts = if method == Method::Coconut {
             args.thoughts
         } else {
             0
         };
         let pb = bar(0, "eval");
-        let acc = evaluate(&loaded.model, &records, thoughts, &pb);
+        let acc = evaluate(
+            &reasoner.loaded.model,
+            reasoner.format.as_ref(),
+            &records,
+            thoughts,
+            &pb,
+        );
         pb.finish_and_clear();
         let acc = acc?;
         rows.push(EvalRow {
-            model: dir.clone(),
+            model: reasoner.source,
             method,
             thoughts,
             accuracy: acc.rate(),

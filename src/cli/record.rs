@@ -1,4 +1,5 @@
-//! `latentlens record diffusion` and `latentlens sites diffusion`.
+//! `latentlens record diffusion` and `latentlens sites diffusion` (the reasoner's are in
+//! `record_reasoner`).
 
 use std::path::PathBuf;
 
@@ -24,6 +25,8 @@ const MAX_CHUNK_SAMPLES: u32 = 64;
 pub enum RecordCmd {
     /// Run samples through the latent diffusion pipeline and record its sites at every step.
     Diffusion(RecordDiffusion),
+    /// Run ProsQA questions through a continuous-thought reasoner and record every pass.
+    Reasoner(super::record_reasoner::RecordReasoner),
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,6 +37,8 @@ pub enum SitesCmd {
         #[arg(long, default_value = DEFAULT_WEIGHTS)]
         weights: PathBuf,
     },
+    /// List the reasoner's sites (TransformerLens names plus `thought`).
+    Reasoner(super::record_reasoner::SitesReasoner),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -93,7 +98,10 @@ pub struct RecordDiffusion {
 }
 
 pub fn run_sites(cmd: SitesCmd) -> anyhow::Result<()> {
-    let SitesCmd::Diffusion { weights } = cmd;
+    let weights = match cmd {
+        SitesCmd::Diffusion { weights } => weights,
+        SitesCmd::Reasoner(args) => return super::record_reasoner::run_sites(&args),
+    };
     let model = DiffusionModel::load(&weights, &common::device()?)?;
     println!("{:<24} {:<10} shape (per sample)", "site", "fires");
     for site in model.sites() {
@@ -104,8 +112,10 @@ pub fn run_sites(cmd: SitesCmd) -> anyhow::Result<()> {
 }
 
 pub fn run(cmd: RecordCmd) -> anyhow::Result<()> {
-    let RecordCmd::Diffusion(args) = cmd;
-    record_diffusion(&args)
+    match cmd {
+        RecordCmd::Diffusion(args) => record_diffusion(&args),
+        RecordCmd::Reasoner(args) => super::record_reasoner::run(&args),
+    }
 }
 
 fn record_diffusion(args: &RecordDiffusion) -> anyhow::Result<()> {

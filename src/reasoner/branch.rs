@@ -357,6 +357,9 @@ mod tests {
         fn max_answer_tokens(&self, r: &Record) -> usize {
             self.0.max_answer_tokens(r)
         }
+        fn named_hop(&self, thoughts: usize) -> usize {
+            self.0.named_hop(thoughts)
+        }
     }
 
     #[test]

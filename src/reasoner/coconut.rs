@@ -116,6 +116,27 @@ pub fn generate_latent(
     })
 }
 
+/// The same `n_thoughts` thoughts as `generate_latent`, computed the way a model without a
+/// KV cache must: every thought re-runs the whole prefix (prompt and the thoughts so far).
+/// The baseline the KV cache is benchmarked against.
+pub fn thoughts_by_recomputation(
+    model: &Gpt2,
+    prompt: &[u32],
+    n_thoughts: usize,
+) -> Result<Vec<Tensor>> {
+    let ids = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
+    let mut embeds = model.embed(&ids)?;
+    let mut thoughts = Vec::with_capacity(n_thoughts);
+    for _ in 0..n_thoughts {
+        let mut cache = model.new_cache();
+        let out = model.forward_embeds(&embeds, 0, &mut cache, &mut Hooks::none())?;
+        let h = last_position(&out.hidden)?;
+        embeds = Tensor::cat(&[&embeds, &h.unsqueeze(0)?.unsqueeze(0)?], 1)?;
+        thoughts.push(h);
+    }
+    Ok(thoughts)
+}
+
 /// One continuous thought: the last hidden state of `prev`, seen by the `thought` site,
 /// fed back at the next position. Returns the thought vector `[d_model]` and the pass.
 fn thought_pass(
@@ -371,6 +392,10 @@ mod tests {
         for k in 1..4 {
             let h = full.hidden.i((0, prompt.len() - 1 + k)).unwrap();
             assert!(max_diff(&h, &gen.thoughts[k]) < 1e-5, "thought {k}");
+        }
+        let recomputed = thoughts_by_recomputation(&model, &prompt, 4).unwrap();
+        for (k, (a, b)) in recomputed.iter().zip(&gen.thoughts).enumerate() {
+            assert!(max_diff(a, b) < 1e-5, "recomputed thought {k}");
         }
         // The teacher-forced path gives the same logits as the uncached pass.
         let mut seq = prompt.to_vec();

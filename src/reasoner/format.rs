@@ -33,6 +33,9 @@ pub trait QuestionFormat {
     fn read_chain(&self, record: &Record, generated: &[u32]) -> Chain;
     /// Longest continuation worth decoding for this record.
     fn max_answer_tokens(&self, record: &Record) -> usize;
+    /// How many hops from the root the node is that the first spelled step names after
+    /// `thoughts` thoughts: the frontier a node value is read against.
+    fn named_hop(&self, thoughts: usize) -> usize;
 }
 
 /// The built-in reasoner's compact format (`tokens::encode`): one token per node.
@@ -101,6 +104,11 @@ impl QuestionFormat for BuiltinFormat {
 
     fn max_answer_tokens(&self, record: &Record) -> usize {
         record.steps.len() + 4
+    }
+
+    /// After k thoughts (the first k steps latent) the next token names step k+1's node.
+    fn named_hop(&self, thoughts: usize) -> usize {
+        thoughts + 1
     }
 }
 

@@ -351,6 +351,7 @@ impl Gpt2 {
         cache: &mut KvCache,
         hooks: &mut Hooks,
     ) -> Result<Gpt2Output> {
+        hooks.set_first_position(start_pos);
         let embeds = hooks.site("hook_embed", self.embed(ids)?)?;
         self.forward_embeds(&embeds, start_pos, cache, hooks)
     }
@@ -367,6 +368,7 @@ impl Gpt2 {
         hooks: &mut Hooks,
     ) -> Result<Gpt2Output> {
         let (b, t, _) = embeds.dims3()?;
+        hooks.set_first_position(start_pos);
         if cache.layers.len() != self.blocks.len() {
             *cache = self.new_cache();
         }

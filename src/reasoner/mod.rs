@@ -1,13 +1,16 @@
 //! The continuous-thought reasoner: GPT-2 with TransformerLens-named sites (`gpt2`),
 //! Coconut's latent mode (`coconut`), the built-in vocabulary and record encoding
-//! (`tokens`), branching latent mode for the BFS analysis (`branch`), checkpoint loading
-//! (`checkpoint`: Hugging Face GPT-2 folders, Coconut `.pth` state dicts) and the
+//! (`tokens`), GPT-2's BPE tokenizer and Coconut's GPT-2 question format (`bpe`,
+//! `gpt2_format`), branching latent mode for the BFS analysis (`branch`), checkpoint
+//! loading (`checkpoint`: Hugging Face GPT-2 folders, Coconut `.pth` state dicts) and the
 //! curriculum trainer (`train`). See ARCHITECTURE.md.
 
+pub mod bpe;
 pub mod branch;
 pub mod checkpoint;
 pub mod coconut;
 pub mod format;
 pub mod gpt2;
+pub mod gpt2_format;
 pub mod tokens;
 pub mod train;

@@ -17,7 +17,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::save_hf_gpt2;
-use super::coconut::{forward_batch_with_thoughts, LatentTokens};
+use super::coconut::forward_batch_with_thoughts;
+use super::format::QuestionFormat;
 use super::gpt2::{random_varmap, Gpt2, Gpt2Config};
 use super::tokens::{encode, Encoded, Vocab, EOT};
 use crate::data::prosqa::Record;
@@ -48,6 +49,11 @@ pub struct TrainConfig {
     pub epochs_per_stage: usize,
     /// Thoughts per replaced step (c).
     pub thoughts_per_step: usize,
+    /// Epochs after the curriculum, at the last stage (the reference code's `num_epochs`
+    /// beyond `epochs_per_stage * (max_stage + 1)`). May grow between runs: training then
+    /// resumes where it stopped.
+    #[serde(default)]
+    pub extra_epochs: usize,
     /// Chance that a sample is trained at a random earlier stage instead of the current one.
     pub mix_prob: f64,
     /// Use `stage * c` thoughts even for questions with fewer steps (Coconut's
@@ -68,6 +74,7 @@ impl TrainConfig {
             max_stage: 6,
             epochs_per_stage: 5,
             thoughts_per_step: 1,
+            extra_epochs: 0,
             mix_prob: 0.0,
             pad_thoughts: true,
             learning_rate: 1e-3,
@@ -78,7 +85,15 @@ impl TrainConfig {
     }
 
     pub fn total_epochs(&self) -> usize {
-        self.epochs_per_stage * (self.max_stage + 1)
+        self.epochs_per_stage * (self.max_stage + 1) + self.extra_epochs
+    }
+
+    /// Whether a run trained with `other` can go on under `self`: the same in everything but
+    /// a number of extra epochs at least as large.
+    fn continues(&self, other: &TrainConfig) -> bool {
+        let mut same = other.clone();
+        same.extra_epochs = self.extra_epochs;
+        &same == self && self.extra_epochs >= other.extra_epochs
     }
 
     /// The curriculum stage of an epoch (0-based).
@@ -261,12 +276,14 @@ fn start_or_resume(
         path: path.clone(),
         detail: format!("not a training state: {e}"),
     })?;
-    if &state.config != config {
+    if !config.continues(&state.config) {
         return Err(Error::RunExists {
             path: out_dir.to_path_buf(),
-            detail: "it was trained with a different config".into(),
+            detail: "it was trained with a different config (only --extra-epochs may grow)".into(),
         });
     }
+    let mut state = state;
+    state.config = config.clone();
     varmap.load(model_dir(out_dir).join("model.safetensors"))?;
     Ok((varmap, state))
 }
@@ -351,51 +368,36 @@ impl Accuracy {
     }
 }
 
-/// The answer of a decoded continuation: the last token before `<eos>` (the node named by
-/// "Name is a X."), whatever steps were spelled out before it.
-pub fn answer_token(decoded: &[u32]) -> Option<u32> {
-    let end = decoded
-        .iter()
-        .position(|&t| t == super::tokens::EOS)
-        .unwrap_or(decoded.len());
-    decoded[..end].last().copied()
-}
-
 /// Greedy evaluation: each record's prompt, `n_thoughts` continuous thoughts (0 for the CoT
-/// and no-CoT baselines), `<eot>`, then decoding; correct when the answer is the target.
-/// Works on the real ProsQA file (evaluation only).
+/// and no-CoT baselines), `<eot>`, then decoding; correct when the answer read back by
+/// `format` is the target. Works on the real ProsQA file (evaluation only).
 pub fn evaluate(
     model: &Gpt2,
+    format: &dyn QuestionFormat,
     records: &[Record],
     n_thoughts: usize,
     progress: &ProgressBar,
 ) -> Result<Accuracy> {
-    let vocab = Vocab::prosqa();
     let mut acc = Accuracy::default();
+    let tokens = format.latent_tokens();
     progress.set_length(records.len() as u64);
     for record in records {
-        let enc = encode(record, &vocab)?;
-        let max_answer = enc.steps.len() + 2;
         let gen = super::coconut::generate_latent(
             model,
-            &enc.prompt,
+            &format.prompt(record)?,
             n_thoughts,
-            LatentTokens::builtin(),
-            max_answer,
+            tokens,
+            format.max_answer_tokens(record),
             &mut Hooks::none(),
         )?;
-        let ok = answer_token(&gen.answer) == Some(enc.answer[0]);
-        let spoken = gen
-            .answer
-            .iter()
-            .filter(|&&t| t != super::tokens::EOS)
-            .count();
-        acc.generated += n_thoughts + spoken;
-        let entry = acc.by_hops.entry(enc.steps.len()).or_default();
+        let ok = format.read_chain(record, &gen.answer).answer == Some(record.target);
+        let spoken = gen.answer.iter().take_while(|&&t| t != tokens.eos).count();
+        let entry = acc.by_hops.entry(record.hops()).or_default();
         entry.0 += 1;
         entry.1 += ok as usize;
         acc.total += 1;
         acc.correct += ok as usize;
+        acc.generated += n_thoughts + spoken;
         progress.inc(1);
     }
     Ok(acc)
@@ -518,7 +520,7 @@ mod tests {
             let out = super::super::coconut::forward_with_thoughts(
                 &model,
                 &seq,
-                LatentTokens::builtin(),
+                super::super::coconut::LatentTokens::builtin(),
                 &mut Hooks::none(),
             )
             .unwrap();
@@ -544,14 +546,6 @@ mod tests {
     }
 
     #[test]
-    fn answers_are_read_before_eos() {
-        use super::super::tokens::EOS;
-        assert_eq!(answer_token(&[30, 31, EOS, 40]), Some(31));
-        assert_eq!(answer_token(&[30, 31]), Some(31));
-        assert_eq!(answer_token(&[EOS]), None);
-    }
-
-    #[test]
     fn evaluation_counts_every_question_by_hops() {
         let records = generate(6, 2);
         let config = small(Method::Coconut);
@@ -561,7 +555,14 @@ mod tests {
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         )
         .unwrap();
-        let acc = evaluate(&model, &records, 2, &ProgressBar::hidden()).unwrap();
+        let acc = evaluate(
+            &model,
+            &super::super::format::BuiltinFormat::default(),
+            &records,
+            2,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         assert_eq!(acc.total, 6);
         let mut want = std::collections::BTreeMap::new();
         for r in &records {
@@ -598,7 +599,14 @@ mod tests {
             let loaded =
                 super::super::checkpoint::load_hf_gpt2(dir.path().join("model"), &Device::Cpu)
                     .unwrap();
-            let acc = evaluate(&loaded.model, &records, thoughts, &ProgressBar::hidden()).unwrap();
+            let acc = evaluate(
+                &loaded.model,
+                &super::super::format::BuiltinFormat::default(),
+                &records,
+                thoughts,
+                &ProgressBar::hidden(),
+            )
+            .unwrap();
             assert_eq!((acc.total, acc.correct), (2, 2), "{method:?}");
         }
     }
@@ -655,6 +663,17 @@ mod tests {
             &AtomicBool::new(false),
         )
         .unwrap();
+        // More epochs at the last stage continue the same run.
+        config.extra_epochs = 1;
+        let more = train(
+            &config,
+            &records,
+            dir.path(),
+            &ProgressBar::hidden(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert_eq!(more.epochs_done, 2);
         config.seed = 9;
         let err = train(
             &config,
