@@ -571,7 +571,8 @@ mod tests {
             n_embd: 16,
             n_layer: 1,
             n_head: 2,
-            n_positions: 256,
+            // Questions spelled with the 500-token test BPE run to ~600 tokens.
+            n_positions: 1024,
             vocab_size: vocab,
             layer_norm_epsilon: 1e-5,
         };
@@ -681,6 +682,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sample` ids would not match"), "{err}");
+    }
+
+    #[test]
+    fn a_gpt2_bpe_model_reads_the_frontier_at_hop_k() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, _) = setup(tmp.path());
+        // A GPT-2 folder with its tokenizer beside the weights: 500 BPE tokens + 3 latent.
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bpe");
+        let model = tmp.path().join("gpt2");
+        tiny_model(&model, 503);
+        for f in ["vocab.json", "merges.txt"] {
+            std::fs::copy(fixtures.join(f), model.join(f)).unwrap();
+        }
+        let run_dir = tmp.path().join("run");
+        run(&args(&run_dir, &data, &model, 2)).unwrap();
+        let r = Run::open(&run_dir).unwrap();
+        assert_eq!(
+            r.manifest().config["frontier_depths"],
+            serde_json::json!([0, 1, 2])
+        );
+        let nodes = r.table("bfs_nodes").unwrap();
+        let col = |n: &str| nodes.column(n).unwrap().clone();
+        let step: Vec<u16> = col("step").u16().unwrap().iter().flatten().collect();
+        let depth: Vec<Option<u32>> = col("depth").u32().unwrap().iter().collect();
+        let on: Vec<bool> = col("in_frontier")
+            .bool()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        for i in 0..nodes.height() {
+            assert_eq!(on[i], depth[i] == Some(step[i] as u32), "row {i}");
+        }
+        // Multi-token names: every value is a product of probabilities, at most 1 in sum.
+        let values: Vec<f64> = col("value").f64().unwrap().iter().flatten().collect();
+        assert!(values.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert_eq!(r.table("bfs_chains").unwrap().height(), 3 * 3);
     }
 
     #[test]

@@ -183,7 +183,8 @@ fn branch(
     })
 }
 
-/// Greedy decoding from a pass's last logits until `eos` or `max` tokens.
+/// Greedy decoding from a pass's last logits until `eos`, `max` tokens or the end of the
+/// model's context.
 fn greedy(
     model: &Gpt2,
     mut out: Gpt2Output,
@@ -197,7 +198,8 @@ fn greedy(
         let logits = out.logits.i((0, last_index(&out)?))?;
         let next = logits.argmax(0)?.to_scalar::<u32>()?;
         generated.push(next);
-        if next == eos || generated.len() == max {
+        // A continuation that runs into the model's context length ends there.
+        if next == eos || generated.len() == max || cache.len() >= model.config().n_positions {
             break;
         }
         out = forward_ids(model, &[next], &mut cache, &mut hooks)?;
