@@ -15,7 +15,9 @@ use crate::reasoner::checkpoint::{load_coconut, load_hf_gpt2, LoadedGpt2};
 use crate::reasoner::format::{BuiltinFormat, QuestionFormat};
 use crate::reasoner::gpt2_format::CoconutGpt2Format;
 use crate::reasoner::tokens::Vocab;
-use crate::reasoner::train::{evaluate, train, Accuracy, Method, TrainConfig, TrainState};
+use crate::reasoner::train::{
+    evaluate, train, Accuracy, Method, TrainConfig, TrainData, TrainState,
+};
 
 /// Where the shipped reasoners live, one folder per method.
 pub const DEFAULT_REASONER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/reasoner");
@@ -56,9 +58,13 @@ pub struct TrainArgs {
     /// Output folder (default: weights/reasoner/<method>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Generated training questions.
+    /// Generated training questions (per epoch with --fresh-data).
     #[arg(long, default_value_t = 4000)]
     pub train_size: usize,
+    /// Generate new questions every epoch instead of reusing one set (no graph is seen
+    /// twice, so graphs cannot be memorised).
+    #[arg(long)]
+    pub fresh_data: bool,
     /// Seed of the generated training questions.
     #[arg(long, default_value_t = 7)]
     pub data_seed: u64,
@@ -104,6 +110,12 @@ impl TrainArgs {
         c.epochs_per_stage = self.epochs_per_stage;
         c.thoughts_per_step = self.thoughts_per_step;
         c.extra_epochs = self.extra_epochs;
+        if self.fresh_data {
+            c.data = TrainData::Fresh {
+                per_epoch: self.train_size,
+                seed: self.data_seed,
+            };
+        }
         c.mix_prob = self.mix_prob;
         c.batch_size = self.batch_size;
         c.learning_rate = self.lr;
@@ -251,7 +263,11 @@ pub struct EvalArgs {
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     let config = args.config();
     let out = args.out();
-    let records = prosqa::generate(args.train_size, args.data_seed);
+    let records = if args.fresh_data {
+        Vec::new()
+    } else {
+        prosqa::generate(args.train_size, args.data_seed)
+    };
     let pb = bar(0, args.method.folder());
     let state = train(&config, &records, &out, &pb, interrupt_flag());
     pb.finish_and_clear();

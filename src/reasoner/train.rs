@@ -38,6 +38,19 @@ pub enum Method {
     NoCot,
 }
 
+/// Which questions an epoch trains on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainData {
+    /// The records given to `train`, every epoch.
+    #[default]
+    Given,
+    /// `per_epoch` freshly generated questions each epoch (seed mixed with the epoch): no
+    /// graph is seen twice, so the model cannot pass by memorising graphs (with 4000 fixed
+    /// questions a CoT model reached 69% on them and 42% on unseen ones).
+    Fresh { per_epoch: usize, seed: u64 },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub method: Method,
@@ -64,6 +77,8 @@ pub struct TrainConfig {
     /// Samples whose gradients are summed into one optimizer step.
     pub batch_size: usize,
     pub seed: u64,
+    #[serde(default)]
+    pub data: TrainData,
 }
 
 impl TrainConfig {
@@ -81,6 +96,7 @@ impl TrainConfig {
             weight_decay: 0.01,
             batch_size: 32,
             seed: 0,
+            data: TrainData::Given,
         }
     }
 
@@ -181,7 +197,7 @@ fn model_dir(dir: &Path) -> PathBuf {
     dir.join("model")
 }
 
-/// Trains on `records` (generated data only), saving `out_dir/model/` (config.json +
+/// Trains on `records` (generated data only; ignored with `TrainData::Fresh`), saving `out_dir/model/` (config.json +
 /// model.safetensors) and `out_dir/train_state.json` after every epoch. If `out_dir` already
 /// holds a state with the same config, training resumes after its last finished epoch (the
 /// optimizer moments restart, as they do at every stage switch). When `stop` turns true the
@@ -194,7 +210,7 @@ pub fn train(
     progress: &ProgressBar,
     stop: &AtomicBool,
 ) -> Result<TrainState> {
-    if records.is_empty() {
+    if config.data == TrainData::Given && records.is_empty() {
         return Err(Error::Invalid("no training records".into()));
     }
     let vocab = Vocab::prosqa();
@@ -205,17 +221,31 @@ pub fn train(
             vocab.len()
         )));
     }
-    let encoded = records
-        .iter()
-        .map(|r| encode(r, &vocab))
-        .collect::<Result<Vec<_>>>()?;
+    let epoch_data = |epoch: usize| -> Result<Vec<Encoded>> {
+        let fresh;
+        let records = match config.data {
+            TrainData::Given => records,
+            TrainData::Fresh { per_epoch, seed } => {
+                fresh = crate::data::prosqa::generate(
+                    per_epoch,
+                    crate::rng::mix(&[seed, epoch as u64]),
+                );
+                &fresh[..]
+            }
+        };
+        records.iter().map(|r| encode(r, &vocab)).collect()
+    };
+    let per_epoch = match config.data {
+        TrainData::Given => records.len(),
+        TrainData::Fresh { per_epoch, .. } => per_epoch,
+    };
     let device = Device::Cpu;
     let (varmap, mut state) = start_or_resume(config, out_dir, &device)?;
     let model = Gpt2::new(
         &config.model,
         VarBuilder::from_varmap(&varmap, DType::F32, &device),
     )?;
-    let batches_per_epoch = encoded.len().div_ceil(config.batch_size.max(1));
+    let batches_per_epoch = per_epoch.div_ceil(config.batch_size.max(1));
     progress.set_length((config.total_epochs() * batches_per_epoch) as u64);
     progress.set_position((state.epochs_done * batches_per_epoch) as u64);
     let mut optimizer = new_optimizer(config, &varmap)?;
@@ -226,6 +256,7 @@ pub fn train(
             optimizer = new_optimizer(config, &varmap)?;
             last_stage = stage;
         }
+        let encoded = epoch_data(epoch)?;
         let ctx = EpochContext {
             config,
             model: &model,
@@ -646,6 +677,29 @@ mod tests {
                 assert!(norm(&part) > 0.0, "no gradient reaches {name} (part {p})");
             }
         }
+    }
+
+    #[test]
+    fn fresh_data_needs_no_records_and_is_part_of_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = small(Method::Cot);
+        config.max_stage = 0;
+        config.epochs_per_stage = 2;
+        config.data = TrainData::Fresh {
+            per_epoch: 4,
+            seed: 1,
+        };
+        let stop = AtomicBool::new(false);
+        let state = train(&config, &[], dir.path(), &ProgressBar::hidden(), &stop).unwrap();
+        assert_eq!(state.epochs_done, 2);
+        assert!(state.epoch_losses.iter().all(|l| l.is_finite()));
+        // Another data seed is another run.
+        config.data = TrainData::Fresh {
+            per_epoch: 4,
+            seed: 2,
+        };
+        let err = train(&config, &[], dir.path(), &ProgressBar::hidden(), &stop).unwrap_err();
+        assert!(err.to_string().contains("different config"), "{err}");
     }
 
     #[test]
