@@ -12,6 +12,7 @@ use faer::linalg::solvers::Solve;
 use faer::{Mat, MatRef, Side};
 
 use crate::analysis::design::{self, Blocks, Standardizer, MIN_COLS};
+use crate::analysis::rowspace::RowBasis;
 
 /// One fitting problem: rows, their class codes, and the standardization of its rows.
 pub struct LogisticProblem<'a> {
@@ -148,6 +149,14 @@ pub struct LogisticModel {
 }
 
 impl LogisticModel {
+    /// The model in standardized feature space, from one fitted in `basis` coordinates.
+    pub fn lift(self, basis: &RowBasis) -> LogisticModel {
+        LogisticModel {
+            w: basis.lift(&self.w),
+            ..self
+        }
+    }
+
     /// Margins (n x max(k, MIN_COLS), first k columns meaningful) of the rows `x`.
     pub fn margins(&self, x: &Blocks<'_>, st: &Standardizer) -> Mat<f32> {
         let (w, b) = st.to_raw(self.w.as_ref(), &self.b);
@@ -389,6 +398,27 @@ pub fn fit(
         converged,
         objective: x.f,
     }
+}
+
+/// `fit` on the reduced rows of a row basis (see `rowspace`): the same optimum for wide
+/// training sets. `pre` should come from `basis.covariance()`; the model (and `warm`) are
+/// in reduced coordinates (r x k weights): `LogisticModel::lift` maps them back.
+pub fn fit_in_basis(
+    basis: &RowBasis,
+    labels: &[u32],
+    n_classes: usize,
+    lambda: f64,
+    pre: &Preconditioner,
+    warm: Option<&LogisticModel>,
+    opts: &LogisticOptions,
+) -> LogisticModel {
+    let problem = LogisticProblem {
+        x: basis.rows(),
+        labels,
+        n_classes,
+        standardizer: &basis.identity,
+    };
+    fit(&problem, lambda, pre, warm, opts)
 }
 
 fn max_abs(v: &[f64]) -> f64 {
