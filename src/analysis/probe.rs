@@ -1438,6 +1438,110 @@ mod tests {
         assert_eq!((r.n_rows, r.dropped_rows), (38, 2));
     }
 
+    /// 60 samples x 300 features: 8 latent factors plus noise, each feature shifted and
+    /// scaled, one constant and one almost constant column; `signal` is factor 0.
+    fn wide(seed: u64) -> (Vec<f32>, Vec<f64>) {
+        let (n, d, f) = (60, 300, 8);
+        let z = rng::gaussian(seed, 1, n * f);
+        let load = rng::gaussian(seed, 2, f * d);
+        let noise = rng::gaussian(seed, 3, n * d);
+        let mut x = Vec::with_capacity(n * d);
+        for i in 0..n {
+            for j in 0..d {
+                let v: f32 = (0..f).map(|k| z[i * f + k] * load[k * d + j]).sum::<f32>()
+                    + 0.3 * noise[i * d + j];
+                x.push(match j {
+                    5 => 2.5,
+                    6 => 100.0 + 1e-4 * noise[i * d + j],
+                    _ => (j % 7) as f32 + v * (1.0 + (j % 5) as f32),
+                });
+            }
+        }
+        (x, (0..n).map(|i| z[i * f] as f64).collect())
+    }
+
+    /// The same probe through both solvers, with a tight logistic tolerance so both reach
+    /// the optimum to well below the compared precision.
+    fn both_solvers(x: &[f32], target: &Target) -> (ProbeResult, ProbeResult) {
+        let groups: Vec<u32> = (0..60).collect();
+        let input = ProbeInput {
+            x,
+            width: 300,
+            groups: &groups,
+        };
+        let run = |solver| {
+            let cfg = ProbeConfig {
+                permutations: 3,
+                bootstrap: 50,
+                c_grid: vec![0.01, 0.1, 1.0],
+                // Ridge: lambdas well above the full path's Cholesky jitter (d f32 eps).
+                lambda_grid: vec![0.1, 1.0, 10.0],
+                logistic: LogisticOptions {
+                    tol: 1e-7,
+                    ftol: 1e-15,
+                    max_iter: 3000,
+                },
+                solver,
+                ..ProbeConfig::default()
+            };
+            probe(&input, target, &cfg, &ProgressBar::hidden()).unwrap()
+        };
+        (run(Solver::Full), run(Solver::RowSpace))
+    }
+
+    fn assert_same(full: &ProbeResult, rows: &ProbeResult, weight_tol: f64) {
+        assert_eq!(full.chosen_c, rows.chosen_c);
+        assert_eq!(full.chosen_lambda, rows.chosen_lambda);
+        for (a, b) in full.metrics.iter().zip(&rows.metrics) {
+            for (va, vb) in [
+                (a.value, b.value),
+                (a.ci_low, b.ci_low),
+                (a.ci_high, b.ci_high),
+                (a.control_value, b.control_value),
+                (a.baseline_value, b.baseline_value),
+                (a.p_value, b.p_value),
+            ] {
+                assert!((va - vb).abs() < 1e-4, "{a:?}\n{b:?}");
+            }
+        }
+        let (da, db) = (&full.direction, &rows.direction);
+        for (wa, wb) in da.weights.iter().zip(&db.weights) {
+            assert_eq!(wa.len(), 300);
+            let top = wa.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (va, vb) in wa.iter().zip(wb) {
+                assert!((va - vb).abs() < weight_tol * top, "{va} vs {vb} (max {top})");
+            }
+        }
+        for (ba, bb) in da.bias.iter().zip(&db.bias) {
+            assert!((ba - bb).abs() < 1e-3 * (1.0 + ba.abs()), "{ba} vs {bb}");
+        }
+    }
+
+    #[test]
+    fn row_space_solver_gives_the_full_solvers_answers_on_wide_data() {
+        let (x, signal) = wide(21);
+        let binary_y: Vec<u32> = signal.iter().map(|&v| (v > 0.0) as u32).collect();
+        let (full, rows) = both_solvers(&x, &binary(binary_y));
+        assert!(metric(&full, "accuracy").value > 0.7, "{:?}", full.metrics);
+        assert_same(&full, &rows, 1e-5);
+
+        let three: Vec<u32> = signal
+            .iter()
+            .map(|&v| (v > -0.4) as u32 + (v > 0.4) as u32)
+            .collect();
+        let target = Target::Categorical {
+            codes: three,
+            names: vec!["low".into(), "mid".into(), "high".into()],
+        };
+        let (full, rows) = both_solvers(&x, &target);
+        assert_same(&full, &rows, 1e-5);
+
+        let (full, rows) = both_solvers(&x, &Target::Continuous(signal));
+        assert!(metric(&full, "r2").value > 0.5, "{:?}", full.metrics);
+        // Ridge differs only by the full path's jitter (d f32 eps / lambda <= 4e-4).
+        assert_same(&full, &rows, 1e-3);
+    }
+
     #[test]
     fn control_and_permuted_labels_keep_the_sample_structure() {
         let groups: Vec<u32> = (0..300).map(|i| i / 3).collect();
