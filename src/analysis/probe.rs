@@ -361,7 +361,8 @@ impl Prepared {
 
     /// The row basis of the rows of `folds`, standardized on those rows.
     fn row_basis(&self, folds: &[usize]) -> crate::Result<RowBasis> {
-        let st = ColumnStats::total(self.width, folds.iter().map(|&f| &self.stats[f])).standardizer();
+        let st =
+            ColumnStats::total(self.width, folds.iter().map(|&f| &self.stats[f])).standardizer();
         RowBasis::new(&self.blocks(folds), st)
     }
 
@@ -590,15 +591,18 @@ impl Space {
 
     fn preconditioner(&self, k: usize, lambda: f64) -> crate::Result<Preconditioner> {
         match self {
-            Space::Full { st, moments } => {
-                Preconditioner::new(&moments.correlation(st), k, lambda)
-            }
+            Space::Full { st, moments } => Preconditioner::new(&moments.correlation(st), k, lambda),
             Space::Rows(b) => Preconditioner::new(&b.covariance(), k, lambda),
         }
     }
 
     /// Preconditioners for each C of the grid (lambda = 1 / (C n)).
-    fn preconditioners(&self, k: usize, grid: &[f64], n: usize) -> crate::Result<Vec<Preconditioner>> {
+    fn preconditioners(
+        &self,
+        k: usize,
+        grid: &[f64],
+        n: usize,
+    ) -> crate::Result<Vec<Preconditioner>> {
         grid.iter()
             .map(|&c| self.preconditioner(k, 1.0 / (c * n as f64)))
             .collect()
@@ -730,8 +734,16 @@ fn classify(
         };
         for (i, f) in outer.iter().enumerate() {
             let yt = data.gather(labels, &f.train);
-            let model = f.space.fit(data, &f.train, &yt, k, f.lambda, &f.pre, None, opts);
-            predict_into(&f.space.lift(model), data, i, f.space.standardizer(), &mut o);
+            let model = f
+                .space
+                .fit(data, &f.train, &yt, k, f.lambda, &f.pre, None, opts);
+            predict_into(
+                &f.space.lift(model),
+                data,
+                i,
+                f.space.standardizer(),
+                &mut o,
+            );
         }
         o
     };
@@ -1509,7 +1521,10 @@ mod tests {
             assert_eq!(wa.len(), 300);
             let top = wa.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             for (va, vb) in wa.iter().zip(wb) {
-                assert!((va - vb).abs() < weight_tol * top, "{va} vs {vb} (max {top})");
+                assert!(
+                    (va - vb).abs() < weight_tol * top,
+                    "{va} vs {vb} (max {top})"
+                );
             }
         }
         for (ba, bb) in da.bias.iter().zip(&db.bias) {

@@ -245,4 +245,53 @@ mod tests {
             assert!((pred[(r, 0)] as f64 - direct).abs() < 1e-4);
         }
     }
+
+    #[test]
+    fn row_space_ridge_equals_the_dual_closed_form_on_wide_data() {
+        // 20 rows, 50 features: w = Xs^T (Xs Xs^T + n lambda I)^-1 (y - ybar), solved
+        // directly in f64 (no eigendecomposition), for two targets at once.
+        let (n, d) = (20, 50);
+        let x: Vec<f32> = (0..n * d)
+            .map(|i| {
+                ((i * 13 % 29) as f32 * 0.41).sin() * (1.0 + (i % d) as f32 * 0.1) + (i % d) as f32
+            })
+            .collect();
+        let y0: Vec<f64> = (0..n)
+            .map(|i| (i as f64 * 0.7).cos() + 0.1 * i as f64)
+            .collect();
+        let y1: Vec<f64> = (0..n).map(|i| ((i * i) % 7) as f64).collect();
+        let view = MatRef::from_row_major_slice(&x, n, d);
+        let st = crate::analysis::design::ColumnStats::of(view).standardizer();
+        let basis = RowBasis::new(
+            &Blocks {
+                blocks: vec![view],
+                width: d,
+            },
+            st.clone(),
+        )
+        .unwrap();
+        let lambda = 0.05;
+        let model = RowRidge::new(&basis, &[y0.clone(), y1.clone()]).solve(lambda);
+        let xs = Mat::<f64>::from_fn(n, d, |r, j| {
+            (x[r * d + j] as f64 - st.mean[j]) / st.scale[j]
+        });
+        let k = Mat::<f64>::from_fn(n, n, |a, b| {
+            (0..d).map(|j| xs[(a, j)] * xs[(b, j)]).sum::<f64>()
+                + if a == b { n as f64 * lambda } else { 0.0 }
+        });
+        for (c, y) in [y0, y1].iter().enumerate() {
+            let ybar = y.iter().sum::<f64>() / n as f64;
+            let yc = Mat::<f64>::from_fn(n, 1, |r, _| y[r] - ybar);
+            let alpha = k.partial_piv_lu().solve(&yc);
+            for j in 0..d {
+                let want: f64 = (0..n).map(|r| xs[(r, j)] * alpha[(r, 0)]).sum();
+                let got = model.w[(j, c)];
+                assert!(
+                    (got - want).abs() < 1e-9 * (1.0 + want.abs()),
+                    "{got} vs {want}"
+                );
+            }
+            assert!((model.b[c] - ybar).abs() < 1e-12);
+        }
+    }
 }

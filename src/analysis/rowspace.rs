@@ -151,7 +151,7 @@ mod tests {
                 if j == 7 {
                     3.0
                 } else {
-                    ((r * 7 + j * j) as f32 * 0.37).sin() * (1.0 + j as f32)
+                    ((r * 31 + j * 17) * (r + 3) % 23) as f32 * (1.0 + j as f32)
                 }
             })
             .collect();
