@@ -329,6 +329,18 @@ pub fn fit(
     warm: Option<&LogisticModel>,
     opts: &LogisticOptions,
 ) -> LogisticModel {
+    fit_until(p, lambda, pre, warm, opts, &max_abs)
+}
+
+/// `fit`, with `grad_size` measuring the gradient for the `tol` test.
+fn fit_until(
+    p: &LogisticProblem<'_>,
+    lambda: f64,
+    pre: &Preconditioner,
+    warm: Option<&LogisticModel>,
+    opts: &LogisticOptions,
+    grad_size: &dyn Fn(&[f64]) -> f64,
+) -> LogisticModel {
     let d = p.x.width;
     let k = p.outputs();
     let theta0 = match warm {
@@ -348,7 +360,7 @@ pub fn fit(
     let mut hist: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> = Default::default();
     let mut gamma = 1.0;
     let mut iterations = 0;
-    let mut converged = max_abs(&x.grad) <= opts.tol;
+    let mut converged = grad_size(&x.grad) <= opts.tol;
     while !converged && iterations < opts.max_iter {
         iterations += 1;
         let dir = two_loop(&x.grad, &hist, pre, k, gamma);
@@ -388,7 +400,7 @@ pub fn fit(
         }
         let decrease = (x.f - next.f) / x.f.abs().max(next.f.abs()).max(1.0);
         x = next;
-        converged = max_abs(&x.grad) <= opts.tol || decrease <= opts.ftol;
+        converged = grad_size(&x.grad) <= opts.tol || decrease <= opts.ftol;
     }
     let w = Mat::from_fn(d, k, |j, c| x.theta[c * d + j]);
     LogisticModel {
@@ -403,6 +415,10 @@ pub fn fit(
 /// `fit` on the reduced rows of a row basis (see `rowspace`): the same optimum for wide
 /// training sets. `pre` should come from `basis.covariance()`; the model (and `warm`) are
 /// in reduced coordinates (r x k weights): `LogisticModel::lift` maps them back.
+///
+/// The iterates are those of `fit` on the full features (mapped by the basis; the
+/// preconditioner, like the gradient, acts within the row space), so the `tol` test is
+/// made on the gradient in feature space too, V g: the fit stops where `fit` would.
 pub fn fit_in_basis(
     basis: &RowBasis,
     labels: &[u32],
@@ -418,7 +434,15 @@ pub fn fit_in_basis(
         n_classes,
         standardizer: &basis.identity,
     };
-    fit(&problem, lambda, pre, warm, opts)
+    let (r, k) = (basis.rank(), problem.outputs());
+    let feature_grad_size = |g: &[f64]| {
+        let gw = basis.lift(&weights_mat(g, r, k));
+        let w_part = (0..k).fold(0.0f64, |m, c| {
+            gw.col(c).iter().fold(m, |m, v| m.max(v.abs()))
+        });
+        w_part.max(max_abs(&g[r * k..]))
+    };
+    fit_until(&problem, lambda, pre, warm, opts, &feature_grad_size)
 }
 
 fn max_abs(v: &[f64]) -> f64 {
