@@ -568,6 +568,31 @@ mod tests {
         model
     }
 
+    /// `fit_all` through a row basis (rank d here, so the basis spans every direction).
+    fn fit_all_in_basis(x: &[f32], labels: &[u32], n_classes: usize, c: f64) -> LogisticModel {
+        let (n, d) = (labels.len(), x.len() / labels.len());
+        let view = MatRef::from_row_major_slice(x, n, d);
+        let st = Moments::of(view).standardizer();
+        let basis = RowBasis::new(
+            &Blocks {
+                blocks: vec![view],
+                width: d,
+            },
+            st,
+        )
+        .unwrap();
+        let lambda = 1.0 / (c * n as f64);
+        let pre = Preconditioner::new(&basis.covariance(), n_classes, lambda).unwrap();
+        let opts = LogisticOptions {
+            tol: 1e-9,
+            ftol: 0.0,
+            max_iter: 1000,
+        };
+        let model = fit_in_basis(&basis, labels, n_classes, lambda, &pre, None, &opts);
+        assert!(model.converged);
+        model.lift(&basis)
+    }
+
     fn assert_close(got: f64, want: f64) {
         assert!(
             (got - want).abs() < 2e-4 * (1.0 + want.abs()),
@@ -580,17 +605,20 @@ mod tests {
     fn binary_coefficients_match_sklearn() {
         let (x, q) = dataset();
         let y: Vec<u32> = q.iter().map(|&v| (v > 0.0) as u32).collect();
-        let m = fit_all(&x, &y, 2, 0.5);
-        let want = [
-            1.3661539965266667,
-            0.8428515700595943,
-            -0.11129027884869273,
-            -0.17842138374425212,
-        ];
-        for (j, w) in want.iter().enumerate() {
-            assert_close(m.w[(j, 0)], *w);
+        let full = fit_all(&x, &y, 2, 0.5);
+        let rows = fit_all_in_basis(&x, &y, 2, 0.5);
+        for m in [full, rows] {
+            let want = [
+                1.3661539965266667,
+                0.8428515700595943,
+                -0.11129027884869273,
+                -0.17842138374425212,
+            ];
+            for (j, w) in want.iter().enumerate() {
+                assert_close(m.w[(j, 0)], *w);
+            }
+            assert_close(m.b[0], 0.12557650079049237);
         }
-        assert_close(m.b[0], 0.12557650079049237);
     }
 
     #[test]
@@ -600,33 +628,34 @@ mod tests {
             .iter()
             .map(|&v| (v >= -0.5) as u32 + (v >= 0.5) as u32)
             .collect();
-        let m = fit_all(&x, &y, 3, 0.5);
-        let want = [
-            [
-                -1.3044495627351729,
-                -0.6014256377501295,
-                -0.07711025278013785,
-                -0.0014007427251695641,
-            ],
-            [
-                0.28750665942250475,
-                0.24315085237986506,
-                0.14042970490555018,
-                0.025083383840224103,
-            ],
-            [
-                1.0169429033126685,
-                0.3582747853702643,
-                -0.06331945212541275,
-                -0.02368264111505461,
-            ],
-        ];
-        let want_b = [-0.8062004544353482, 0.4936515030486735, 0.3125489513866754];
-        for (c, (wc, bc)) in want.iter().zip(want_b).enumerate() {
-            for (j, w) in wc.iter().enumerate() {
-                assert_close(m.w[(j, c)], *w);
+        for m in [fit_all(&x, &y, 3, 0.5), fit_all_in_basis(&x, &y, 3, 0.5)] {
+            let want = [
+                [
+                    -1.3044495627351729,
+                    -0.6014256377501295,
+                    -0.07711025278013785,
+                    -0.0014007427251695641,
+                ],
+                [
+                    0.28750665942250475,
+                    0.24315085237986506,
+                    0.14042970490555018,
+                    0.025083383840224103,
+                ],
+                [
+                    1.0169429033126685,
+                    0.3582747853702643,
+                    -0.06331945212541275,
+                    -0.02368264111505461,
+                ],
+            ];
+            let want_b = [-0.8062004544353482, 0.4936515030486735, 0.3125489513866754];
+            for (c, (wc, bc)) in want.iter().zip(want_b).enumerate() {
+                for (j, w) in wc.iter().enumerate() {
+                    assert_close(m.w[(j, c)], *w);
+                }
+                assert_close(m.b[c], bc);
             }
-            assert_close(m.b[c], bc);
         }
     }
 
