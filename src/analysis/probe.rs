@@ -46,7 +46,8 @@ const PERMUTATION_STREAM: u64 = 0x5045_524D; // "PERM"
 /// `Solver::Auto` fits in the row space when features > this x rows. Measured on the
 /// diffusion `unet.mid_block` features (192 rows, the first d columns, 20 permutations):
 /// the logistic probe costs the same both ways near d = 0.6-0.75 n, the row space wins
-/// beyond (d = 2n: 0.33 s vs 0.91 s; d = 16n, the image site: ~100x). Both are exact.
+/// beyond (d = 2n: 0.33 s vs 0.91 s; the image and mid-block sites, d = 16n and 5n:
+/// ~90x for the whole `latentlens probe` run). Both are exact.
 const ROW_SPACE_RATIO: f64 = 0.75;
 
 /// How the probes are solved; both give the same optimum (see the module note).
@@ -57,7 +58,7 @@ pub enum Solver {
     Auto,
     /// d x d feature statistics and factorisations.
     Full,
-    /// n x n row-space bases.
+    /// n x n row-space bases (an n x n Gram matrix per training set: for wide sites).
     RowSpace,
 }
 
