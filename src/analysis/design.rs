@@ -141,22 +141,8 @@ impl Moments {
     /// column's RMS is rounding noise (e.g. an almost always black pixel), and dividing by it
     /// would blow that noise up into an indefinite correlation matrix.
     pub fn standardizer(&self) -> Standardizer {
-        let n = self.n.max(1) as f64;
-        let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
-        let scale = mean
-            .iter()
-            .enumerate()
-            .map(|(j, m)| {
-                let var = self.gram[(j, j)] / n - m * m;
-                let floor = 3e-3 * (self.gram[(j, j)] / n).sqrt();
-                if var > 0.0 && var.sqrt() > floor {
-                    var.sqrt()
-                } else {
-                    1.0
-                }
-            })
-            .collect();
-        Standardizer { mean, scale }
+        let squares: Vec<f64> = (0..self.sum.len()).map(|j| self.gram[(j, j)]).collect();
+        Standardizer::of_sums(self.n, &self.sum, &squares)
     }
 
     /// Covariance of the standardized features (the correlation matrix, with 0 rows for
@@ -170,11 +156,95 @@ impl Moments {
     }
 }
 
+/// Count, column sums and column sums of squares of a set of rows: all the row-space
+/// solvers need (the standardizer), without the d x d Gram matrix of `Moments`.
+#[derive(Clone)]
+pub struct ColumnStats {
+    pub n: usize,
+    pub sum: Vec<f64>,
+    pub squares: Vec<f64>,
+}
+
+impl ColumnStats {
+    /// Statistics of one row-major block, accumulated in f64.
+    pub fn of(x: MatRef<'_, f32>) -> ColumnStats {
+        let d = x.ncols();
+        let mut sum = vec![0.0; d];
+        let mut squares = vec![0.0; d];
+        for r in 0..x.nrows() {
+            for j in 0..d {
+                let v = x[(r, j)] as f64;
+                sum[j] += v;
+                squares[j] += v * v;
+            }
+        }
+        ColumnStats {
+            n: x.nrows(),
+            sum,
+            squares,
+        }
+    }
+
+    /// Sum of the statistics of the given parts.
+    pub fn total<'m>(d: usize, parts: impl IntoIterator<Item = &'m ColumnStats>) -> ColumnStats {
+        let mut t = ColumnStats {
+            n: 0,
+            sum: vec![0.0; d],
+            squares: vec![0.0; d],
+        };
+        for p in parts {
+            t.n += p.n;
+            for j in 0..d {
+                t.sum[j] += p.sum[j];
+                t.squares[j] += p.squares[j];
+            }
+        }
+        t
+    }
+
+    /// The same standardizer as `Moments::standardizer` (same constant-column rule).
+    pub fn standardizer(&self) -> Standardizer {
+        Standardizer::of_sums(self.n, &self.sum, &self.squares)
+    }
+}
+
 /// Per-column affine map x -> (x - mean) / scale, fitted on training rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Standardizer {
     pub mean: Vec<f64>,
     pub scale: Vec<f64>,
+}
+
+impl Standardizer {
+    /// Mean and standard deviation (population, like sklearn's StandardScaler) from the
+    /// row count, column sums and column sums of squares; see `Moments::standardizer` for
+    /// the rule that gives (almost) constant columns scale 1.
+    pub fn of_sums(n: usize, sum: &[f64], squares: &[f64]) -> Standardizer {
+        let n = n.max(1) as f64;
+        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+        let scale = mean
+            .iter()
+            .zip(squares)
+            .map(|(m, sq)| {
+                let var = sq / n - m * m;
+                let floor = 3e-3 * (sq / n).sqrt();
+                if var > 0.0 && var.sqrt() > floor {
+                    var.sqrt()
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Standardizer { mean, scale }
+    }
+
+    /// The map that changes nothing (mean 0, scale 1), for features already centred.
+    pub fn identity(d: usize) -> Standardizer {
+        Standardizer {
+            mean: vec![0.0; d],
+            scale: vec![1.0; d],
+        }
+    }
 }
 
 impl Standardizer {

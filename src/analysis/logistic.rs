@@ -12,6 +12,7 @@ use faer::linalg::solvers::Solve;
 use faer::{Mat, MatRef, Side};
 
 use crate::analysis::design::{self, Blocks, Standardizer, MIN_COLS};
+use crate::analysis::rowspace::RowBasis;
 
 /// One fitting problem: rows, their class codes, and the standardization of its rows.
 pub struct LogisticProblem<'a> {
@@ -148,6 +149,14 @@ pub struct LogisticModel {
 }
 
 impl LogisticModel {
+    /// The model in standardized feature space, from one fitted in `basis` coordinates.
+    pub fn lift(self, basis: &RowBasis) -> LogisticModel {
+        LogisticModel {
+            w: basis.lift(&self.w),
+            ..self
+        }
+    }
+
     /// Margins (n x max(k, MIN_COLS), first k columns meaningful) of the rows `x`.
     pub fn margins(&self, x: &Blocks<'_>, st: &Standardizer) -> Mat<f32> {
         let (w, b) = st.to_raw(self.w.as_ref(), &self.b);
@@ -320,6 +329,18 @@ pub fn fit(
     warm: Option<&LogisticModel>,
     opts: &LogisticOptions,
 ) -> LogisticModel {
+    fit_until(p, lambda, pre, warm, opts, &max_abs)
+}
+
+/// `fit`, with `grad_size` measuring the gradient for the `tol` test.
+fn fit_until(
+    p: &LogisticProblem<'_>,
+    lambda: f64,
+    pre: &Preconditioner,
+    warm: Option<&LogisticModel>,
+    opts: &LogisticOptions,
+    grad_size: &dyn Fn(&[f64]) -> f64,
+) -> LogisticModel {
     let d = p.x.width;
     let k = p.outputs();
     let theta0 = match warm {
@@ -339,7 +360,7 @@ pub fn fit(
     let mut hist: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> = Default::default();
     let mut gamma = 1.0;
     let mut iterations = 0;
-    let mut converged = max_abs(&x.grad) <= opts.tol;
+    let mut converged = grad_size(&x.grad) <= opts.tol;
     while !converged && iterations < opts.max_iter {
         iterations += 1;
         let dir = two_loop(&x.grad, &hist, pre, k, gamma);
@@ -379,7 +400,7 @@ pub fn fit(
         }
         let decrease = (x.f - next.f) / x.f.abs().max(next.f.abs()).max(1.0);
         x = next;
-        converged = max_abs(&x.grad) <= opts.tol || decrease <= opts.ftol;
+        converged = grad_size(&x.grad) <= opts.tol || decrease <= opts.ftol;
     }
     let w = Mat::from_fn(d, k, |j, c| x.theta[c * d + j]);
     LogisticModel {
@@ -389,6 +410,39 @@ pub fn fit(
         converged,
         objective: x.f,
     }
+}
+
+/// `fit` on the reduced rows of a row basis (see `rowspace`): the same optimum for wide
+/// training sets. `pre` should come from `basis.covariance()`; the model (and `warm`) are
+/// in reduced coordinates (r x k weights): `LogisticModel::lift` maps them back.
+///
+/// The iterates are those of `fit` on the full features (mapped by the basis; the
+/// preconditioner, like the gradient, acts within the row space), so the `tol` test is
+/// made on the gradient in feature space too, V g: the fit stops where `fit` would.
+pub fn fit_in_basis(
+    basis: &RowBasis,
+    labels: &[u32],
+    n_classes: usize,
+    lambda: f64,
+    pre: &Preconditioner,
+    warm: Option<&LogisticModel>,
+    opts: &LogisticOptions,
+) -> LogisticModel {
+    let problem = LogisticProblem {
+        x: basis.rows(),
+        labels,
+        n_classes,
+        standardizer: &basis.identity,
+    };
+    let (r, k) = (basis.rank(), problem.outputs());
+    let feature_grad_size = |g: &[f64]| {
+        let gw = basis.lift(&weights_mat(g, r, k));
+        let w_part = (0..k).fold(0.0f64, |m, c| {
+            gw.col(c).iter().fold(m, |m, v| m.max(v.abs()))
+        });
+        w_part.max(max_abs(&g[r * k..]))
+    };
+    fit_until(&problem, lambda, pre, warm, opts, &feature_grad_size)
 }
 
 fn max_abs(v: &[f64]) -> f64 {
@@ -514,6 +568,31 @@ mod tests {
         model
     }
 
+    /// `fit_all` through a row basis (rank d here, so the basis spans every direction).
+    fn fit_all_in_basis(x: &[f32], labels: &[u32], n_classes: usize, c: f64) -> LogisticModel {
+        let (n, d) = (labels.len(), x.len() / labels.len());
+        let view = MatRef::from_row_major_slice(x, n, d);
+        let st = Moments::of(view).standardizer();
+        let basis = RowBasis::new(
+            &Blocks {
+                blocks: vec![view],
+                width: d,
+            },
+            st,
+        )
+        .unwrap();
+        let lambda = 1.0 / (c * n as f64);
+        let pre = Preconditioner::new(&basis.covariance(), n_classes, lambda).unwrap();
+        let opts = LogisticOptions {
+            tol: 1e-9,
+            ftol: 0.0,
+            max_iter: 1000,
+        };
+        let model = fit_in_basis(&basis, labels, n_classes, lambda, &pre, None, &opts);
+        assert!(model.converged);
+        model.lift(&basis)
+    }
+
     fn assert_close(got: f64, want: f64) {
         assert!(
             (got - want).abs() < 2e-4 * (1.0 + want.abs()),
@@ -526,17 +605,20 @@ mod tests {
     fn binary_coefficients_match_sklearn() {
         let (x, q) = dataset();
         let y: Vec<u32> = q.iter().map(|&v| (v > 0.0) as u32).collect();
-        let m = fit_all(&x, &y, 2, 0.5);
-        let want = [
-            1.3661539965266667,
-            0.8428515700595943,
-            -0.11129027884869273,
-            -0.17842138374425212,
-        ];
-        for (j, w) in want.iter().enumerate() {
-            assert_close(m.w[(j, 0)], *w);
+        let full = fit_all(&x, &y, 2, 0.5);
+        let rows = fit_all_in_basis(&x, &y, 2, 0.5);
+        for m in [full, rows] {
+            let want = [
+                1.3661539965266667,
+                0.8428515700595943,
+                -0.11129027884869273,
+                -0.17842138374425212,
+            ];
+            for (j, w) in want.iter().enumerate() {
+                assert_close(m.w[(j, 0)], *w);
+            }
+            assert_close(m.b[0], 0.12557650079049237);
         }
-        assert_close(m.b[0], 0.12557650079049237);
     }
 
     #[test]
@@ -546,33 +628,34 @@ mod tests {
             .iter()
             .map(|&v| (v >= -0.5) as u32 + (v >= 0.5) as u32)
             .collect();
-        let m = fit_all(&x, &y, 3, 0.5);
-        let want = [
-            [
-                -1.3044495627351729,
-                -0.6014256377501295,
-                -0.07711025278013785,
-                -0.0014007427251695641,
-            ],
-            [
-                0.28750665942250475,
-                0.24315085237986506,
-                0.14042970490555018,
-                0.025083383840224103,
-            ],
-            [
-                1.0169429033126685,
-                0.3582747853702643,
-                -0.06331945212541275,
-                -0.02368264111505461,
-            ],
-        ];
-        let want_b = [-0.8062004544353482, 0.4936515030486735, 0.3125489513866754];
-        for (c, (wc, bc)) in want.iter().zip(want_b).enumerate() {
-            for (j, w) in wc.iter().enumerate() {
-                assert_close(m.w[(j, c)], *w);
+        for m in [fit_all(&x, &y, 3, 0.5), fit_all_in_basis(&x, &y, 3, 0.5)] {
+            let want = [
+                [
+                    -1.3044495627351729,
+                    -0.6014256377501295,
+                    -0.07711025278013785,
+                    -0.0014007427251695641,
+                ],
+                [
+                    0.28750665942250475,
+                    0.24315085237986506,
+                    0.14042970490555018,
+                    0.025083383840224103,
+                ],
+                [
+                    1.0169429033126685,
+                    0.3582747853702643,
+                    -0.06331945212541275,
+                    -0.02368264111505461,
+                ],
+            ];
+            let want_b = [-0.8062004544353482, 0.4936515030486735, 0.3125489513866754];
+            for (c, (wc, bc)) in want.iter().zip(want_b).enumerate() {
+                for (j, w) in wc.iter().enumerate() {
+                    assert_close(m.w[(j, c)], *w);
+                }
+                assert_close(m.b[c], bc);
             }
-            assert_close(m.b[c], bc);
         }
     }
 

@@ -15,5 +15,6 @@ pub mod probe;
 pub mod probe_bench;
 pub mod quality;
 pub mod ridge;
+pub mod rowspace;
 pub mod ssim;
 pub mod umap;

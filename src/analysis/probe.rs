@@ -13,6 +13,14 @@
 //! from the empirical distribution of those pairs, seeded and independent of row order.
 //! Under grouped CV the probe cannot memorize test samples, so the control measures what
 //! the probe scores on labels that carry no information about the features.
+//!
+//! Wide sites (more features than rows) are fitted exactly in the row space of each
+//! training set (see `rowspace`): same optimum, n x n work instead of d x d. Each training
+//! set (outer, inner, final) gets its own basis, because its standardization (training
+//! means and scales) differs; the basis of an outer training set depends only on its
+//! rows, so its control and permutation fits reuse it. (One basis of the outer fold would
+//! not serve its inner sets: they rescale the features by their own scales, which moves
+//! the row space.)
 
 use std::collections::HashMap;
 
@@ -23,16 +31,36 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::analysis::cv::GroupFolds;
-use crate::analysis::design::{Blocks, Moments, Standardizer};
+use crate::analysis::design::{Blocks, ColumnStats, Moments, Standardizer};
 use crate::analysis::logistic::{
     self, LogisticModel, LogisticOptions, LogisticProblem, Preconditioner,
 };
 use crate::analysis::metrics;
-use crate::analysis::ridge::{RidgeMoments, RidgeSolver};
+use crate::analysis::ridge::{RidgeModel, RidgeMoments, RidgeSolver, RowRidge};
+use crate::analysis::rowspace::RowBasis;
 use crate::rng;
 
 const CONTROL_STREAM: u64 = 0x4354_524C; // "CTRL"
 const PERMUTATION_STREAM: u64 = 0x5045_524D; // "PERM"
+
+/// `Solver::Auto` fits in the row space when features > this x rows. Measured on the
+/// diffusion `unet.mid_block` features (192 rows, the first d columns, 20 permutations):
+/// the logistic probe costs the same both ways near d = 0.6-0.75 n, the row space wins
+/// beyond (d = 2n: 0.33 s vs 0.91 s; the image and mid-block sites, d = 16n and 5n:
+/// ~90x for the whole `latentlens probe` run). Both are exact.
+const ROW_SPACE_RATIO: f64 = 0.75;
+
+/// How the probes are solved; both give the same optimum (see the module note).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Solver {
+    /// Row space when the site is wide (features > `ROW_SPACE_RATIO` x rows), else full.
+    #[default]
+    Auto,
+    /// d x d feature statistics and factorisations.
+    Full,
+    /// n x n row-space bases (an n x n Gram matrix per training set: for wide sites).
+    RowSpace,
+}
 
 /// What a probe predicts.
 #[derive(Debug, Clone)]
@@ -66,6 +94,7 @@ pub struct ProbeConfig {
     /// Drop rows with NaN/Inf features instead of refusing them.
     pub drop_nonfinite: bool,
     pub logistic: LogisticOptions,
+    pub solver: Solver,
 }
 
 impl Default for ProbeConfig {
@@ -79,6 +108,7 @@ impl Default for ProbeConfig {
             lambda_grid: vec![1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0],
             drop_nonfinite: false,
             logistic: LogisticOptions::default(),
+            solver: Solver::Auto,
         }
     }
 }
@@ -273,13 +303,16 @@ struct Prepared {
     groups: Vec<u32>,
     ranges: Vec<std::ops::Range<usize>>,
     offset: Vec<f64>,
+    /// Per-fold feature statistics: d x d `Moments` for the full path, column sums for
+    /// the row-space path (exactly one of the two is filled).
     moments: Vec<Moments>,
+    stats: Vec<ColumnStats>,
     /// Row index (in caller order) of each prepared row.
     source: Vec<usize>,
 }
 
 impl Prepared {
-    fn new(input: &ProbeInput<'_>, keep: &[usize], folds: &GroupFolds) -> Prepared {
+    fn new(input: &ProbeInput<'_>, keep: &[usize], folds: &GroupFolds, rows: bool) -> Prepared {
         let d = input.width;
         let (order, ranges) = folds.fold_order();
         let source: Vec<usize> = order.iter().map(|&i| keep[i]).collect();
@@ -308,12 +341,31 @@ impl Prepared {
             ranges,
             offset,
             moments: Vec::new(),
+            stats: Vec::new(),
             source,
         };
-        p.moments = (0..p.ranges.len())
-            .map(|f| Moments::of(p.fold(f)))
-            .collect();
+        if rows {
+            p.stats = (0..p.ranges.len())
+                .map(|f| ColumnStats::of(p.fold(f)))
+                .collect();
+        } else {
+            p.moments = (0..p.ranges.len())
+                .map(|f| Moments::of(p.fold(f)))
+                .collect();
+        }
         p
+    }
+
+    /// Whether this data is solved in the row space.
+    fn row_space(&self) -> bool {
+        !self.stats.is_empty()
+    }
+
+    /// The row basis of the rows of `folds`, standardized on those rows.
+    fn row_basis(&self, folds: &[usize]) -> crate::Result<RowBasis> {
+        let st =
+            ColumnStats::total(self.width, folds.iter().map(|&f| &self.stats[f])).standardizer();
+        RowBasis::new(&self.blocks(folds), st)
     }
 
     fn fold(&self, f: usize) -> MatRef<'_, f32> {
@@ -455,7 +507,12 @@ pub fn probe(
             cfg.folds
         )));
     }
-    let data = Prepared::new(input, &keep, &folds);
+    let rows = match cfg.solver {
+        Solver::Full => false,
+        Solver::RowSpace => true,
+        Solver::Auto => input.width as f64 > ROW_SPACE_RATIO * keep.len() as f64,
+    };
+    let data = Prepared::new(input, &keep, &folds, rows);
     let mut result = match target {
         Target::Categorical { codes, names } => {
             let codes: Vec<u32> = data.source.iter().map(|&r| codes[r]).collect();
@@ -507,11 +564,94 @@ fn class_metric(name: &str, truth: &[u32], oof: &ClassOof, rows: &[usize]) -> f6
     }
 }
 
-/// The outer fold's training statistics for the chosen C, reused by control and
-/// permutation fits.
+/// A training set as the logistic solver sees it: its standardization and d x d feature
+/// statistics (full path), or its row basis.
+enum Space {
+    Full { st: Standardizer, moments: Moments },
+    Rows(RowBasis),
+}
+
+impl Space {
+    fn new(data: &Prepared, folds: &[usize]) -> crate::Result<Space> {
+        if data.row_space() {
+            Ok(Space::Rows(data.row_basis(folds)?))
+        } else {
+            let moments = data.moments(folds);
+            Ok(Space::Full {
+                st: moments.standardizer(),
+                moments,
+            })
+        }
+    }
+
+    fn standardizer(&self) -> &Standardizer {
+        match self {
+            Space::Full { st, .. } => st,
+            Space::Rows(b) => &b.standardizer,
+        }
+    }
+
+    fn preconditioner(&self, k: usize, lambda: f64) -> crate::Result<Preconditioner> {
+        match self {
+            Space::Full { st, moments } => Preconditioner::new(&moments.correlation(st), k, lambda),
+            Space::Rows(b) => Preconditioner::new(&b.covariance(), k, lambda),
+        }
+    }
+
+    /// Preconditioners for each C of the grid (lambda = 1 / (C n)).
+    fn preconditioners(
+        &self,
+        k: usize,
+        grid: &[f64],
+        n: usize,
+    ) -> crate::Result<Vec<Preconditioner>> {
+        grid.iter()
+            .map(|&c| self.preconditioner(k, 1.0 / (c * n as f64)))
+            .collect()
+    }
+
+    /// Fits on the rows of `folds` (whose labels are `labels`); the model is in this
+    /// space's coordinates (see `lift`), and so must `warm` be.
+    #[allow(clippy::too_many_arguments)]
+    fn fit(
+        &self,
+        data: &Prepared,
+        folds: &[usize],
+        labels: &[u32],
+        k: usize,
+        lambda: f64,
+        pre: &Preconditioner,
+        warm: Option<&LogisticModel>,
+        opts: &LogisticOptions,
+    ) -> LogisticModel {
+        match self {
+            Space::Full { st, .. } => {
+                let problem = LogisticProblem {
+                    x: data.blocks(folds),
+                    labels,
+                    n_classes: k,
+                    standardizer: st,
+                };
+                logistic::fit(&problem, lambda, pre, warm, opts)
+            }
+            Space::Rows(b) => logistic::fit_in_basis(b, labels, k, lambda, pre, warm, opts),
+        }
+    }
+
+    /// A model of `fit` in standardized feature space.
+    fn lift(&self, model: LogisticModel) -> LogisticModel {
+        match self {
+            Space::Full { .. } => model,
+            Space::Rows(b) => model.lift(b),
+        }
+    }
+}
+
+/// The outer fold's training set with the chosen C, reused by control and permutation
+/// fits.
 struct OuterFit {
     train: Vec<usize>,
-    standardizer: Standardizer,
+    space: Space,
     pre: Preconditioner,
     lambda: f64,
 }
@@ -562,38 +702,27 @@ fn classify(
     let mut chosen = Vec::with_capacity(n_folds);
     for i in 0..n_folds {
         let train = data.folds_except(&[i]);
-        let m = data.moments(&train);
-        let st = m.standardizer();
-        let corr = m.correlation(&st);
-        let n_train = m.n as f64;
-        let mut pres = Vec::with_capacity(cfg.c_grid.len());
-        for &c in &cfg.c_grid {
-            pres.push(Preconditioner::new(&corr, k, 1.0 / (c * n_train))?);
-        }
+        let space = Space::new(data, &train)?;
+        let yt = data.gather(&y, &train);
+        let n_train = yt.len();
+        let mut pres = space.preconditioners(k, &cfg.c_grid, n_train)?;
         let best = if cfg.c_grid.len() == 1 {
             0
         } else {
-            inner_cv_logistic(data, &y, k, &train, &cfg.c_grid, &pres, opts)
+            inner_cv_logistic(data, &y, k, &train, &cfg.c_grid, &pres, opts)?
         };
         chosen.push(cfg.c_grid[best]);
-        let lambda = 1.0 / (cfg.c_grid[best] * n_train);
+        let lambda = 1.0 / (cfg.c_grid[best] * n_train as f64);
         let pre = pres.swap_remove(best);
-        let yt = data.gather(&y, &train);
-        let problem = LogisticProblem {
-            x: data.blocks(&train),
-            labels: &yt,
-            n_classes: k,
-            standardizer: &st,
-        };
-        let model = logistic::fit(&problem, lambda, &pre, None, opts);
-        predict_into(&model, data, i, &st, &mut oof);
+        let model = space.fit(data, &train, &yt, k, lambda, &pre, None, opts);
+        predict_into(&space.lift(model), data, i, space.standardizer(), &mut oof);
         let majority = majority(&yt, k);
         for r in data.ranges[i].clone() {
             baseline.pred[r] = majority;
         }
         outer.push(OuterFit {
             train,
-            standardizer: st,
+            space,
             pre,
             lambda,
         });
@@ -607,14 +736,16 @@ fn classify(
         };
         for (i, f) in outer.iter().enumerate() {
             let yt = data.gather(labels, &f.train);
-            let problem = LogisticProblem {
-                x: data.blocks(&f.train),
-                labels: &yt,
-                n_classes: k,
-                standardizer: &f.standardizer,
-            };
-            let model = logistic::fit(&problem, f.lambda, &f.pre, None, opts);
-            predict_into(&model, data, i, &f.standardizer, &mut o);
+            let model = f
+                .space
+                .fit(data, &f.train, &yt, k, f.lambda, &f.pre, None, opts);
+            predict_into(
+                &f.space.lift(model),
+                data,
+                i,
+                f.space.standardizer(),
+                &mut o,
+            );
         }
         o
     };
@@ -663,18 +794,11 @@ fn classify(
     // Final direction on all rows with the most common choice.
     let c_final = mode(&chosen);
     let every = data.folds_except(&[]);
-    let m = data.moments(&every);
-    let st = m.standardizer();
-    let lambda = 1.0 / (c_final * m.n as f64);
-    let pre = Preconditioner::new(&m.correlation(&st), k, lambda)?;
-    let problem = LogisticProblem {
-        x: data.blocks(&every),
-        labels: &y,
-        n_classes: k,
-        standardizer: &st,
-    };
-    let model = logistic::fit(&problem, lambda, &pre, None, opts);
-    let (weights, bias) = model.raw_direction(&st, &data.offset);
+    let space = Space::new(data, &every)?;
+    let lambda = 1.0 / (c_final * y.len() as f64);
+    let pre = space.preconditioner(k, lambda)?;
+    let model = space.lift(space.fit(data, &every, &y, k, lambda, &pre, None, opts));
+    let (weights, bias) = model.raw_direction(space.standardizer(), &data.offset);
     let outputs = if k == 2 {
         vec![name_of(present[1])]
     } else {
@@ -699,37 +823,38 @@ fn classify(
 
 /// Index of the C with the lowest summed validation log-loss over the inner folds
 /// (ties: the stronger regularization). C values are visited in the given order with
-/// warm starts per inner fold.
+/// warm starts per inner fold. The full path preconditions with the outer fold's
+/// `outer_pres`; the row-space path needs each inner set's own basis and preconditioners.
 fn inner_cv_logistic(
     data: &Prepared,
     y: &[u32],
     k: usize,
     train: &[usize],
     grid: &[f64],
-    pres: &[Preconditioner],
+    outer_pres: &[Preconditioner],
     opts: &LogisticOptions,
-) -> usize {
+) -> crate::Result<usize> {
     let mut loss = vec![0.0; grid.len()];
     for &j in train {
         let inner: Vec<usize> = train.iter().copied().filter(|&f| f != j).collect();
-        let st = data.moments(&inner).standardizer();
+        let space = Space::new(data, &inner)?;
         let yt = data.gather(y, &inner);
-        let problem = LogisticProblem {
-            x: data.blocks(&inner),
-            labels: &yt,
-            n_classes: k,
-            standardizer: &st,
+        let own = match space {
+            Space::Rows(_) => space.preconditioners(k, grid, yt.len())?,
+            Space::Full { .. } => Vec::new(),
         };
+        let pres = if own.is_empty() { outer_pres } else { &own };
         let mut warm: Option<LogisticModel> = None;
         for (ci, &c) in grid.iter().enumerate() {
-            let model = logistic::fit(
-                &problem,
-                1.0 / (c * yt.len() as f64),
-                &pres[ci],
-                warm.as_ref(),
-                opts,
-            );
-            let probs = model.probabilities(&data.blocks(&[j]), &st);
+            let lambda = 1.0 / (c * yt.len() as f64);
+            let model = space.fit(data, &inner, &yt, k, lambda, &pres[ci], warm.as_ref(), opts);
+            let probs = match &space {
+                Space::Full { st, .. } => model.probabilities(&data.blocks(&[j]), st),
+                Space::Rows(b) => model
+                    .clone()
+                    .lift(b)
+                    .probabilities(&data.blocks(&[j]), &b.standardizer),
+            };
             loss[ci] += data.ranges[j]
                 .clone()
                 .zip(&probs)
@@ -744,7 +869,7 @@ fn inner_cv_logistic(
             best = ci;
         }
     }
-    best
+    Ok(best)
 }
 
 fn predict_into(
@@ -816,7 +941,8 @@ fn regress(
     for p in 0..cfg.permutations {
         targets.push(permuted_labels(&data.groups, y, cfg.seed, p));
     }
-    let fold_moments: Vec<RidgeMoments> = (0..n_folds)
+    // The row-space path needs no per-fold statistics of the targets.
+    let fold_moments: Vec<RidgeMoments> = (0..data.moments.len())
         .map(|f| {
             let cols: Vec<Vec<f64>> = targets
                 .iter()
@@ -825,8 +951,8 @@ fn regress(
             RidgeMoments::with_x_moments(data.moments[f].clone(), data.fold(f), &cols)
         })
         .collect();
-    let total = |folds: &[usize]| {
-        RidgeMoments::total(&folds.iter().map(|&f| &fold_moments[f]).collect::<Vec<_>>())
+    let fits = |folds: &[usize], t: usize, lambdas: &[f64]| {
+        ridge_fits(data, &fold_moments, &targets[..t], folds, lambdas)
     };
 
     let mut preds: Vec<Vec<f64>> = vec![vec![0.0; y.len()]; targets.len()];
@@ -840,9 +966,7 @@ fn regress(
             let mut sse = vec![0.0; cfg.lambda_grid.len()];
             for &j in &train {
                 let inner: Vec<usize> = train.iter().copied().filter(|&f| f != j).collect();
-                let m = total(&inner);
-                for (li, &lambda) in cfg.lambda_grid.iter().enumerate() {
-                    let model = RidgeSolver::new(&m.x, lambda)?.solve(&m);
+                for (li, model) in fits(&inner, 1, &cfg.lambda_grid)?.iter().enumerate() {
                     let p = model.predict(&data.blocks(&[j]));
                     sse[li] += data.ranges[j]
                         .clone()
@@ -855,8 +979,7 @@ fn regress(
         };
         let lambda = cfg.lambda_grid[best];
         chosen.push(lambda);
-        let m = total(&train);
-        let model = RidgeSolver::new(&m.x, lambda)?.solve(&m);
+        let model = fits(&train, targets.len(), &[lambda])?.swap_remove(0);
         let p = model.predict(&data.blocks(&[i]));
         for (a, r) in data.ranges[i].clone().enumerate() {
             for (t, pt) in preds.iter_mut().enumerate() {
@@ -900,8 +1023,7 @@ fn regress(
         .collect();
 
     let lambda = mode(&chosen);
-    let model = RidgeSolver::new(&data.moments(&data.folds_except(&[])), lambda)?
-        .solve(&total(&data.folds_except(&[])));
+    let model = fits(&data.folds_except(&[]), 1, &[lambda])?.swap_remove(0);
     let (mut weights, mut bias) =
         model
             .standardizer
@@ -923,6 +1045,30 @@ fn regress(
             bias,
         },
     })
+}
+
+/// Ridge models, one per lambda, fitted on the rows of `folds` for `targets` (full
+/// row-aligned columns): from the per-fold moments (full path; they hold every target, so
+/// the models predict all of them) or from the row basis of those rows.
+fn ridge_fits(
+    data: &Prepared,
+    fold_moments: &[RidgeMoments],
+    targets: &[Vec<f64>],
+    folds: &[usize],
+    lambdas: &[f64],
+) -> crate::Result<Vec<RidgeModel>> {
+    if data.row_space() {
+        let basis = data.row_basis(folds)?;
+        let cols: Vec<Vec<f64>> = targets.iter().map(|t| data.gather(t, folds)).collect();
+        let solver = RowRidge::new(&basis, &cols);
+        Ok(lambdas.iter().map(|&l| solver.solve(l)).collect())
+    } else {
+        let m = RidgeMoments::total(&folds.iter().map(|&f| &fold_moments[f]).collect::<Vec<_>>());
+        lambdas
+            .iter()
+            .map(|&l| Ok(RidgeSolver::new(&m.x, l)?.solve(&m)))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -1304,6 +1450,113 @@ mod tests {
         };
         let r = probe(&input, &binary(y), &cfg, &ProgressBar::hidden()).unwrap();
         assert_eq!((r.n_rows, r.dropped_rows), (38, 2));
+    }
+
+    /// 60 samples x 300 features: 8 latent factors plus noise, each feature shifted and
+    /// scaled, one constant and one almost constant column; `signal` is factor 0.
+    fn wide(seed: u64) -> (Vec<f32>, Vec<f64>) {
+        let (n, d, f) = (60, 300, 8);
+        let z = rng::gaussian(seed, 1, n * f);
+        let load = rng::gaussian(seed, 2, f * d);
+        let noise = rng::gaussian(seed, 3, n * d);
+        let mut x = Vec::with_capacity(n * d);
+        for i in 0..n {
+            for j in 0..d {
+                let v: f32 = (0..f).map(|k| z[i * f + k] * load[k * d + j]).sum::<f32>()
+                    + 0.3 * noise[i * d + j];
+                x.push(match j {
+                    5 => 2.5,
+                    6 => 100.0 + 1e-4 * noise[i * d + j],
+                    _ => (j % 7) as f32 + v * (1.0 + (j % 5) as f32),
+                });
+            }
+        }
+        (x, (0..n).map(|i| z[i * f] as f64).collect())
+    }
+
+    /// The same probe through both solvers, with a tight logistic tolerance so both reach
+    /// the optimum to well below the compared precision.
+    fn both_solvers(x: &[f32], target: &Target) -> (ProbeResult, ProbeResult) {
+        let groups: Vec<u32> = (0..60).collect();
+        let input = ProbeInput {
+            x,
+            width: 300,
+            groups: &groups,
+        };
+        let run = |solver| {
+            let cfg = ProbeConfig {
+                permutations: 3,
+                bootstrap: 50,
+                c_grid: vec![0.01, 0.1, 1.0],
+                // Ridge: lambdas well above the full path's Cholesky jitter (d f32 eps).
+                lambda_grid: vec![0.1, 1.0, 10.0],
+                logistic: LogisticOptions {
+                    tol: 1e-7,
+                    ftol: 1e-15,
+                    max_iter: 3000,
+                },
+                solver,
+                ..ProbeConfig::default()
+            };
+            probe(&input, target, &cfg, &ProgressBar::hidden()).unwrap()
+        };
+        (run(Solver::Full), run(Solver::RowSpace))
+    }
+
+    fn assert_same(full: &ProbeResult, rows: &ProbeResult, weight_tol: f64) {
+        assert_eq!(full.chosen_c, rows.chosen_c);
+        assert_eq!(full.chosen_lambda, rows.chosen_lambda);
+        for (a, b) in full.metrics.iter().zip(&rows.metrics) {
+            for (va, vb) in [
+                (a.value, b.value),
+                (a.ci_low, b.ci_low),
+                (a.ci_high, b.ci_high),
+                (a.control_value, b.control_value),
+                (a.baseline_value, b.baseline_value),
+                (a.p_value, b.p_value),
+            ] {
+                assert!((va - vb).abs() < 1e-4, "{a:?}\n{b:?}");
+            }
+        }
+        let (da, db) = (&full.direction, &rows.direction);
+        for (wa, wb) in da.weights.iter().zip(&db.weights) {
+            assert_eq!(wa.len(), 300);
+            let top = wa.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (va, vb) in wa.iter().zip(wb) {
+                assert!(
+                    (va - vb).abs() < weight_tol * top,
+                    "{va} vs {vb} (max {top})"
+                );
+            }
+        }
+        for (ba, bb) in da.bias.iter().zip(&db.bias) {
+            assert!((ba - bb).abs() < 1e-3 * (1.0 + ba.abs()), "{ba} vs {bb}");
+        }
+    }
+
+    #[test]
+    fn row_space_solver_gives_the_full_solvers_answers_on_wide_data() {
+        let (x, signal) = wide(21);
+        let binary_y: Vec<u32> = signal.iter().map(|&v| (v > 0.0) as u32).collect();
+        let (full, rows) = both_solvers(&x, &binary(binary_y));
+        assert!(metric(&full, "accuracy").value > 0.7, "{:?}", full.metrics);
+        assert_same(&full, &rows, 1e-5);
+
+        let three: Vec<u32> = signal
+            .iter()
+            .map(|&v| (v > -0.4) as u32 + (v > 0.4) as u32)
+            .collect();
+        let target = Target::Categorical {
+            codes: three,
+            names: vec!["low".into(), "mid".into(), "high".into()],
+        };
+        let (full, rows) = both_solvers(&x, &target);
+        assert_same(&full, &rows, 1e-5);
+
+        let (full, rows) = both_solvers(&x, &Target::Continuous(signal));
+        assert!(metric(&full, "r2").value > 0.5, "{:?}", full.metrics);
+        // Ridge differs only by the full path's jitter (d f32 eps / lambda <= 4e-4).
+        assert_same(&full, &rows, 1e-3);
     }
 
     #[test]
