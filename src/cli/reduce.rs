@@ -88,14 +88,19 @@ pub fn run(args: &ReduceArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `last` needs the number of steps the generation ran: the run's `steps_run` (img2img runs
-/// only part of the schedule), else its `ddim_steps`.
+/// `last` is the last step the run kept: the largest of its recorded `steps` when it kept a
+/// subset, else the last the generation ran (`steps_run`, as img2img runs only part of the
+/// schedule, else `ddim_steps`).
 fn resolve_steps(run: &Run, spec: &str) -> anyhow::Result<Option<Vec<u16>>> {
     let config = &run.manifest().config;
-    let total = config
-        .get("steps_run")
-        .or_else(|| config.get("ddim_steps"))
-        .and_then(|v| v.as_u64())
+    let kept = config
+        .get("steps")
+        .and_then(|v| v.as_array())
+        .and_then(|steps| steps.iter().filter_map(|s| s.as_u64()).max())
+        .map(|last| last + 1);
+    let total = kept
+        .or_else(|| config.get("steps_run").and_then(|v| v.as_u64()))
+        .or_else(|| config.get("ddim_steps").and_then(|v| v.as_u64()))
         .map_or(u16::MAX, |v| v.min(u16::MAX as u64) as u16);
     Ok(crate::steps::parse_steps(spec, 0, total)?)
 }
@@ -943,6 +948,36 @@ mod tests {
             q.column("embedded").unwrap().u32().unwrap().get(0),
             Some(100)
         );
+    }
+
+    #[test]
+    fn last_means_the_last_step_the_run_kept() {
+        let manifest = |config: serde_json::Value| {
+            Manifest::new(
+                "test",
+                config,
+                0,
+                ModelInfo {
+                    id: "test".into(),
+                    weights: vec![],
+                },
+            )
+        };
+        for (config, want) in [
+            (
+                serde_json::json!({"ddim_steps": 50, "steps_run": 30, "steps": [0, 9, 27]}),
+                27,
+            ),
+            (
+                serde_json::json!({"ddim_steps": 50, "steps_run": 30, "steps": null}),
+                29,
+            ),
+            (serde_json::json!({"ddim_steps": 50}), 49),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (run, _) = Run::create_or_resume(dir.path(), manifest(config)).unwrap();
+            assert_eq!(resolve_steps(&run, "last").unwrap(), Some(vec![want]));
+        }
     }
 
     #[test]
