@@ -11,7 +11,7 @@ ll() { cargo run --quiet -- "$@"; }
 ll record diffusion --run "$run" --samples "$samples" --steps 0..30:3 --seed 0
 
 # Which factor is linearly decodable where: shape (3 classes), position, size, colour.
-ll probe --run "$run" --sites 'vae.encoder.mean,latent,unet.*,x0_pred' \
+ll probe --run "$run" --sites 'image,vae.encoder.mean,latent,unet.mid_block,x0_pred' \
   --label shape --label x --label scale --label hue --permutations 20
 
 # The h-space and the VAE latent in two dimensions.
