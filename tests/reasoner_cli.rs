@@ -242,3 +242,33 @@ fn a_gpt2_model_with_its_bpe_tokenizer_is_evaluated_in_words() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["detail"]["total"], 2);
 }
+
+#[test]
+fn a_broken_record_is_named_and_no_run_is_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _, records) = fixture(dir.path());
+    let mut json = serde_json::to_value(&records).unwrap();
+    json[1]["edges"][0] = serde_json::json!([0, 99]);
+    let data = dir.path().join("broken.json");
+    std::fs::write(&data, serde_json::to_string(&json).unwrap()).unwrap();
+    for command in [["record", "reasoner"], ["bfs", ""]] {
+        let run = dir.path().join("run");
+        let mut args: Vec<&str> = command.iter().copied().filter(|s| !s.is_empty()).collect();
+        args.extend([
+            "--run",
+            run.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ]);
+        let out = latentlens(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("record 1") && err.contains("edges[0]"),
+            "{command:?}: {err}"
+        );
+        assert!(!run.exists(), "{command:?} started a run");
+    }
+}
