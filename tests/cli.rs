@@ -6,16 +6,8 @@ use std::process::{Command, Output};
 
 const WEIGHTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/diffusion");
 
-fn latentlens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_latentlens"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{latentlens, stderr};
 
 fn assert_fails_with(out: &Output, needles: &[&str]) {
     assert!(!out.status.success(), "expected failure, got success");

@@ -3,7 +3,6 @@
 //! depend on the trained weights.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::Device;
 use latentlens::data::prosqa;
@@ -12,16 +11,8 @@ use latentlens::reasoner::gpt2::{random_varmap, Gpt2Config};
 use latentlens::reasoner::tokens::{encode, Vocab};
 use polars::prelude::*;
 
-fn latentlens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_latentlens"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{latentlens, stderr};
 
 /// A tiny random reasoner in `dir/model` and three generated questions in `dir/q.json`.
 fn fixture(dir: &Path) -> (PathBuf, PathBuf, Vec<prosqa::Record>) {

@@ -277,6 +277,42 @@ type Panel<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
 type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
+/// A captioned panel with the axes every BFS plot shares.
+fn panel_chart<'a, 'b>(
+    panel: &'a Panel<'b>,
+    caption: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> anyhow::Result<Chart<'a, 'b>> {
+    Ok(ChartBuilder::on(panel)
+        .caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)?)
+}
+
+/// The grid and axis titles; `integer_x` labels whole numbers 0..=n only (thought counts,
+/// heights).
+fn draw_mesh(
+    chart: &mut Chart<'_, '_>,
+    integer_x: Option<usize>,
+    x_desc: &str,
+    y_desc: &str,
+) -> anyhow::Result<()> {
+    let mut mesh = chart.configure_mesh();
+    if let Some(n) = integer_x {
+        mesh.x_labels(n + 1)
+            .x_label_formatter(&|v| format!("{v:.0}"));
+    }
+    mesh.x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 14))
+        .draw()?;
+    Ok(())
+}
+
 fn legend<'a, 'b: 'a>(
     chart: &mut Chart<'a, 'b>,
     position: SeriesLabelPosition,
@@ -328,21 +364,14 @@ fn height_panel(panel: &Panel<'_>, rows: &[&HeightRow], k: usize) -> anyhow::Res
         .fold(0.0, f64::max)
         .max(1e-3)
         * 1.1;
-    let mut chart = ChartBuilder::on(panel)
-        .caption(format!("after {k} thought(s)"), ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(-0.3..x_hi + 0.3, 0.0..y_hi)?;
-    chart
-        .configure_mesh()
-        .x_labels(x_hi as usize + 1)
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .x_desc("height (hops to the nearest leaf)")
-        .y_desc("mean value")
-        .label_style(("sans-serif", 13))
-        .axis_desc_style(("sans-serif", 14))
-        .draw()?;
+    let caption = format!("after {k} thought(s)");
+    let mut chart = panel_chart(panel, &caption, -0.3..x_hi + 0.3, 0.0..y_hi)?;
+    draw_mesh(
+        &mut chart,
+        Some(x_hi as usize),
+        "height (hops to the nearest leaf)",
+        "mean value",
+    )?;
     for (reaches, colour, name) in [
         (true, RGBColor(33, 113, 181), "leads to the target"),
         (false, RGBColor(203, 24, 29), "does not lead to the target"),
@@ -383,19 +412,14 @@ fn topk_svg(rows: &[TopKRow], steps: &[usize]) -> anyhow::Result<String> {
         )?;
         let panels = root.split_evenly((1, steps.len().max(1)));
         for (panel, &k) in panels.iter().zip(steps) {
-            let mut chart = ChartBuilder::on(panel)
-                .caption(format!("after {k} thought(s)"), ("sans-serif", 16))
-                .margin(12)
-                .x_label_area_size(45)
-                .y_label_area_size(60)
-                .build_cartesian_2d(0.0..100.0, 0.0..1.0)?;
-            chart
-                .configure_mesh()
-                .x_desc("percentile of questions")
-                .y_desc("cumulative value")
-                .label_style(("sans-serif", 13))
-                .axis_desc_style(("sans-serif", 14))
-                .draw()?;
+            let caption = format!("after {k} thought(s)");
+            let mut chart = panel_chart(panel, &caption, 0.0..100.0, 0.0..1.0)?;
+            draw_mesh(
+                &mut chart,
+                None,
+                "percentile of questions",
+                "cumulative value",
+            )?;
             for j in 1..=TOP as u8 {
                 let c = Palette99::pick(j as usize - 1).to_rgba();
                 let pts: Vec<(f64, f64)> = rows
@@ -429,21 +453,14 @@ fn mass_svg(rows: &[MassRow]) -> anyhow::Result<String> {
             ("sans-serif", 20),
         )?;
         let (left, right) = root.split_horizontally(560);
-        let mut chart = ChartBuilder::on(&left)
-            .caption("mass (mean over questions)", ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d(-0.3..x_hi + 0.3, 0.0..1.0)?;
-        chart
-            .configure_mesh()
-            .x_labels(x_hi as usize + 1)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .x_desc("continuous thoughts k")
-            .y_desc("probability mass")
-            .label_style(("sans-serif", 13))
-            .axis_desc_style(("sans-serif", 14))
-            .draw()?;
+        let caption = "mass (mean over questions)";
+        let mut chart = panel_chart(&left, caption, -0.3..x_hi + 0.3, 0.0..1.0)?;
+        draw_mesh(
+            &mut chart,
+            Some(x_hi as usize),
+            "continuous thoughts k",
+            "probability mass",
+        )?;
         let series: [(&str, MassOf); 4] = [
             ("frontier nodes", |r| r.frontier),
             ("reachable nodes", |r| r.reachable),
@@ -466,21 +483,14 @@ fn mass_svg(rows: &[MassRow]) -> anyhow::Result<String> {
             .filter_map(|r| r.branch_entropy.map(|h| (r.step as f64, h)))
             .collect();
         let y_hi = finite.iter().map(|p| p.1).fold(0.0, f64::max).max(0.1) * 1.1;
-        let mut chart = ChartBuilder::on(&right)
-            .caption("branch entropy over the frontier", ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d(-0.3..x_hi + 0.3, 0.0..y_hi)?;
-        chart
-            .configure_mesh()
-            .x_labels(x_hi as usize + 1)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .x_desc("continuous thoughts k")
-            .y_desc("entropy (nats)")
-            .label_style(("sans-serif", 13))
-            .axis_desc_style(("sans-serif", 14))
-            .draw()?;
+        let caption = "branch entropy over the frontier";
+        let mut chart = panel_chart(&right, caption, -0.3..x_hi + 0.3, 0.0..y_hi)?;
+        draw_mesh(
+            &mut chart,
+            Some(x_hi as usize),
+            "continuous thoughts k",
+            "entropy (nats)",
+        )?;
         let c = BLACK.to_rgba();
         chart.draw_series(LineSeries::new(finite.clone(), c.stroke_width(2)))?;
         chart.draw_series(finite.iter().map(|&p| Circle::new(p, 3, c.filled())))?;

@@ -439,6 +439,16 @@ mod tests {
     use super::*;
     use crate::data::prosqa::generate;
 
+    fn train_quietly(config: &TrainConfig, records: &[Record], dir: &Path) -> Result<TrainState> {
+        train(
+            config,
+            records,
+            dir,
+            &ProgressBar::hidden(),
+            &AtomicBool::new(false),
+        )
+    }
+
     fn small(method: Method) -> TrainConfig {
         let mut c = TrainConfig::new(method, Vocab::prosqa().len());
         c.model.n_embd = 32;
@@ -457,14 +467,7 @@ mod tests {
         let records = generate(24, 21);
         let dir = tempfile::tempdir().unwrap();
         let config = small(Method::Coconut);
-        let state = train(
-            &config,
-            &records,
-            dir.path(),
-            &ProgressBar::hidden(),
-            &AtomicBool::new(false),
-        )
-        .unwrap();
+        let state = train_quietly(&config, &records, dir.path()).unwrap();
         assert_eq!(state.epochs_done, 10);
         let l = &state.epoch_losses;
         assert!(
@@ -474,14 +477,7 @@ mod tests {
         assert!(l[4] < 0.85 * l[0], "stage 0 losses {l:?}");
         assert!(l[9] < l[0], "losses {l:?}");
         // Everything is saved: rerunning finds nothing left to do and changes nothing.
-        let again = train(
-            &config,
-            &records,
-            dir.path(),
-            &ProgressBar::hidden(),
-            &AtomicBool::new(false),
-        )
-        .unwrap();
+        let again = train_quietly(&config, &records, dir.path()).unwrap();
         assert_eq!(again, state);
         let loaded =
             super::super::checkpoint::load_hf_gpt2(dir.path().join("model"), &Device::Cpu).unwrap();
@@ -619,14 +615,7 @@ mod tests {
             config.max_stage = 1;
             config.epochs_per_stage = 30;
             config.batch_size = 2;
-            train(
-                &config,
-                &records,
-                dir.path(),
-                &ProgressBar::hidden(),
-                &AtomicBool::new(false),
-            )
-            .unwrap();
+            train_quietly(&config, &records, dir.path()).unwrap();
             let loaded =
                 super::super::checkpoint::load_hf_gpt2(dir.path().join("model"), &Device::Cpu)
                     .unwrap();
@@ -689,8 +678,7 @@ mod tests {
             per_epoch: 4,
             seed: 1,
         };
-        let stop = AtomicBool::new(false);
-        let state = train(&config, &[], dir.path(), &ProgressBar::hidden(), &stop).unwrap();
+        let state = train_quietly(&config, &[], dir.path()).unwrap();
         assert_eq!(state.epochs_done, 2);
         assert!(state.epoch_losses.iter().all(|l| l.is_finite()));
         // Another data seed is another run.
@@ -698,7 +686,7 @@ mod tests {
             per_epoch: 4,
             seed: 2,
         };
-        let err = train(&config, &[], dir.path(), &ProgressBar::hidden(), &stop).unwrap_err();
+        let err = train_quietly(&config, &[], dir.path()).unwrap_err();
         assert!(err.to_string().contains("different config"), "{err}");
     }
 
@@ -709,34 +697,13 @@ mod tests {
         let mut config = small(Method::NoCot);
         config.max_stage = 0;
         config.epochs_per_stage = 1;
-        train(
-            &config,
-            &records,
-            dir.path(),
-            &ProgressBar::hidden(),
-            &AtomicBool::new(false),
-        )
-        .unwrap();
+        train_quietly(&config, &records, dir.path()).unwrap();
         // More epochs at the last stage continue the same run.
         config.extra_epochs = 1;
-        let more = train(
-            &config,
-            &records,
-            dir.path(),
-            &ProgressBar::hidden(),
-            &AtomicBool::new(false),
-        )
-        .unwrap();
+        let more = train_quietly(&config, &records, dir.path()).unwrap();
         assert_eq!(more.epochs_done, 2);
         config.seed = 9;
-        let err = train(
-            &config,
-            &records,
-            dir.path(),
-            &ProgressBar::hidden(),
-            &AtomicBool::new(false),
-        )
-        .unwrap_err();
+        let err = train_quietly(&config, &records, dir.path()).unwrap_err();
         assert!(err.to_string().contains("different config"), "{err}");
     }
 }
