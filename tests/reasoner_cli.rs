@@ -101,9 +101,10 @@ fn record_reasoner_keeps_every_pass_with_absolute_positions_and_labels() {
 fn attention_patterns_and_unknown_sites_are_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data, _) = fixture(dir.path());
-    for (site, needle) in [
-        ("blocks.0.attn.hook_pattern", "change width"),
-        ("blocks.7.hook_resid_post", "thought"),
+    for (site, thoughts, needle) in [
+        ("blocks.0.attn.hook_pattern", "2", "change width"),
+        ("blocks.7.hook_resid_post", "2", "thought"),
+        ("thought", "0", "--thoughts is 0"),
     ] {
         let run = dir.path().join("run");
         let out = latentlens(&[
@@ -117,6 +118,8 @@ fn attention_patterns_and_unknown_sites_are_refused_before_anything_is_written()
             model.to_str().unwrap(),
             "--sites",
             site,
+            "--thoughts",
+            thoughts,
         ]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(stderr(&out).contains(needle), "{}", stderr(&out));

@@ -79,10 +79,22 @@ pub fn run_sites(args: &SitesReasoner) -> anyhow::Result<()> {
 }
 
 /// Sites whose rows can be recorded: attention patterns have a different width at every
-/// pass (the key axis grows), which a site's table cannot hold.
-fn recordable(sites: Vec<&SiteInfo>, explicit: bool) -> anyhow::Result<Vec<&SiteInfo>> {
+/// pass (the key axis grows), which a site's table cannot hold, and `thought` never fires
+/// when no thoughts are run.
+fn recordable(
+    sites: Vec<&SiteInfo>,
+    explicit: bool,
+    thoughts: usize,
+) -> anyhow::Result<Vec<&SiteInfo>> {
     let is_pattern = |s: &&SiteInfo| s.name.ends_with("hook_pattern");
+    let silent = |s: &&SiteInfo| thoughts == 0 && s.name == "thought";
     if explicit {
+        if sites.iter().any(silent) {
+            anyhow::bail!(
+                "site `thought` fires only on thought passes and --thoughts is 0; \
+                 record with --thoughts 1 or more, or choose another site"
+            );
+        }
         if let Some(s) = sites.iter().find(|s| is_pattern(s)) {
             anyhow::bail!(
                 "site `{}` cannot be recorded: attention patterns change width at every pass \
@@ -91,7 +103,10 @@ fn recordable(sites: Vec<&SiteInfo>, explicit: bool) -> anyhow::Result<Vec<&Site
             );
         }
     }
-    Ok(sites.into_iter().filter(|s| !is_pattern(s)).collect())
+    Ok(sites
+        .into_iter()
+        .filter(|s| !is_pattern(s) && !silent(s))
+        .collect())
 }
 
 pub fn run(args: &RecordReasoner) -> anyhow::Result<()> {
@@ -124,7 +139,11 @@ pub fn run(args: &RecordReasoner) -> anyhow::Result<()> {
     let all_sites = loaded.model.sites(longest, longest + args.thoughts);
     let patterns = common::site_patterns(&args.sites);
     let explicit = !args.sites.iter().all(|s| s == "*");
-    let sites = recordable(select_sites(&patterns, &all_sites)?, explicit)?;
+    let sites = recordable(
+        select_sites(&patterns, &all_sites)?,
+        explicit,
+        args.thoughts,
+    )?;
     // Passes: prompt, thoughts, `<eot>`, then up to `max_answer` decoded tokens.
     let passes = (1 + args.thoughts + 1 + max_answer) as u16;
     let steps = crate::steps::parse_steps(&args.steps, 0, passes)?;

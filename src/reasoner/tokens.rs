@@ -2,11 +2,17 @@
 //!
 //! Every node name is one token, so a continuous thought can be compared with the embedding
 //! of a node (the BFS analysis reads thoughts against node tokens). A record becomes
-//! `<bos> A B | A B | ... ? root X Y <bot> [thoughts] <eot> [steps] answer <eos>`, where
+//! `<bos> ? root X Y | A B | A B | ... <bot> [thoughts] <eot> [steps] answer <eos>`, where
 //! `A B` is the edge "every A is a B", `X Y` are the two options in the question's order,
 //! `[thoughts]` are `<thought>` placeholders (latent mode) and `[steps]` the nodes of the
 //! shortest path after the root that are still spelled out in language. As in Coconut, the
 //! language after `<eot>` (remaining steps and answer) is what the model is trained on.
+//!
+//! The question comes first so that the root and the two options sit at fixed positions
+//! (2, 3 and 4): with learned absolute positions, copying from a fixed position is learned
+//! at once, while copying from "four tokens before `<bot>`" has to be learned for every
+//! prompt length. Measured on the no-CoT baseline: with the question last, 84% of its
+//! answers were one of the two options after 21 epochs; with it first, 97% after 2.
 
 use std::collections::HashMap;
 
@@ -99,7 +105,7 @@ impl Vocab {
 /// A record split into the parts the curriculum recombines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
-    /// `<bos> edges ? root X Y <bot>`.
+    /// `<bos> ? root X Y | edges <bot>`.
     pub prompt: Vec<u32>,
     /// The nodes of the shortest path after the root, one token per hop.
     pub steps: Vec<u32>,
@@ -161,10 +167,6 @@ pub fn encode(record: &Record, vocab: &Vocab) -> Result<Encoded> {
             .ok_or_else(|| Error::Invalid(format!("node {v} is out of range of idx_to_symbol")))?;
         vocab.id(symbol)
     };
-    let mut prompt = vec![BOS];
-    for &[i, j] in &record.edges {
-        prompt.extend([name(i)?, name(j)?, SEP]);
-    }
     let target = record
         .idx_to_symbol
         .get(record.target)
@@ -176,7 +178,18 @@ pub fn encode(record: &Record, vocab: &Vocab) -> Result<Encoded> {
         .cloned()
         .unwrap_or_default();
     let (x, y) = options(record).unwrap_or((target, neg));
-    prompt.extend([QUERY, name(record.root)?, vocab.id(&x)?, vocab.id(&y)?, BOT]);
+    let mut prompt = vec![
+        BOS,
+        QUERY,
+        name(record.root)?,
+        vocab.id(&x)?,
+        vocab.id(&y)?,
+        SEP,
+    ];
+    for &[i, j] in &record.edges {
+        prompt.extend([name(i)?, name(j)?, SEP]);
+    }
+    prompt.push(BOT);
     let steps = record
         .steps
         .iter()
@@ -217,21 +230,21 @@ pub fn decode(ids: &[u32], vocab: &Vocab) -> Result<Decoded> {
     let body = ids
         .strip_prefix(&[BOS])
         .ok_or_else(|| bad("no leading <bos>"))?;
-    let query = body
+    let [QUERY, root, x, y, SEP, rest @ ..] = body else {
+        return Err(bad("the question is not `? root X Y |`"));
+    };
+    let bot = rest
         .iter()
-        .position(|&t| t == QUERY)
-        .ok_or_else(|| bad("no `?`"))?;
+        .position(|&t| t == BOT)
+        .ok_or_else(|| bad("no <bot>"))?;
     let mut edges = Vec::new();
-    for chunk in body[..query].chunks(3) {
+    for chunk in rest[..bot].chunks(3) {
         match chunk {
             [a, b, SEP] => edges.push((word(*a)?, word(*b)?)),
             _ => return Err(bad("an edge is not `A B |`")),
         }
     }
-    let rest = &body[query + 1..];
-    let [root, x, y, BOT, reasoning @ ..] = rest else {
-        return Err(bad("the question is not `? root X Y <bot>`"));
-    };
+    let reasoning = &rest[bot + 1..];
     let eot = reasoning
         .iter()
         .position(|&t| t == EOT)
