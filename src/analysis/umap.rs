@@ -965,7 +965,7 @@ impl Layout<'_> {
                 }
                 let j = self.heads[e] as usize;
                 let k = self.tails[e] as usize;
-                let (mut current, mut other) = (emb[j], emb[k]);
+                let (current, mut other) = (emb[j], emb[k]);
                 let d2 = squared_distance(&current, &other);
                 let coeff = if d2 > 0.0 {
                     let pow_b = fast_pow(d2, b);
@@ -973,9 +973,10 @@ impl Layout<'_> {
                 } else {
                     0.0
                 };
+                let mut step = [0.0f32; D];
                 for d in 0..D {
                     let g = clip(coeff * (current[d] - other[d])) * alpha;
-                    current[d] += g;
+                    step[d] = g;
                     other[d] -= g;
                 }
                 emb[k] = other;
@@ -991,10 +992,14 @@ impl Layout<'_> {
                     }
                     let coeff = 2.0 * gamma * b / ((0.001 + d2) * (a * fast_pow(d2, b) + 1.0));
                     for d in 0..D {
-                        current[d] += clip(coeff * (current[d] - other[d])) * alpha;
+                        step[d] += clip(coeff * (current[d] - other[d])) * alpha;
                     }
                 }
-                emb[j] = current;
+                let mut moved = current;
+                for d in 0..D {
+                    moved[d] += step[d];
+                }
+                emb[j] = moved;
                 next_negative[e] += n_neg as f64 * eps_neg[e];
             }
             alpha = self.initial_alpha * (1.0 - epoch as f32 / self.n_epochs as f32);
