@@ -927,24 +927,30 @@ struct Layout<'a> {
     n_epochs: usize,
 }
 
-#[inline]
-fn clip(v: f32) -> f32 {
-    v.clamp(-4.0, 4.0)
-}
+/// Samples whose gradients are computed together: the positive sample and up to 7
+/// negatives of one edge (5 on average at the default negative_sample_rate).
+const LANES: usize = 8;
 
 impl Layout<'_> {
     /// umap-learn's `optimize_layout_euclidean` with move_other = True, single-threaded.
     fn optimize(&self, emb: &mut [f32], rng: &mut XorShift, progress: &ProgressBar) {
         match self.dim {
-            1 => self.optimize_fixed::<1>(emb.as_chunks_mut().0, rng, progress),
-            2 => self.optimize_fixed::<2>(emb.as_chunks_mut().0, rng, progress),
-            _ => self.optimize_fixed::<3>(emb.as_chunks_mut().0, rng, progress),
+            1 => self.optimize_fixed::<1, lanes::F4>(emb.as_chunks_mut().0, rng, progress),
+            2 => self.optimize_fixed::<2, lanes::F4>(emb.as_chunks_mut().0, rng, progress),
+            _ => self.optimize_fixed::<3, lanes::F4>(emb.as_chunks_mut().0, rng, progress),
         }
     }
 
-    /// The epoch loop with the dimension known at compile time: points are arrays, so the
-    /// inner loops unroll and lose their bounds checks (this loop is all of UMAP's time).
-    fn optimize_fixed<const D: usize>(
+    /// The epoch loop with the dimension known at compile time (points are arrays: no
+    /// bounds checks, unrolled coordinate loops). This loop is nearly all of UMAP's time.
+    ///
+    /// One deliberate change of umap-learn's order: the positive and the negative samples
+    /// of an edge all take their gradient at the head's position before the edge's turn
+    /// (umap-learn moves the head after each sample). The samples are then independent, so
+    /// their gradients are computed side by side in SIMD lanes instead of as one chain of
+    /// log2, exp2 and divisions; the steps are small (clipped at 4 alpha), so this moves
+    /// the embedding by less than the difference between two seeds.
+    fn optimize_fixed<const D: usize, V: lanes::Lanes>(
         &self,
         emb: &mut [[f32; D]],
         rng: &mut XorShift,
@@ -955,7 +961,8 @@ impl Layout<'_> {
         let eps_neg: Vec<f64> = eps.iter().map(|e| e / self.negative_sample_rate).collect();
         let mut next_sample = eps.to_vec();
         let mut next_negative = eps_neg.clone();
-        let (a, b, gamma) = (self.a, self.b, self.gamma);
+        let gradient = Gradient::<V>::new(self.a, self.b, self.gamma);
+        let mut others = [[0.0f32; D]; LANES];
         let mut alpha = self.initial_alpha;
         for epoch in 0..self.n_epochs {
             let now = epoch as f64;
@@ -965,42 +972,39 @@ impl Layout<'_> {
                 }
                 let j = self.heads[e] as usize;
                 let k = self.tails[e] as usize;
-                let (current, mut other) = (emb[j], emb[k]);
-                let d2 = squared_distance(&current, &other);
-                let coeff = if d2 > 0.0 {
-                    let pow_b = fast_pow(d2, b);
-                    -2.0 * a * b * (pow_b / d2) / (a * pow_b + 1.0)
-                } else {
-                    0.0
-                };
-                let mut step = [0.0f32; D];
-                for d in 0..D {
-                    let g = clip(coeff * (current[d] - other[d])) * alpha;
-                    step[d] = g;
-                    other[d] -= g;
-                }
-                emb[k] = other;
+                let (current, tail) = (emb[j], emb[k]);
                 next_sample[e] += eps[e];
-
                 let n_neg = ((now - next_negative[e]) / eps_neg[e]).max(0.0) as usize;
-                for _ in 0..n_neg {
-                    let k = rng.below(n_vertices);
-                    let other = if k == j { current } else { emb[k] };
-                    let d2 = squared_distance(&current, &other);
-                    if d2 <= 0.0 {
-                        continue; // j itself, or a point on top of it: no gradient either way.
-                    }
-                    let coeff = 2.0 * gamma * b / ((0.001 + d2) * (a * fast_pow(d2, b) + 1.0));
-                    for d in 0..D {
-                        step[d] += clip(coeff * (current[d] - other[d])) * alpha;
-                    }
-                }
-                let mut moved = current;
-                for d in 0..D {
-                    moved[d] += step[d];
-                }
-                emb[j] = moved;
                 next_negative[e] += n_neg as f64 * eps_neg[e];
+
+                // Lanes past the last sample hold the head itself: zero distance, no step.
+                others[0] = tail;
+                let first = n_neg.min(LANES - 1);
+                for other in &mut others[1..=first] {
+                    *other = emb[rng.below(n_vertices)];
+                }
+                others[first + 1..].fill(current);
+                let (mut step, pull) = gradient.steps(&current, &others, true, alpha);
+                let mut left = n_neg - first;
+                while left > 0 {
+                    let m = left.min(LANES);
+                    for other in &mut others[..m] {
+                        *other = emb[rng.below(n_vertices)];
+                    }
+                    others[m..].fill(current);
+                    let (more, _) = gradient.steps(&current, &others, false, alpha);
+                    for d in 0..D {
+                        step[d] += more[d];
+                    }
+                    left -= m;
+                }
+                let (mut head, mut tail) = (current, tail);
+                for d in 0..D {
+                    head[d] += step[d];
+                    tail[d] -= pull[d];
+                }
+                emb[k] = tail;
+                emb[j] = head;
             }
             alpha = self.initial_alpha * (1.0 - epoch as f32 / self.n_epochs as f32);
             progress.inc(1);
@@ -1008,25 +1012,372 @@ impl Layout<'_> {
     }
 }
 
-#[inline]
-fn squared_distance<const D: usize>(x: &[f32; D], y: &[f32; D]) -> f32 {
-    let mut s = 0.0;
-    for d in 0..D {
-        let t = x[d] - y[d];
-        s += t * t;
+/// The constants of umap-learn's gradients, per lane: lane 0 of the first half is the
+/// positive sample when an edge's first batch is computed.
+struct Gradient<V> {
+    a: V,
+    b: V,
+    /// -2ab (attraction) in the positive lane, 2 gamma b (repulsion) elsewhere.
+    numerator_first: [V; 2],
+    numerator_rest: V,
+    /// Added to d^2 in the denominator: 0 for attraction, 0.001 for repulsion.
+    offset_first: [V; 2],
+    offset_rest: V,
+    /// All bits set in the positive lane, whose numerator also carries d^(2b).
+    positive: V,
+}
+
+impl<V: lanes::Lanes> Gradient<V> {
+    fn new(a: f32, b: f32, gamma: f32) -> Self {
+        let (attract, repel) = (-2.0 * a * b, 2.0 * gamma * b);
+        Self {
+            a: V::splat(a),
+            b: V::splat(b),
+            numerator_first: [V::new([attract, repel, repel, repel]), V::splat(repel)],
+            numerator_rest: V::splat(repel),
+            offset_first: [V::new([0.0, 0.001, 0.001, 0.001]), V::splat(0.001)],
+            offset_rest: V::splat(0.001),
+            positive: V::new([f32::from_bits(!0), 0.0, 0.0, 0.0]),
+        }
     }
-    s
+
+    /// Clipped steps of `current` for the samples `others`, times alpha: their sum, and
+    /// lane 0's step alone (with `with_positive`, the pull on the positive sample).
+    /// Attraction: -2ab d^(2(b-1)) / (1 + a d^(2b)); repulsion: 2 gamma b / ((0.001 +
+    /// d^2)(1 + a d^(2b))); both 0 at distance 0 and each coordinate clipped to [-4, 4].
+    #[inline(always)]
+    fn steps<const D: usize>(
+        &self,
+        current: &[f32; D],
+        others: &[[f32; D]; LANES],
+        with_positive: bool,
+        alpha: f32,
+    ) -> ([f32; D], [f32; D]) {
+        let (zero, one) = (V::splat(0.0), V::splat(1.0));
+        let mut diff = [[zero; 2]; D];
+        for (h, half) in others.chunks_exact(4).enumerate() {
+            for d in 0..D {
+                let o = V::new([half[0][d], half[1][d], half[2][d], half[3][d]]);
+                diff[d][h] = V::splat(current[d]).sub(o);
+            }
+        }
+        let alpha = V::splat(alpha);
+        let mut coeff = [zero; 2];
+        for h in 0..2 {
+            let mut d2 = diff[0][h].mul(diff[0][h]);
+            for row in &diff[1..] {
+                d2 = d2.add(row[h].mul(row[h]));
+            }
+            let pow_b = self.b.mul(d2.log2()).exp2();
+            let (numerator, offset) = if with_positive {
+                let scale = if h == 0 {
+                    V::select(self.positive, pow_b, one)
+                } else {
+                    one
+                };
+                (self.numerator_first[h].mul(scale), self.offset_first[h])
+            } else {
+                (self.numerator_rest, self.offset_rest)
+            };
+            let denominator = offset.add(d2).mul(self.a.mul(pow_b).add(one));
+            coeff[h] = V::select(d2.gt(zero), numerator.div(denominator), zero);
+        }
+        let (mut step, mut pull) = ([0.0f32; D], [0.0f32; D]);
+        for d in 0..D {
+            let g = [0, 1].map(|h| {
+                coeff[h]
+                    .mul(diff[d][h])
+                    .max(V::splat(-4.0))
+                    .min(V::splat(4.0))
+                    .mul(alpha)
+            });
+            step[d] = g[0].add(g[1]).sum();
+            pull[d] = g[0].lane0();
+        }
+        (step, pull)
+    }
+}
+
+/// Four f32 lanes: SSE2 on x86_64 and a scalar twin that performs the same IEEE
+/// operations in the same order (the same embedding on every platform; a test checks the
+/// two agree bit for bit).
+mod lanes {
+    pub trait Lanes: Copy {
+        fn splat(v: f32) -> Self;
+        fn new(v: [f32; 4]) -> Self;
+        fn lane0(self) -> f32;
+        fn add(self, o: Self) -> Self;
+        fn sub(self, o: Self) -> Self;
+        fn mul(self, o: Self) -> Self;
+        fn div(self, o: Self) -> Self;
+        /// SSE `minps`: `o` where either is NaN.
+        fn min(self, o: Self) -> Self;
+        fn max(self, o: Self) -> Self;
+        /// All bits set where self > o.
+        fn gt(self, o: Self) -> Self;
+        /// `a` where `mask` has all bits set, else `b`.
+        fn select(mask: Self, a: Self, b: Self) -> Self;
+        /// (l0 + l2) + (l1 + l3).
+        fn sum(self) -> f32;
+        /// [`super::fast_log2`] in each lane.
+        fn log2(self) -> Self;
+        /// [`super::fast_exp2`] in each lane.
+        fn exp2(self) -> Self;
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    pub use sse::F4;
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    pub use Scalar4 as F4;
+
+    #[derive(Clone, Copy)]
+    pub struct Scalar4(pub [f32; 4]);
+
+    impl Scalar4 {
+        #[inline(always)]
+        fn map2(self, o: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+            Self([0, 1, 2, 3].map(|i| f(self.0[i], o.0[i])))
+        }
+    }
+
+    impl Lanes for Scalar4 {
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            Self([v; 4])
+        }
+        #[inline(always)]
+        fn new(v: [f32; 4]) -> Self {
+            Self(v)
+        }
+        #[inline(always)]
+        fn lane0(self) -> f32 {
+            self.0[0]
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            self.map2(o, |x, y| x + y)
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            self.map2(o, |x, y| x - y)
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            self.map2(o, |x, y| x * y)
+        }
+        #[inline(always)]
+        fn div(self, o: Self) -> Self {
+            self.map2(o, |x, y| x / y)
+        }
+        #[inline(always)]
+        fn min(self, o: Self) -> Self {
+            self.map2(o, super::sse_min)
+        }
+        #[inline(always)]
+        fn max(self, o: Self) -> Self {
+            self.map2(o, super::sse_max)
+        }
+        #[inline(always)]
+        fn gt(self, o: Self) -> Self {
+            self.map2(o, |x, y| f32::from_bits(if x > y { !0 } else { 0 }))
+        }
+        #[inline(always)]
+        fn select(mask: Self, a: Self, b: Self) -> Self {
+            Self([0, 1, 2, 3].map(|i| {
+                let m = mask.0[i].to_bits();
+                f32::from_bits((m & a.0[i].to_bits()) | (!m & b.0[i].to_bits()))
+            }))
+        }
+        #[inline(always)]
+        fn sum(self) -> f32 {
+            (self.0[0] + self.0[2]) + (self.0[1] + self.0[3])
+        }
+        #[inline(always)]
+        fn log2(self) -> Self {
+            Self(self.0.map(super::fast_log2))
+        }
+        #[inline(always)]
+        fn exp2(self) -> Self {
+            Self(self.0.map(super::fast_exp2))
+        }
+    }
+
+    /// SAFETY (every `unsafe` block below): the intrinsics only need SSE2, which every
+    /// x86_64 target enables (the cfg checks it), and none of them reads or writes memory.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    mod sse {
+        use std::arch::x86_64::*;
+
+        use super::super::{EXP2_POLY, LOG2_POLY, ROUND_MAGIC};
+
+        #[derive(Clone, Copy)]
+        pub struct F4(__m128);
+
+        impl super::Lanes for F4 {
+            #[inline(always)]
+            fn splat(v: f32) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm_set1_ps(v)) }
+            }
+            #[inline(always)]
+            fn new(v: [f32; 4]) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm_setr_ps(v[0], v[1], v[2], v[3])) }
+            }
+            #[inline(always)]
+            fn lane0(self) -> f32 {
+                // SAFETY: see the module note.
+                unsafe { _mm_cvtss_f32(self.0) }
+            }
+            #[inline(always)]
+            fn add(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm_add_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn sub(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm_sub_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn mul(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm_mul_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn div(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm_div_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn min(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm_min_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn max(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm_max_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn gt(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm_cmpgt_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn select(mask: Self, a: Self, b: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe {
+                    Self(_mm_or_ps(
+                        _mm_and_ps(mask.0, a.0),
+                        _mm_andnot_ps(mask.0, b.0),
+                    ))
+                }
+            }
+            #[inline(always)]
+            fn sum(self) -> f32 {
+                // SAFETY: see the module note.
+                unsafe {
+                    let pairs = _mm_add_ps(self.0, _mm_movehl_ps(self.0, self.0));
+                    _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
+                }
+            }
+            #[inline(always)]
+            fn log2(self) -> Self {
+                // SAFETY: see the module note.
+                unsafe {
+                    let bits = _mm_castps_si128(self.0);
+                    let exponent = _mm_sub_epi32(
+                        _mm_and_si128(_mm_srli_epi32::<23>(bits), _mm_set1_epi32(0xff)),
+                        _mm_set1_epi32(127),
+                    );
+                    let m = _mm_castsi128_ps(_mm_or_si128(
+                        _mm_and_si128(bits, _mm_set1_epi32(0x007f_ffff)),
+                        _mm_set1_epi32(0x3f80_0000),
+                    ));
+                    let high = _mm_cmpgt_ps(m, _mm_set1_ps(std::f32::consts::SQRT_2));
+                    let m =
+                        Self::select(Self(high), Self(_mm_mul_ps(m, _mm_set1_ps(0.5))), Self(m)).0;
+                    // The mask is -1 where the mantissa was halved.
+                    let exponent = _mm_sub_epi32(exponent, _mm_castps_si128(high));
+                    let one = _mm_set1_ps(1.0);
+                    let t = _mm_div_ps(_mm_sub_ps(m, one), _mm_add_ps(m, one));
+                    let t2 = _mm_mul_ps(t, t);
+                    let mut p = _mm_set1_ps(LOG2_POLY[4]);
+                    for c in LOG2_POLY[..4].iter().rev() {
+                        p = _mm_add_ps(_mm_set1_ps(*c), _mm_mul_ps(t2, p));
+                    }
+                    Self(_mm_add_ps(_mm_cvtepi32_ps(exponent), _mm_mul_ps(t, p)))
+                }
+            }
+            #[inline(always)]
+            fn exp2(self) -> Self {
+                // SAFETY: see the module note.
+                unsafe {
+                    let x = _mm_min_ps(_mm_max_ps(self.0, _mm_set1_ps(-126.0)), _mm_set1_ps(126.0));
+                    let magic = _mm_set1_ps(ROUND_MAGIC);
+                    let whole = _mm_sub_ps(_mm_add_ps(x, magic), magic);
+                    let l = _mm_mul_ps(_mm_sub_ps(x, whole), _mm_set1_ps(std::f32::consts::LN_2));
+                    let mut p = _mm_set1_ps(EXP2_POLY[6]);
+                    for c in EXP2_POLY[..6].iter().rev() {
+                        p = _mm_add_ps(_mm_set1_ps(*c), _mm_mul_ps(l, p));
+                    }
+                    let scale = _mm_slli_epi32::<23>(_mm_add_epi32(
+                        _mm_cvttps_epi32(whole),
+                        _mm_set1_epi32(127),
+                    ));
+                    Self(_mm_mul_ps(_mm_castsi128_ps(scale), p))
+                }
+            }
+        }
+    }
+}
+
+/// SSE `minss` / `maxss`: the second operand unless the comparison holds (NaN included).
+#[inline(always)]
+fn sse_min(x: f32, y: f32) -> f32 {
+    if x < y {
+        x
+    } else {
+        y
+    }
+}
+
+#[inline(always)]
+fn sse_max(x: f32, y: f32) -> f32 {
+    if x > y {
+        x
+    } else {
+        y
+    }
 }
 
 /// x^y for x > 0 as 2^(y log2 x) with polynomial log2 and exp2 (relative error ~1e-6,
 /// measured in the tests): libm's powf was half the SGD's time, and umap-learn's numba
 /// `fastmath` pow is likewise approximate.
-#[inline]
+#[cfg(test)]
 fn fast_pow(x: f32, y: f32) -> f32 {
     fast_exp2(y * fast_log2(x))
 }
 
-#[inline]
+/// 2/ln2 atanh(t) = log2((1 + t) / (1 - t)), odd series in t: coefficients of t^1, t^3, ...
+const LOG2_POLY: [f32; 5] = [2.885_39, 0.961_796_7, 0.577_078, 0.412_198_6, 0.320_598_9];
+
+/// e^l, Taylor to degree 6.
+const EXP2_POLY: [f32; 7] = [
+    1.0,
+    1.0,
+    0.5,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 120.0,
+    1.0 / 720.0,
+];
+
+/// 1.5 * 2^23: (x + M) - M rounds |x| < 2^22 to the nearest integer, ties to even, in
+/// two additions (`f32::round` is a libm call on baseline x86_64).
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
 fn fast_log2(x: f32) -> f32 {
     let bits = x.to_bits();
     let mut exponent = ((bits >> 23) & 0xff) as i32 - 127;
@@ -1039,23 +1390,23 @@ fn fast_log2(x: f32) -> f32 {
     }
     let t = (m - 1.0) / (m + 1.0);
     let t2 = t * t;
-    let p = t
-        * (2.885_39
-            + t2 * (0.961_796_7 + t2 * (0.577_078 + t2 * (0.412_198_6 + t2 * 0.320_598_9))));
-    exponent as f32 + p
+    let mut p = LOG2_POLY[4];
+    for c in LOG2_POLY[..4].iter().rev() {
+        p = c + t2 * p;
+    }
+    exponent as f32 + t * p
 }
 
-#[inline]
 fn fast_exp2(x: f32) -> f32 {
-    let x = x.clamp(-126.0, 126.0);
-    let whole = x.round();
+    let x = sse_min(sse_max(x, -126.0), 126.0);
+    let whole = (x + ROUND_MAGIC) - ROUND_MAGIC;
     // 2^f for f in [-1/2, 1/2]: degree-6 Taylor of e^(f ln 2), remainder < 2e-7.
     let l = (x - whole) * std::f32::consts::LN_2;
-    let p = 1.0
-        + l * (1.0
-            + l * (0.5
-                + l * (1.0 / 6.0 + l * (1.0 / 24.0 + l * (1.0 / 120.0 + l * (1.0 / 720.0))))));
-    f32::from_bits((((whole as i32) + 127) as u32) << 23) * p
+    let mut p = EXP2_POLY[6];
+    for c in EXP2_POLY[..6].iter().rev() {
+        p = c + l * p;
+    }
+    f32::from_bits(((whole as i32 + 127) as u32) << 23) * p
 }
 
 /// Timing of one UMAP on generated clusters, for `latentlens bench reduce`.
