@@ -1119,86 +1119,171 @@ mod lanes {
         fn select(mask: Self, a: Self, b: Self) -> Self;
         /// (l0 + l2) + (l1 + l3).
         fn sum(self) -> f32;
-        /// [`super::fast_log2`] in each lane.
+        /// [`scalar::log2`] in each lane.
         fn log2(self) -> Self;
-        /// [`super::fast_exp2`] in each lane.
+        /// [`scalar::exp2`] in each lane.
         fn exp2(self) -> Self;
+        #[cfg(test)]
+        fn to_array(self) -> [f32; 4];
     }
 
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    pub use scalar::Scalar4 as F4;
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     pub use sse::F4;
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-    pub use Scalar4 as F4;
 
-    #[derive(Clone, Copy)]
-    pub struct Scalar4(pub [f32; 4]);
+    /// 2/ln2 atanh(t) = log2((1 + t) / (1 - t)), odd series in t: coefficients of t^1, t^3, ...
+    pub const LOG2_POLY: [f32; 5] = [2.885_39, 0.961_796_7, 0.577_078, 0.412_198_6, 0.320_598_9];
 
-    impl Scalar4 {
-        #[inline(always)]
-        fn map2(self, o: Self, f: impl Fn(f32, f32) -> f32) -> Self {
-            Self([0, 1, 2, 3].map(|i| f(self.0[i], o.0[i])))
-        }
-    }
+    /// e^l, Taylor to degree 6.
+    pub const EXP2_POLY: [f32; 7] = [
+        1.0,
+        1.0,
+        0.5,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+    ];
 
-    impl Lanes for Scalar4 {
-        #[inline(always)]
-        fn splat(v: f32) -> Self {
-            Self([v; 4])
+    /// 1.5 * 2^23: (x + M) - M rounds |x| < 2^22 to the nearest integer, ties to even, in
+    /// two additions (`f32::round` is a libm call on baseline x86_64).
+    pub const ROUND_MAGIC: f32 = 12_582_912.0;
+
+    /// The scalar twin of the SSE2 lanes (and the reference for their accuracy).
+    #[cfg_attr(
+        all(target_arch = "x86_64", target_feature = "sse2", not(test)),
+        allow(dead_code)
+    )]
+    pub mod scalar {
+        use super::{EXP2_POLY, LOG2_POLY, ROUND_MAGIC};
+
+        #[derive(Clone, Copy)]
+        pub struct Scalar4(pub [f32; 4]);
+
+        impl Scalar4 {
+            #[inline(always)]
+            fn map2(self, o: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+                Self([0, 1, 2, 3].map(|i| f(self.0[i], o.0[i])))
+            }
         }
-        #[inline(always)]
-        fn new(v: [f32; 4]) -> Self {
-            Self(v)
+
+        impl super::Lanes for Scalar4 {
+            #[inline(always)]
+            fn splat(v: f32) -> Self {
+                Self([v; 4])
+            }
+            #[inline(always)]
+            fn new(v: [f32; 4]) -> Self {
+                Self(v)
+            }
+            #[inline(always)]
+            fn lane0(self) -> f32 {
+                self.0[0]
+            }
+            #[inline(always)]
+            fn add(self, o: Self) -> Self {
+                self.map2(o, |x, y| x + y)
+            }
+            #[inline(always)]
+            fn sub(self, o: Self) -> Self {
+                self.map2(o, |x, y| x - y)
+            }
+            #[inline(always)]
+            fn mul(self, o: Self) -> Self {
+                self.map2(o, |x, y| x * y)
+            }
+            #[inline(always)]
+            fn div(self, o: Self) -> Self {
+                self.map2(o, |x, y| x / y)
+            }
+            #[inline(always)]
+            fn min(self, o: Self) -> Self {
+                self.map2(o, min)
+            }
+            #[inline(always)]
+            fn max(self, o: Self) -> Self {
+                self.map2(o, max)
+            }
+            #[inline(always)]
+            fn gt(self, o: Self) -> Self {
+                self.map2(o, |x, y| f32::from_bits(if x > y { !0 } else { 0 }))
+            }
+            #[inline(always)]
+            fn select(mask: Self, a: Self, b: Self) -> Self {
+                Self([0, 1, 2, 3].map(|i| {
+                    let m = mask.0[i].to_bits();
+                    f32::from_bits((m & a.0[i].to_bits()) | (!m & b.0[i].to_bits()))
+                }))
+            }
+            #[inline(always)]
+            fn sum(self) -> f32 {
+                (self.0[0] + self.0[2]) + (self.0[1] + self.0[3])
+            }
+            #[inline(always)]
+            fn log2(self) -> Self {
+                Self(self.0.map(log2))
+            }
+            #[inline(always)]
+            fn exp2(self) -> Self {
+                Self(self.0.map(exp2))
+            }
+            #[cfg(test)]
+            fn to_array(self) -> [f32; 4] {
+                self.0
+            }
         }
+
+        /// SSE `minss` / `maxss`: the second operand unless the comparison holds (NaN included).
         #[inline(always)]
-        fn lane0(self) -> f32 {
-            self.0[0]
+        pub fn min(x: f32, y: f32) -> f32 {
+            if x < y {
+                x
+            } else {
+                y
+            }
         }
+
         #[inline(always)]
-        fn add(self, o: Self) -> Self {
-            self.map2(o, |x, y| x + y)
+        pub fn max(x: f32, y: f32) -> f32 {
+            if x > y {
+                x
+            } else {
+                y
+            }
         }
-        #[inline(always)]
-        fn sub(self, o: Self) -> Self {
-            self.map2(o, |x, y| x - y)
+
+        /// log2(x) for x > 0 (normal).
+        pub fn log2(x: f32) -> f32 {
+            let bits = x.to_bits();
+            let mut exponent = ((bits >> 23) & 0xff) as i32 - 127;
+            // Mantissa m in [sqrt(1/2), sqrt(2)), log2(m) = 2/ln2 atanh(t) with
+            // t = (m - 1) / (m + 1), |t| <= 0.172: five terms of the series reach ~1e-9.
+            let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+            if m > std::f32::consts::SQRT_2 {
+                m *= 0.5;
+                exponent += 1;
+            }
+            let t = (m - 1.0) / (m + 1.0);
+            let t2 = t * t;
+            let mut p = LOG2_POLY[4];
+            for c in LOG2_POLY[..4].iter().rev() {
+                p = c + t2 * p;
+            }
+            exponent as f32 + t * p
         }
-        #[inline(always)]
-        fn mul(self, o: Self) -> Self {
-            self.map2(o, |x, y| x * y)
-        }
-        #[inline(always)]
-        fn div(self, o: Self) -> Self {
-            self.map2(o, |x, y| x / y)
-        }
-        #[inline(always)]
-        fn min(self, o: Self) -> Self {
-            self.map2(o, super::sse_min)
-        }
-        #[inline(always)]
-        fn max(self, o: Self) -> Self {
-            self.map2(o, super::sse_max)
-        }
-        #[inline(always)]
-        fn gt(self, o: Self) -> Self {
-            self.map2(o, |x, y| f32::from_bits(if x > y { !0 } else { 0 }))
-        }
-        #[inline(always)]
-        fn select(mask: Self, a: Self, b: Self) -> Self {
-            Self([0, 1, 2, 3].map(|i| {
-                let m = mask.0[i].to_bits();
-                f32::from_bits((m & a.0[i].to_bits()) | (!m & b.0[i].to_bits()))
-            }))
-        }
-        #[inline(always)]
-        fn sum(self) -> f32 {
-            (self.0[0] + self.0[2]) + (self.0[1] + self.0[3])
-        }
-        #[inline(always)]
-        fn log2(self) -> Self {
-            Self(self.0.map(super::fast_log2))
-        }
-        #[inline(always)]
-        fn exp2(self) -> Self {
-            Self(self.0.map(super::fast_exp2))
+
+        /// 2^x, x clamped to [-126, 126].
+        pub fn exp2(x: f32) -> f32 {
+            let x = min(max(x, -126.0), 126.0);
+            let whole = (x + ROUND_MAGIC) - ROUND_MAGIC;
+            // 2^f for f in [-1/2, 1/2]: degree-6 Taylor of e^(f ln 2), remainder < 2e-7.
+            let l = (x - whole) * std::f32::consts::LN_2;
+            let mut p = EXP2_POLY[6];
+            for c in EXP2_POLY[..6].iter().rev() {
+                p = c + l * p;
+            }
+            f32::from_bits(((whole as i32 + 127) as u32) << 23) * p
         }
     }
 
@@ -1208,7 +1293,7 @@ mod lanes {
     mod sse {
         use std::arch::x86_64::*;
 
-        use super::super::{EXP2_POLY, LOG2_POLY, ROUND_MAGIC};
+        use super::{EXP2_POLY, LOG2_POLY, ROUND_MAGIC};
 
         #[derive(Clone, Copy)]
         pub struct F4(__m128);
@@ -1329,84 +1414,15 @@ mod lanes {
                     Self(_mm_mul_ps(_mm_castsi128_ps(scale), p))
                 }
             }
+            #[cfg(test)]
+            fn to_array(self) -> [f32; 4] {
+                let mut out = [0.0f32; 4];
+                // SAFETY: writes the 16 bytes of one __m128 into a 16-byte array.
+                unsafe { _mm_storeu_ps(out.as_mut_ptr(), self.0) };
+                out
+            }
         }
     }
-}
-
-/// SSE `minss` / `maxss`: the second operand unless the comparison holds (NaN included).
-#[inline(always)]
-fn sse_min(x: f32, y: f32) -> f32 {
-    if x < y {
-        x
-    } else {
-        y
-    }
-}
-
-#[inline(always)]
-fn sse_max(x: f32, y: f32) -> f32 {
-    if x > y {
-        x
-    } else {
-        y
-    }
-}
-
-/// x^y for x > 0 as 2^(y log2 x) with polynomial log2 and exp2 (relative error ~1e-6,
-/// measured in the tests): libm's powf was half the SGD's time, and umap-learn's numba
-/// `fastmath` pow is likewise approximate.
-#[cfg(test)]
-fn fast_pow(x: f32, y: f32) -> f32 {
-    fast_exp2(y * fast_log2(x))
-}
-
-/// 2/ln2 atanh(t) = log2((1 + t) / (1 - t)), odd series in t: coefficients of t^1, t^3, ...
-const LOG2_POLY: [f32; 5] = [2.885_39, 0.961_796_7, 0.577_078, 0.412_198_6, 0.320_598_9];
-
-/// e^l, Taylor to degree 6.
-const EXP2_POLY: [f32; 7] = [
-    1.0,
-    1.0,
-    0.5,
-    1.0 / 6.0,
-    1.0 / 24.0,
-    1.0 / 120.0,
-    1.0 / 720.0,
-];
-
-/// 1.5 * 2^23: (x + M) - M rounds |x| < 2^22 to the nearest integer, ties to even, in
-/// two additions (`f32::round` is a libm call on baseline x86_64).
-const ROUND_MAGIC: f32 = 12_582_912.0;
-
-fn fast_log2(x: f32) -> f32 {
-    let bits = x.to_bits();
-    let mut exponent = ((bits >> 23) & 0xff) as i32 - 127;
-    // Mantissa m in [sqrt(1/2), sqrt(2)), log2(m) = 2/ln2 atanh(t), t = (m - 1) / (m + 1),
-    // |t| <= 0.172, so five terms of the atanh series reach ~1e-9.
-    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-    if m > std::f32::consts::SQRT_2 {
-        m *= 0.5;
-        exponent += 1;
-    }
-    let t = (m - 1.0) / (m + 1.0);
-    let t2 = t * t;
-    let mut p = LOG2_POLY[4];
-    for c in LOG2_POLY[..4].iter().rev() {
-        p = c + t2 * p;
-    }
-    exponent as f32 + t * p
-}
-
-fn fast_exp2(x: f32) -> f32 {
-    let x = sse_min(sse_max(x, -126.0), 126.0);
-    let whole = (x + ROUND_MAGIC) - ROUND_MAGIC;
-    // 2^f for f in [-1/2, 1/2]: degree-6 Taylor of e^(f ln 2), remainder < 2e-7.
-    let l = (x - whole) * std::f32::consts::LN_2;
-    let mut p = EXP2_POLY[6];
-    for c in EXP2_POLY[..6].iter().rev() {
-        p = c + l * p;
-    }
-    f32::from_bits(((whole as i32 + 127) as u32) << 23) * p
 }
 
 /// Timing of one UMAP on generated clusters, for `latentlens bench reduce`.
@@ -1486,6 +1502,13 @@ pub fn bench_umap(
 mod tests {
     use super::*;
 
+    /// x^y for x > 0 as 2^(y log2 x) with polynomial log2 and exp2 (relative error ~1e-6,
+    /// measured in the tests): libm's powf was half the SGD's time, and umap-learn's numba
+    /// `fastmath` pow is likewise approximate.
+    fn fast_pow(x: f32, y: f32) -> f32 {
+        lanes::scalar::exp2(y * lanes::scalar::log2(x))
+    }
+
     #[test]
     fn fast_pow_is_accurate() {
         let mut worst = 0.0f64;
@@ -1498,6 +1521,81 @@ mod tests {
             }
         }
         assert!(worst < 2e-6, "worst relative error {worst}");
+    }
+
+    /// The SSE2 lanes and their scalar twin agree bit for bit, so an embedding does not
+    /// depend on the platform: log2 and exp2 over a wide range of inputs, then whole
+    /// layouts in 1, 2 and 3 dimensions, also with more negatives than one batch holds.
+    #[test]
+    fn sse_lanes_match_the_scalar_twin_bit_for_bit() {
+        use lanes::{scalar::Scalar4, Lanes, F4};
+        let bits = |v: [f32; 4]| v.map(f32::to_bits);
+        for i in 0..50_000 {
+            let t = i as f32;
+            let positive = [t * 1e-3, t * t * t * 1e-7, t * 1e-42, 1.0 + t * 1e-7];
+            assert_eq!(
+                bits(F4::new(positive).log2().to_array()),
+                bits(Scalar4::new(positive).log2().to_array()),
+                "log2 {positive:?}"
+            );
+            // Halves included: exp2 rounds ties to even in both.
+            let any = [t * 0.5 - 150.0, t * 1e-3 - 25.0, -t * 7e-4, t * 3e-3];
+            assert_eq!(
+                bits(F4::new(any).exp2().to_array()),
+                bits(Scalar4::new(any).exp2().to_array()),
+                "exp2 {any:?}"
+            );
+        }
+        for rate in [5.0, 12.0] {
+            assert_eq!(
+                small_layout::<1, F4>(rate),
+                small_layout::<1, Scalar4>(rate)
+            );
+            assert_eq!(
+                small_layout::<2, F4>(rate),
+                small_layout::<2, Scalar4>(rate)
+            );
+            assert_eq!(
+                small_layout::<3, F4>(rate),
+                small_layout::<3, Scalar4>(rate)
+            );
+        }
+    }
+
+    /// 40 epochs of the SGD on a 200-point fuzzy graph from a random start.
+    fn small_layout<const D: usize, V: lanes::Lanes>(negative_sample_rate: f64) -> Vec<u32> {
+        let (n, n_epochs) = (200, 40);
+        let x = bench_clusters(n, 4, 3, 9);
+        let knn = exact_knn(&x, 4, 10, true).unwrap();
+        let (s, r) = smooth_knn_dist(&knn.distances, 10, 1.0);
+        let graph = fuzzy_union(
+            n,
+            &membership_strengths(&knn.indices, &knn.distances, 10, &s, &r),
+        );
+        let (heads, tails, weights) = graph.edges();
+        let epochs_per_sample = make_epochs_per_sample(&weights, n_epochs);
+        let (a, b) = find_ab_params(1.0, 0.1);
+        let layout = Layout {
+            dim: D,
+            heads: &heads,
+            tails: &tails,
+            epochs_per_sample: &epochs_per_sample,
+            a: a as f32,
+            b: b as f32,
+            gamma: 1.0,
+            initial_alpha: 1.0,
+            negative_sample_rate,
+            n_epochs,
+        };
+        let start = crate::rng::gaussian(9, 0, n * D);
+        let mut emb: Vec<[f32; D]> = start
+            .chunks_exact(D)
+            .map(|c| std::array::from_fn(|d| 5.0 * c[d]))
+            .collect();
+        let mut rng = XorShift::new(9);
+        layout.optimize_fixed::<D, V>(&mut emb, &mut rng, &ProgressBar::hidden());
+        assert!(emb.iter().flatten().all(|v| v.is_finite()));
+        emb.iter().flatten().map(|v| v.to_bits()).collect()
     }
 
     #[test]
