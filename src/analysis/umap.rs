@@ -933,11 +933,36 @@ const LANES: usize = 8;
 
 impl Layout<'_> {
     /// umap-learn's `optimize_layout_euclidean` with move_other = True, single-threaded.
+    /// Eight lanes per instruction where the CPU has AVX2, else four (SSE2): the same
+    /// operations in the same order, so the same embedding either way.
     fn optimize(&self, emb: &mut [f32], rng: &mut XorShift, progress: &ProgressBar) {
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            unsafe { self.optimize_avx2(emb, rng, progress) };
+            return;
+        }
+        self.optimize_in::<lanes::F4>(emb, rng, progress);
+    }
+
+    /// The whole epoch loop compiled for AVX2 (everything below is inlined into it).
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    #[target_feature(enable = "avx2")]
+    fn optimize_avx2(&self, emb: &mut [f32], rng: &mut XorShift, progress: &ProgressBar) {
+        self.optimize_in::<lanes::avx2::F8>(emb, rng, progress);
+    }
+
+    #[inline(always)]
+    fn optimize_in<V: lanes::Lanes>(
+        &self,
+        emb: &mut [f32],
+        rng: &mut XorShift,
+        progress: &ProgressBar,
+    ) {
         match self.dim {
-            1 => self.optimize_fixed::<1, lanes::F4>(emb.as_chunks_mut().0, rng, progress),
-            2 => self.optimize_fixed::<2, lanes::F4>(emb.as_chunks_mut().0, rng, progress),
-            _ => self.optimize_fixed::<3, lanes::F4>(emb.as_chunks_mut().0, rng, progress),
+            1 => self.optimize_fixed::<1, V>(emb.as_chunks_mut().0, rng, progress),
+            2 => self.optimize_fixed::<2, V>(emb.as_chunks_mut().0, rng, progress),
+            _ => self.optimize_fixed::<3, V>(emb.as_chunks_mut().0, rng, progress),
         }
     }
 
@@ -950,6 +975,7 @@ impl Layout<'_> {
     /// their gradients are computed side by side in SIMD lanes instead of as one chain of
     /// log2, exp2 and divisions; the steps are small (clipped at 4 alpha), so this moves
     /// the embedding by less than the difference between two seeds.
+    #[inline(always)]
     fn optimize_fixed<const D: usize, V: lanes::Lanes>(
         &self,
         emb: &mut [[f32; D]],
@@ -1012,8 +1038,8 @@ impl Layout<'_> {
     }
 }
 
-/// The constants of umap-learn's gradients, per lane: lane 0 of the first half is the
-/// positive sample when an edge's first batch is computed.
+/// The constants of umap-learn's gradients, per lane: lane 0 is the positive sample when
+/// an edge's first batch is computed. `LANES / V::WIDTH` vectors (2 or 1) are in use.
 struct Gradient<V> {
     a: V,
     b: V,
@@ -1024,20 +1050,26 @@ struct Gradient<V> {
     offset_first: [V; 2],
     offset_rest: V,
     /// All bits set in the positive lane, whose numerator also carries d^(2b).
-    positive: V,
+    positive: [V; 2],
 }
 
 impl<V: lanes::Lanes> Gradient<V> {
+    #[inline(always)]
     fn new(a: f32, b: f32, gamma: f32) -> Self {
         let (attract, repel) = (-2.0 * a * b, 2.0 * gamma * b);
+        let first_lane = |first: f32, rest: f32| -> [V; 2] {
+            let mut lanes = [rest; LANES];
+            lanes[0] = first;
+            [0, 1].map(|v| V::load(&lanes[(v * V::WIDTH).min(LANES - V::WIDTH)..]))
+        };
         Self {
             a: V::splat(a),
             b: V::splat(b),
-            numerator_first: [V::new([attract, repel, repel, repel]), V::splat(repel)],
+            numerator_first: first_lane(attract, repel),
             numerator_rest: V::splat(repel),
-            offset_first: [V::new([0.0, 0.001, 0.001, 0.001]), V::splat(0.001)],
+            offset_first: first_lane(0.0, 0.001),
             offset_rest: V::splat(0.001),
-            positive: V::new([f32::from_bits(!0), 0.0, 0.0, 0.0]),
+            positive: first_lane(f32::from_bits(!0), 0.0),
         }
     }
 
@@ -1053,58 +1085,70 @@ impl<V: lanes::Lanes> Gradient<V> {
         with_positive: bool,
         alpha: f32,
     ) -> ([f32; D], [f32; D]) {
+        let n_vectors = LANES / V::WIDTH;
         let (zero, one) = (V::splat(0.0), V::splat(1.0));
         let mut diff = [[zero; 2]; D];
-        for (h, half) in others.chunks_exact(4).enumerate() {
+        for v in 0..n_vectors {
             for d in 0..D {
-                let o = V::new([half[0][d], half[1][d], half[2][d], half[3][d]]);
-                diff[d][h] = V::splat(current[d]).sub(o);
+                let other = V::gather(others, v * V::WIDTH, d);
+                diff[d][v] = V::splat(current[d]).sub(other);
             }
         }
-        let alpha = V::splat(alpha);
         let mut coeff = [zero; 2];
-        for h in 0..2 {
-            let mut d2 = diff[0][h].mul(diff[0][h]);
+        for v in 0..n_vectors {
+            let mut d2 = diff[0][v].mul(diff[0][v]);
             for row in &diff[1..] {
-                d2 = d2.add(row[h].mul(row[h]));
+                d2 = d2.add(row[v].mul(row[v]));
             }
             let pow_b = self.b.mul(d2.log2()).exp2();
             let (numerator, offset) = if with_positive {
-                let scale = if h == 0 {
-                    V::select(self.positive, pow_b, one)
-                } else {
-                    one
-                };
-                (self.numerator_first[h].mul(scale), self.offset_first[h])
+                let scale = V::select(self.positive[v], pow_b, one);
+                (self.numerator_first[v].mul(scale), self.offset_first[v])
             } else {
                 (self.numerator_rest, self.offset_rest)
             };
             let denominator = offset.add(d2).mul(self.a.mul(pow_b).add(one));
-            coeff[h] = V::select(d2.gt(zero), numerator.div(denominator), zero);
+            coeff[v] = V::select(d2.gt(zero), numerator.div(denominator), zero);
         }
+        let (limit, alpha) = (V::splat(4.0), V::splat(alpha));
         let (mut step, mut pull) = ([0.0f32; D], [0.0f32; D]);
         for d in 0..D {
-            let g = [0, 1].map(|h| {
-                coeff[h]
-                    .mul(diff[d][h])
-                    .max(V::splat(-4.0))
-                    .min(V::splat(4.0))
-                    .mul(alpha)
-            });
-            step[d] = g[0].add(g[1]).sum();
-            pull[d] = g[0].lane0();
+            let mut total = zero;
+            for v in 0..n_vectors {
+                let g = coeff[v]
+                    .mul(diff[d][v])
+                    .max(zero.sub(limit))
+                    .min(limit)
+                    .mul(alpha);
+                if v == 0 {
+                    pull[d] = g.lane0();
+                    total = g;
+                } else {
+                    total = total.add(g);
+                }
+            }
+            step[d] = total.sum();
         }
         (step, pull)
     }
 }
 
-/// Four f32 lanes: SSE2 on x86_64 and a scalar twin that performs the same IEEE
-/// operations in the same order (the same embedding on every platform; a test checks the
-/// two agree bit for bit).
+/// f32 lanes: SSE2 (4) and AVX2 (8) on x86_64, and a scalar twin of 4 that performs the
+/// same IEEE operations in the same order (the same embedding on every platform; a test
+/// checks the three agree bit for bit).
 mod lanes {
     pub trait Lanes: Copy {
+        /// Lanes per vector, 4 or 8.
+        const WIDTH: usize;
         fn splat(v: f32) -> Self;
-        fn new(v: [f32; 4]) -> Self;
+        /// The first `WIDTH` values of `v`.
+        fn load(v: &[f32]) -> Self;
+        /// Coordinate `d` of `points[first..first + WIDTH]`.
+        fn gather<const D: usize, const N: usize>(
+            points: &[[f32; D]; N],
+            first: usize,
+            d: usize,
+        ) -> Self;
         fn lane0(self) -> f32;
         fn add(self, o: Self) -> Self;
         fn sub(self, o: Self) -> Self;
@@ -1117,14 +1161,14 @@ mod lanes {
         fn gt(self, o: Self) -> Self;
         /// `a` where `mask` has all bits set, else `b`.
         fn select(mask: Self, a: Self, b: Self) -> Self;
-        /// (l0 + l2) + (l1 + l3).
+        /// The blocks of 4 lanes added lane by lane, then (l0 + l2) + (l1 + l3).
         fn sum(self) -> f32;
         /// [`scalar::log2`] in each lane.
         fn log2(self) -> Self;
         /// [`scalar::exp2`] in each lane.
         fn exp2(self) -> Self;
         #[cfg(test)]
-        fn to_array(self) -> [f32; 4];
+        fn to_vec(self) -> Vec<f32>;
     }
 
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
@@ -1169,13 +1213,22 @@ mod lanes {
         }
 
         impl super::Lanes for Scalar4 {
+            const WIDTH: usize = 4;
             #[inline(always)]
             fn splat(v: f32) -> Self {
                 Self([v; 4])
             }
             #[inline(always)]
-            fn new(v: [f32; 4]) -> Self {
-                Self(v)
+            fn load(v: &[f32]) -> Self {
+                Self([v[0], v[1], v[2], v[3]])
+            }
+            #[inline(always)]
+            fn gather<const D: usize, const N: usize>(
+                points: &[[f32; D]; N],
+                first: usize,
+                d: usize,
+            ) -> Self {
+                Self([0, 1, 2, 3].map(|i| points[first + i][d]))
             }
             #[inline(always)]
             fn lane0(self) -> f32 {
@@ -1229,8 +1282,8 @@ mod lanes {
                 Self(self.0.map(exp2))
             }
             #[cfg(test)]
-            fn to_array(self) -> [f32; 4] {
-                self.0
+            fn to_vec(self) -> Vec<f32> {
+                self.0.to_vec()
             }
         }
 
@@ -1299,15 +1352,26 @@ mod lanes {
         pub struct F4(__m128);
 
         impl super::Lanes for F4 {
+            const WIDTH: usize = 4;
             #[inline(always)]
             fn splat(v: f32) -> Self {
                 // SAFETY: see the module note.
                 unsafe { Self(_mm_set1_ps(v)) }
             }
             #[inline(always)]
-            fn new(v: [f32; 4]) -> Self {
+            fn load(v: &[f32]) -> Self {
                 // SAFETY: see the module note.
                 unsafe { Self(_mm_setr_ps(v[0], v[1], v[2], v[3])) }
+            }
+            #[inline(always)]
+            fn gather<const D: usize, const N: usize>(
+                p: &[[f32; D]; N],
+                first: usize,
+                d: usize,
+            ) -> Self {
+                let f = first;
+                // SAFETY: see the module note.
+                unsafe { Self(_mm_setr_ps(p[f][d], p[f + 1][d], p[f + 2][d], p[f + 3][d])) }
             }
             #[inline(always)]
             fn lane0(self) -> f32 {
@@ -1415,11 +1479,195 @@ mod lanes {
                 }
             }
             #[cfg(test)]
-            fn to_array(self) -> [f32; 4] {
+            fn to_vec(self) -> Vec<f32> {
                 let mut out = [0.0f32; 4];
                 // SAFETY: writes the 16 bytes of one __m128 into a 16-byte array.
                 unsafe { _mm_storeu_ps(out.as_mut_ptr(), self.0) };
-                out
+                out.to_vec()
+            }
+        }
+    }
+
+    /// SAFETY (every `unsafe` block below): an `F8` is only made on a CPU with AVX2, in
+    /// `Layout::optimize_avx2` after `is_x86_feature_detected!("avx2")` (and in a test,
+    /// likewise guarded); the intrinsics read and write no memory but their arguments.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    pub mod avx2 {
+        use std::arch::x86_64::*;
+
+        use super::{EXP2_POLY, LOG2_POLY, ROUND_MAGIC};
+
+        #[derive(Clone, Copy)]
+        pub struct F8(__m256);
+
+        impl F8 {
+            #[inline(always)]
+            fn ints(self) -> __m256i {
+                // SAFETY: see the module note.
+                unsafe { _mm256_castps_si256(self.0) }
+            }
+        }
+
+        impl super::Lanes for F8 {
+            const WIDTH: usize = 8;
+            #[inline(always)]
+            fn splat(v: f32) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm256_set1_ps(v)) }
+            }
+            #[inline(always)]
+            fn load(v: &[f32]) -> Self {
+                // SAFETY: see the module note.
+                unsafe {
+                    Self(_mm256_setr_ps(
+                        v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
+                    ))
+                }
+            }
+            #[inline(always)]
+            fn gather<const D: usize, const N: usize>(
+                p: &[[f32; D]; N],
+                first: usize,
+                d: usize,
+            ) -> Self {
+                let f = first;
+                // SAFETY: see the module note.
+                unsafe {
+                    Self(_mm256_setr_ps(
+                        p[f][d],
+                        p[f + 1][d],
+                        p[f + 2][d],
+                        p[f + 3][d],
+                        p[f + 4][d],
+                        p[f + 5][d],
+                        p[f + 6][d],
+                        p[f + 7][d],
+                    ))
+                }
+            }
+            #[inline(always)]
+            fn lane0(self) -> f32 {
+                // SAFETY: see the module note.
+                unsafe { _mm256_cvtss_f32(self.0) }
+            }
+            #[inline(always)]
+            fn add(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm256_add_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn sub(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm256_sub_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn mul(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm256_mul_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn div(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm256_div_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn min(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm256_min_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn max(self, o: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe { Self(_mm256_max_ps(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn gt(self, o: Self) -> Self {
+                // SAFETY: see the module note. (SSE's cmpgtps is this predicate.)
+                unsafe { Self(_mm256_cmp_ps::<_CMP_GT_OS>(self.0, o.0)) }
+            }
+            #[inline(always)]
+            fn select(mask: Self, a: Self, b: Self) -> Self {
+                // SAFETY: see the module note.
+                unsafe {
+                    Self(_mm256_or_ps(
+                        _mm256_and_ps(mask.0, a.0),
+                        _mm256_andnot_ps(mask.0, b.0),
+                    ))
+                }
+            }
+            #[inline(always)]
+            fn sum(self) -> f32 {
+                // SAFETY: see the module note.
+                unsafe {
+                    let quad = _mm_add_ps(
+                        _mm256_castps256_ps128(self.0),
+                        _mm256_extractf128_ps::<1>(self.0),
+                    );
+                    let pairs = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+                    _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
+                }
+            }
+            #[inline(always)]
+            fn log2(self) -> Self {
+                // SAFETY: see the module note.
+                unsafe {
+                    let bits = self.ints();
+                    let exponent = _mm256_sub_epi32(
+                        _mm256_and_si256(_mm256_srli_epi32::<23>(bits), _mm256_set1_epi32(0xff)),
+                        _mm256_set1_epi32(127),
+                    );
+                    let m = Self(_mm256_castsi256_ps(_mm256_or_si256(
+                        _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
+                        _mm256_set1_epi32(0x3f80_0000),
+                    )));
+                    let high = m.gt(Self::splat(std::f32::consts::SQRT_2));
+                    let m = Self::select(high, m.mul(Self::splat(0.5)), m).0;
+                    // The mask is -1 where the mantissa was halved.
+                    let exponent = _mm256_sub_epi32(exponent, high.ints());
+                    let one = _mm256_set1_ps(1.0);
+                    let t = _mm256_div_ps(_mm256_sub_ps(m, one), _mm256_add_ps(m, one));
+                    let t2 = _mm256_mul_ps(t, t);
+                    let mut p = _mm256_set1_ps(LOG2_POLY[4]);
+                    for c in LOG2_POLY[..4].iter().rev() {
+                        p = _mm256_add_ps(_mm256_set1_ps(*c), _mm256_mul_ps(t2, p));
+                    }
+                    Self(_mm256_add_ps(
+                        _mm256_cvtepi32_ps(exponent),
+                        _mm256_mul_ps(t, p),
+                    ))
+                }
+            }
+            #[inline(always)]
+            fn exp2(self) -> Self {
+                // SAFETY: see the module note.
+                unsafe {
+                    let x = _mm256_min_ps(
+                        _mm256_max_ps(self.0, _mm256_set1_ps(-126.0)),
+                        _mm256_set1_ps(126.0),
+                    );
+                    let magic = _mm256_set1_ps(ROUND_MAGIC);
+                    let whole = _mm256_sub_ps(_mm256_add_ps(x, magic), magic);
+                    let l = _mm256_mul_ps(
+                        _mm256_sub_ps(x, whole),
+                        _mm256_set1_ps(std::f32::consts::LN_2),
+                    );
+                    let mut p = _mm256_set1_ps(EXP2_POLY[6]);
+                    for c in EXP2_POLY[..6].iter().rev() {
+                        p = _mm256_add_ps(_mm256_set1_ps(*c), _mm256_mul_ps(l, p));
+                    }
+                    let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                        _mm256_cvttps_epi32(whole),
+                        _mm256_set1_epi32(127),
+                    ));
+                    Self(_mm256_mul_ps(_mm256_castsi256_ps(scale), p))
+                }
+            }
+            #[cfg(test)]
+            fn to_vec(self) -> Vec<f32> {
+                let mut out = [0.0f32; 8];
+                // SAFETY: writes the 32 bytes of one __m256 into a 32-byte array.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr(), self.0) };
+                out.to_vec()
             }
         }
     }
@@ -1523,42 +1771,53 @@ mod tests {
         assert!(worst < 2e-6, "worst relative error {worst}");
     }
 
-    /// The SSE2 lanes and their scalar twin agree bit for bit, so an embedding does not
-    /// depend on the platform: log2 and exp2 over a wide range of inputs, then whole
-    /// layouts in 1, 2 and 3 dimensions, also with more negatives than one batch holds.
+    /// The SSE2 and AVX2 lanes and their scalar twin agree bit for bit, so an embedding
+    /// does not depend on the platform: log2 and exp2 over a wide range of inputs, then
+    /// whole layouts in 1, 2 and 3 dimensions, also with more negatives than one batch holds.
     #[test]
-    fn sse_lanes_match_the_scalar_twin_bit_for_bit() {
+    fn simd_lanes_match_the_scalar_twin_bit_for_bit() {
         use lanes::{scalar::Scalar4, Lanes, F4};
-        let bits = |v: [f32; 4]| v.map(f32::to_bits);
-        for i in 0..50_000 {
-            let t = i as f32;
-            let positive = [t * 1e-3, t * t * t * 1e-7, t * 1e-42, 1.0 + t * 1e-7];
-            assert_eq!(
-                bits(F4::new(positive).log2().to_array()),
-                bits(Scalar4::new(positive).log2().to_array()),
-                "log2 {positive:?}"
-            );
-            // Halves included: exp2 rounds ties to even in both.
-            let any = [t * 0.5 - 150.0, t * 1e-3 - 25.0, -t * 7e-4, t * 3e-3];
-            assert_eq!(
-                bits(F4::new(any).exp2().to_array()),
-                bits(Scalar4::new(any).exp2().to_array()),
-                "exp2 {any:?}"
-            );
+        fn bits<V: Lanes>(x: &[f32], f: impl Fn(V) -> V) -> Vec<u32> {
+            x.chunks_exact(V::WIDTH)
+                .flat_map(|c| f(V::load(c)).to_vec())
+                .map(f32::to_bits)
+                .collect()
         }
+        let t: Vec<f32> = (0..80_000).map(|i| i as f32).collect();
+        let positive: Vec<f32> = t
+            .iter()
+            .flat_map(|&t| [t * 1e-3, t * t * t * 1e-7, t * 1e-42, 1.0 + t * 1e-7])
+            .collect();
+        // Halves included: exp2 rounds ties to even in every variant.
+        let any: Vec<f32> = t
+            .iter()
+            .flat_map(|&t| [t * 0.5 - 150.0, t * 1e-3 - 25.0, -t * 7e-4, t * 3e-3])
+            .collect();
+        let log2 = bits::<Scalar4>(&positive, Lanes::log2);
+        let exp2 = bits::<Scalar4>(&any, Lanes::exp2);
+        assert_eq!(bits::<F4>(&positive, Lanes::log2), log2);
+        assert_eq!(bits::<F4>(&any, Lanes::exp2), exp2);
+        let layouts = |rate| {
+            (
+                small_layout::<1, Scalar4>(rate),
+                small_layout::<2, Scalar4>(rate),
+                small_layout::<3, Scalar4>(rate),
+            )
+        };
         for rate in [5.0, 12.0] {
-            assert_eq!(
-                small_layout::<1, F4>(rate),
-                small_layout::<1, Scalar4>(rate)
-            );
-            assert_eq!(
-                small_layout::<2, F4>(rate),
-                small_layout::<2, Scalar4>(rate)
-            );
-            assert_eq!(
-                small_layout::<3, F4>(rate),
-                small_layout::<3, Scalar4>(rate)
-            );
+            let reference = layouts(rate);
+            assert_eq!(reference.0, small_layout::<1, F4>(rate));
+            assert_eq!(reference.1, small_layout::<2, F4>(rate));
+            assert_eq!(reference.2, small_layout::<3, F4>(rate));
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                use lanes::avx2::F8;
+                assert_eq!(bits::<F8>(&positive, Lanes::log2), log2);
+                assert_eq!(bits::<F8>(&any, Lanes::exp2), exp2);
+                assert_eq!(reference.0, small_layout::<1, F8>(rate));
+                assert_eq!(reference.1, small_layout::<2, F8>(rate));
+                assert_eq!(reference.2, small_layout::<3, F8>(rate));
+            }
         }
     }
 
