@@ -1133,9 +1133,10 @@ impl<V: lanes::Lanes> Gradient<V> {
     }
 }
 
-/// f32 lanes: SSE2 (4) and AVX2 (8) on x86_64, and a scalar twin of 4 that performs the
-/// same IEEE operations in the same order (the same embedding on every platform; a test
-/// checks the three agree bit for bit).
+/// f32 lanes: SSE2 (4) and AVX2 (8) on x86_64, and a scalar twin of 4. log2 and exp2 are
+/// written once over a few primitive operations, which every variant performs with the
+/// same IEEE results, so the embedding is the same on every platform (a test checks the
+/// three agree bit for bit).
 mod lanes {
     pub trait Lanes: Copy {
         /// Lanes per vector, 4 or 8.
@@ -1163,12 +1164,57 @@ mod lanes {
         fn select(mask: Self, a: Self, b: Self) -> Self;
         /// The blocks of 4 lanes added lane by lane, then (l0 + l2) + (l1 + l3).
         fn sum(self) -> f32;
-        /// [`scalar::log2`] in each lane.
-        fn log2(self) -> Self;
-        /// [`scalar::exp2`] in each lane.
-        fn exp2(self) -> Self;
+        /// The biased exponent field minus 127, as a float.
+        fn exponent(self) -> Self;
+        /// The mantissa with exponent 0: in [1, 2) for a normal number.
+        fn mantissa(self) -> Self;
+        /// 2^self for whole numbers in [-126, 126], built from the exponent field.
+        fn pow2i(self) -> Self;
         #[cfg(test)]
         fn to_vec(self) -> Vec<f32>;
+
+        /// log2(x) for normal x > 0 (relative error ~1e-7, see the tests): log2 of the
+        /// mantissa m in [sqrt(1/2), sqrt(2)) is 2/ln2 atanh(t), t = (m - 1) / (m + 1),
+        /// |t| <= 0.172, five terms of the series; Estrin's scheme keeps the dependency
+        /// chain short (this is on the SGD's critical path).
+        #[inline(always)]
+        fn log2(self) -> Self {
+            let (one, half) = (Self::splat(1.0), Self::splat(0.5));
+            let mantissa = self.mantissa();
+            let high = mantissa.gt(Self::splat(std::f32::consts::SQRT_2));
+            let m = Self::select(high, mantissa.mul(half), mantissa);
+            let exponent = self
+                .exponent()
+                .add(Self::select(high, one, Self::splat(0.0)));
+            let t = m.sub(one).div(m.add(one));
+            let t2 = t.mul(t);
+            let t4 = t2.mul(t2);
+            let c = LOG2_SERIES.map(Self::splat);
+            let low = c[0].add(c[1].mul(t2));
+            let mid = c[2].add(c[3].mul(t2));
+            let p = low.add(t4.mul(mid.add(t4.mul(c[4]))));
+            exponent.add(t.mul(p))
+        }
+
+        /// 2^x, x clamped to [-126, 126] (relative error ~2e-7): 2^round(x) from the
+        /// exponent field times 2^f, |f| <= 1/2, by its Taylor polynomial of degree 6
+        /// (Estrin's scheme).
+        #[inline(always)]
+        fn exp2(self) -> Self {
+            let x = self.max(Self::splat(-126.0)).min(Self::splat(126.0));
+            let magic = Self::splat(ROUND_MAGIC);
+            let whole = x.add(magic).sub(magic);
+            let f = x.sub(whole);
+            let f2 = f.mul(f);
+            let f4 = f2.mul(f2);
+            let c = EXP2_TAYLOR.map(Self::splat);
+            let p01 = c[0].add(c[1].mul(f));
+            let p23 = c[2].add(c[3].mul(f));
+            let p45 = c[4].add(c[5].mul(f));
+            let low = p01.add(f2.mul(p23));
+            let high = p45.add(f2.mul(c[6]));
+            whole.pow2i().mul(low.add(f4.mul(high)))
+        }
     }
 
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
@@ -1176,43 +1222,58 @@ mod lanes {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     pub use sse::F4;
 
-    /// 2/ln2 atanh(t) = log2((1 + t) / (1 - t)), odd series in t: coefficients of t^1, t^3, ...
-    pub const LOG2_POLY: [f32; 5] = [2.885_39, 0.961_796_7, 0.577_078, 0.412_198_6, 0.320_598_9];
+    /// 2/ln2 atanh(t) = log2((1 + t) / (1 - t)) as t times a polynomial in t^2.
+    const LOG2_SERIES: [f32; 5] = [2.885_39, 0.961_796_7, 0.577_078, 0.412_198_6, 0.320_598_9];
 
-    /// e^l, Taylor to degree 6.
-    pub const EXP2_POLY: [f32; 7] = [
+    /// 2^f = e^(f ln 2): ln2^k / k!, k = 0..=6.
+    const EXP2_TAYLOR: [f32; 7] = [
         1.0,
-        1.0,
-        0.5,
-        1.0 / 6.0,
-        1.0 / 24.0,
-        1.0 / 120.0,
-        1.0 / 720.0,
+        0.693_147_2,
+        0.240_226_5,
+        0.055_504_11,
+        0.009_618_129,
+        0.001_333_355_8,
+        0.000_154_035_3,
     ];
 
     /// 1.5 * 2^23: (x + M) - M rounds |x| < 2^22 to the nearest integer, ties to even, in
     /// two additions (`f32::round` is a libm call on baseline x86_64).
-    pub const ROUND_MAGIC: f32 = 12_582_912.0;
+    const ROUND_MAGIC: f32 = 12_582_912.0;
 
-    /// The scalar twin of the SSE2 lanes (and the reference for their accuracy).
+    /// The scalar twin of the SIMD lanes (and the reference for their accuracy).
     #[cfg_attr(
         all(target_arch = "x86_64", target_feature = "sse2", not(test)),
         allow(dead_code)
     )]
     pub mod scalar {
-        use super::{EXP2_POLY, LOG2_POLY, ROUND_MAGIC};
+        use super::Lanes;
 
         #[derive(Clone, Copy)]
         pub struct Scalar4(pub [f32; 4]);
 
         impl Scalar4 {
             #[inline(always)]
+            fn map(self, f: impl Fn(f32) -> f32) -> Self {
+                Self(self.0.map(f))
+            }
+
+            #[inline(always)]
             fn map2(self, o: Self, f: impl Fn(f32, f32) -> f32) -> Self {
                 Self([0, 1, 2, 3].map(|i| f(self.0[i], o.0[i])))
             }
         }
 
-        impl super::Lanes for Scalar4 {
+        /// log2 of one value, as the lanes compute it.
+        pub fn log2(x: f32) -> f32 {
+            Scalar4::splat(x).log2().lane0()
+        }
+
+        /// 2^x of one value, as the lanes compute it.
+        pub fn exp2(x: f32) -> f32 {
+            Scalar4::splat(x).exp2().lane0()
+        }
+
+        impl Lanes for Scalar4 {
             const WIDTH: usize = 4;
             #[inline(always)]
             fn splat(v: f32) -> Self {
@@ -1252,11 +1313,11 @@ mod lanes {
             }
             #[inline(always)]
             fn min(self, o: Self) -> Self {
-                self.map2(o, min)
+                self.map2(o, |x, y| if x < y { x } else { y })
             }
             #[inline(always)]
             fn max(self, o: Self) -> Self {
-                self.map2(o, max)
+                self.map2(o, |x, y| if x > y { x } else { y })
             }
             #[inline(always)]
             fn gt(self, o: Self) -> Self {
@@ -1274,79 +1335,30 @@ mod lanes {
                 (self.0[0] + self.0[2]) + (self.0[1] + self.0[3])
             }
             #[inline(always)]
-            fn log2(self) -> Self {
-                Self(self.0.map(log2))
+            fn exponent(self) -> Self {
+                self.map(|x| (((x.to_bits() >> 23) & 0xff) as i32 - 127) as f32)
             }
             #[inline(always)]
-            fn exp2(self) -> Self {
-                Self(self.0.map(exp2))
+            fn mantissa(self) -> Self {
+                self.map(|x| f32::from_bits((x.to_bits() & 0x007f_ffff) | 0x3f80_0000))
+            }
+            #[inline(always)]
+            fn pow2i(self) -> Self {
+                self.map(|x| f32::from_bits(((x as i32 + 127) as u32) << 23))
             }
             #[cfg(test)]
             fn to_vec(self) -> Vec<f32> {
                 self.0.to_vec()
             }
         }
-
-        /// SSE `minss` / `maxss`: the second operand unless the comparison holds (NaN included).
-        #[inline(always)]
-        pub fn min(x: f32, y: f32) -> f32 {
-            if x < y {
-                x
-            } else {
-                y
-            }
-        }
-
-        #[inline(always)]
-        pub fn max(x: f32, y: f32) -> f32 {
-            if x > y {
-                x
-            } else {
-                y
-            }
-        }
-
-        /// log2(x) for x > 0 (normal).
-        pub fn log2(x: f32) -> f32 {
-            let bits = x.to_bits();
-            let mut exponent = ((bits >> 23) & 0xff) as i32 - 127;
-            // Mantissa m in [sqrt(1/2), sqrt(2)), log2(m) = 2/ln2 atanh(t) with
-            // t = (m - 1) / (m + 1), |t| <= 0.172: five terms of the series reach ~1e-9.
-            let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-            if m > std::f32::consts::SQRT_2 {
-                m *= 0.5;
-                exponent += 1;
-            }
-            let t = (m - 1.0) / (m + 1.0);
-            let t2 = t * t;
-            let mut p = LOG2_POLY[4];
-            for c in LOG2_POLY[..4].iter().rev() {
-                p = c + t2 * p;
-            }
-            exponent as f32 + t * p
-        }
-
-        /// 2^x, x clamped to [-126, 126].
-        pub fn exp2(x: f32) -> f32 {
-            let x = min(max(x, -126.0), 126.0);
-            let whole = (x + ROUND_MAGIC) - ROUND_MAGIC;
-            // 2^f for f in [-1/2, 1/2]: degree-6 Taylor of e^(f ln 2), remainder < 2e-7.
-            let l = (x - whole) * std::f32::consts::LN_2;
-            let mut p = EXP2_POLY[6];
-            for c in EXP2_POLY[..6].iter().rev() {
-                p = c + l * p;
-            }
-            f32::from_bits(((whole as i32 + 127) as u32) << 23) * p
-        }
     }
 
     /// SAFETY (every `unsafe` block below): the intrinsics only need SSE2, which every
-    /// x86_64 target enables (the cfg checks it), and none of them reads or writes memory.
+    /// x86_64 target enables (the cfg checks it), and read and write no memory but their
+    /// arguments (`to_vec`: its own local array).
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     mod sse {
         use std::arch::x86_64::*;
-
-        use super::{EXP2_POLY, LOG2_POLY, ROUND_MAGIC};
 
         #[derive(Clone, Copy)]
         pub struct F4(__m128);
@@ -1432,56 +1444,39 @@ mod lanes {
                 }
             }
             #[inline(always)]
-            fn log2(self) -> Self {
+            fn exponent(self) -> Self {
                 // SAFETY: see the module note.
                 unsafe {
-                    let bits = _mm_castps_si128(self.0);
-                    let exponent = _mm_sub_epi32(
-                        _mm_and_si128(_mm_srli_epi32::<23>(bits), _mm_set1_epi32(0xff)),
-                        _mm_set1_epi32(127),
+                    let field = _mm_and_si128(
+                        _mm_srli_epi32::<23>(_mm_castps_si128(self.0)),
+                        _mm_set1_epi32(0xff),
                     );
-                    let m = _mm_castsi128_ps(_mm_or_si128(
-                        _mm_and_si128(bits, _mm_set1_epi32(0x007f_ffff)),
-                        _mm_set1_epi32(0x3f80_0000),
-                    ));
-                    let high = _mm_cmpgt_ps(m, _mm_set1_ps(std::f32::consts::SQRT_2));
-                    let m =
-                        Self::select(Self(high), Self(_mm_mul_ps(m, _mm_set1_ps(0.5))), Self(m)).0;
-                    // The mask is -1 where the mantissa was halved.
-                    let exponent = _mm_sub_epi32(exponent, _mm_castps_si128(high));
-                    let one = _mm_set1_ps(1.0);
-                    let t = _mm_div_ps(_mm_sub_ps(m, one), _mm_add_ps(m, one));
-                    let t2 = _mm_mul_ps(t, t);
-                    let mut p = _mm_set1_ps(LOG2_POLY[4]);
-                    for c in LOG2_POLY[..4].iter().rev() {
-                        p = _mm_add_ps(_mm_set1_ps(*c), _mm_mul_ps(t2, p));
-                    }
-                    Self(_mm_add_ps(_mm_cvtepi32_ps(exponent), _mm_mul_ps(t, p)))
+                    Self(_mm_cvtepi32_ps(_mm_sub_epi32(field, _mm_set1_epi32(127))))
                 }
             }
             #[inline(always)]
-            fn exp2(self) -> Self {
+            fn mantissa(self) -> Self {
                 // SAFETY: see the module note.
                 unsafe {
-                    let x = _mm_min_ps(_mm_max_ps(self.0, _mm_set1_ps(-126.0)), _mm_set1_ps(126.0));
-                    let magic = _mm_set1_ps(ROUND_MAGIC);
-                    let whole = _mm_sub_ps(_mm_add_ps(x, magic), magic);
-                    let l = _mm_mul_ps(_mm_sub_ps(x, whole), _mm_set1_ps(std::f32::consts::LN_2));
-                    let mut p = _mm_set1_ps(EXP2_POLY[6]);
-                    for c in EXP2_POLY[..6].iter().rev() {
-                        p = _mm_add_ps(_mm_set1_ps(*c), _mm_mul_ps(l, p));
-                    }
-                    let scale = _mm_slli_epi32::<23>(_mm_add_epi32(
-                        _mm_cvttps_epi32(whole),
-                        _mm_set1_epi32(127),
-                    ));
-                    Self(_mm_mul_ps(_mm_castsi128_ps(scale), p))
+                    let bits = _mm_castps_si128(self.0);
+                    Self(_mm_castsi128_ps(_mm_or_si128(
+                        _mm_and_si128(bits, _mm_set1_epi32(0x007f_ffff)),
+                        _mm_set1_epi32(0x3f80_0000),
+                    )))
+                }
+            }
+            #[inline(always)]
+            fn pow2i(self) -> Self {
+                // SAFETY: see the module note.
+                unsafe {
+                    let biased = _mm_add_epi32(_mm_cvttps_epi32(self.0), _mm_set1_epi32(127));
+                    Self(_mm_castsi128_ps(_mm_slli_epi32::<23>(biased)))
                 }
             }
             #[cfg(test)]
             fn to_vec(self) -> Vec<f32> {
                 let mut out = [0.0f32; 4];
-                // SAFETY: writes the 16 bytes of one __m128 into a 16-byte array.
+                // SAFETY: see the module note; writes 16 bytes into a 16-byte array.
                 unsafe { _mm_storeu_ps(out.as_mut_ptr(), self.0) };
                 out.to_vec()
             }
@@ -1490,23 +1485,14 @@ mod lanes {
 
     /// SAFETY (every `unsafe` block below): an `F8` is only made on a CPU with AVX2, in
     /// `Layout::optimize_avx2` after `is_x86_feature_detected!("avx2")` (and in a test,
-    /// likewise guarded); the intrinsics read and write no memory but their arguments.
+    /// likewise guarded); the intrinsics read and write no memory but their arguments
+    /// (`to_vec`: its own local array).
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     pub mod avx2 {
         use std::arch::x86_64::*;
 
-        use super::{EXP2_POLY, LOG2_POLY, ROUND_MAGIC};
-
         #[derive(Clone, Copy)]
         pub struct F8(__m256);
-
-        impl F8 {
-            #[inline(always)]
-            fn ints(self) -> __m256i {
-                // SAFETY: see the module note.
-                unsafe { _mm256_castps_si256(self.0) }
-            }
-        }
 
         impl super::Lanes for F8 {
             const WIDTH: usize = 8;
@@ -1608,64 +1594,43 @@ mod lanes {
                 }
             }
             #[inline(always)]
-            fn log2(self) -> Self {
+            fn exponent(self) -> Self {
                 // SAFETY: see the module note.
                 unsafe {
-                    let bits = self.ints();
-                    let exponent = _mm256_sub_epi32(
-                        _mm256_and_si256(_mm256_srli_epi32::<23>(bits), _mm256_set1_epi32(0xff)),
-                        _mm256_set1_epi32(127),
+                    let field = _mm256_and_si256(
+                        _mm256_srli_epi32::<23>(_mm256_castps_si256(self.0)),
+                        _mm256_set1_epi32(0xff),
                     );
-                    let m = Self(_mm256_castsi256_ps(_mm256_or_si256(
-                        _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
-                        _mm256_set1_epi32(0x3f80_0000),
-                    )));
-                    let high = m.gt(Self::splat(std::f32::consts::SQRT_2));
-                    let m = Self::select(high, m.mul(Self::splat(0.5)), m).0;
-                    // The mask is -1 where the mantissa was halved.
-                    let exponent = _mm256_sub_epi32(exponent, high.ints());
-                    let one = _mm256_set1_ps(1.0);
-                    let t = _mm256_div_ps(_mm256_sub_ps(m, one), _mm256_add_ps(m, one));
-                    let t2 = _mm256_mul_ps(t, t);
-                    let mut p = _mm256_set1_ps(LOG2_POLY[4]);
-                    for c in LOG2_POLY[..4].iter().rev() {
-                        p = _mm256_add_ps(_mm256_set1_ps(*c), _mm256_mul_ps(t2, p));
-                    }
-                    Self(_mm256_add_ps(
-                        _mm256_cvtepi32_ps(exponent),
-                        _mm256_mul_ps(t, p),
-                    ))
+                    Self(_mm256_cvtepi32_ps(_mm256_sub_epi32(
+                        field,
+                        _mm256_set1_epi32(127),
+                    )))
                 }
             }
             #[inline(always)]
-            fn exp2(self) -> Self {
+            fn mantissa(self) -> Self {
                 // SAFETY: see the module note.
                 unsafe {
-                    let x = _mm256_min_ps(
-                        _mm256_max_ps(self.0, _mm256_set1_ps(-126.0)),
-                        _mm256_set1_ps(126.0),
-                    );
-                    let magic = _mm256_set1_ps(ROUND_MAGIC);
-                    let whole = _mm256_sub_ps(_mm256_add_ps(x, magic), magic);
-                    let l = _mm256_mul_ps(
-                        _mm256_sub_ps(x, whole),
-                        _mm256_set1_ps(std::f32::consts::LN_2),
-                    );
-                    let mut p = _mm256_set1_ps(EXP2_POLY[6]);
-                    for c in EXP2_POLY[..6].iter().rev() {
-                        p = _mm256_add_ps(_mm256_set1_ps(*c), _mm256_mul_ps(l, p));
-                    }
-                    let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-                        _mm256_cvttps_epi32(whole),
-                        _mm256_set1_epi32(127),
-                    ));
-                    Self(_mm256_mul_ps(_mm256_castsi256_ps(scale), p))
+                    let bits = _mm256_castps_si256(self.0);
+                    Self(_mm256_castsi256_ps(_mm256_or_si256(
+                        _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
+                        _mm256_set1_epi32(0x3f80_0000),
+                    )))
+                }
+            }
+            #[inline(always)]
+            fn pow2i(self) -> Self {
+                // SAFETY: see the module note.
+                unsafe {
+                    let biased =
+                        _mm256_add_epi32(_mm256_cvttps_epi32(self.0), _mm256_set1_epi32(127));
+                    Self(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased)))
                 }
             }
             #[cfg(test)]
             fn to_vec(self) -> Vec<f32> {
                 let mut out = [0.0f32; 8];
-                // SAFETY: writes the 32 bytes of one __m256 into a 32-byte array.
+                // SAFETY: see the module note; writes 32 bytes into a 32-byte array.
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr(), self.0) };
                 out.to_vec()
             }
