@@ -969,12 +969,14 @@ impl Layout<'_> {
     /// The epoch loop with the dimension known at compile time (points are arrays: no
     /// bounds checks, unrolled coordinate loops). This loop is nearly all of UMAP's time.
     ///
-    /// One deliberate change of umap-learn's order: the positive and the negative samples
-    /// of an edge all take their gradient at the head's position before the edge's turn
-    /// (umap-learn moves the head after each sample). The samples are then independent, so
-    /// their gradients are computed side by side in SIMD lanes instead of as one chain of
-    /// log2, exp2 and divisions; the steps are small (clipped at 4 alpha), so this moves
-    /// the embedding by less than the difference between two seeds.
+    /// Two deliberate changes of umap-learn's order, both so that gradients can be
+    /// computed side by side instead of as one long chain of log2, exp2 and divisions:
+    /// the positive and negative samples of an edge all take their gradient at the head's
+    /// position before the edge's turn (umap-learn moves the head after each sample), and
+    /// the edges due in an epoch are visited two at a time, the i-th with the
+    /// (n/2 + i)-th (edge order otherwise kept), both from the positions before the pair.
+    /// Steps are small (clipped at 4 alpha), so neither moves the embedding by more than
+    /// the difference between two seeds.
     #[inline(always)]
     fn optimize_fixed<const D: usize, V: lanes::Lanes>(
         &self,
@@ -982,55 +984,21 @@ impl Layout<'_> {
         rng: &mut XorShift,
         progress: &ProgressBar,
     ) {
-        let n_vertices = emb.len() as u64; // < 2^32: Umap::sample_indices are u32
-        let eps = self.epochs_per_sample;
-        let eps_neg: Vec<f64> = eps.iter().map(|e| e / self.negative_sample_rate).collect();
-        let mut next_sample = eps.to_vec();
-        let mut next_negative = eps_neg.clone();
-        let gradient = Gradient::<V>::new(self.a, self.b, self.gamma);
-        let mut others = [[0.0f32; D]; LANES];
+        let mut sgd = Sgd::<V>::new(self);
+        let mut due = vec![0u32; self.heads.len()];
         let mut alpha = self.initial_alpha;
         for epoch in 0..self.n_epochs {
             let now = epoch as f64;
-            for e in 0..eps.len() {
-                if next_sample[e] > now || eps[e] <= 0.0 {
-                    continue;
+            let n_due = sgd.due(now, &mut due);
+            let half = n_due.div_ceil(2);
+            for i in 0..half {
+                let first = due[i] as usize;
+                if i + half < n_due {
+                    let second = due[i + half] as usize;
+                    sgd.visit::<D, 2>([first, second], emb, rng, now, alpha);
+                } else {
+                    sgd.visit::<D, 1>([first], emb, rng, now, alpha);
                 }
-                let j = self.heads[e] as usize;
-                let k = self.tails[e] as usize;
-                let (current, tail) = (emb[j], emb[k]);
-                next_sample[e] += eps[e];
-                let n_neg = ((now - next_negative[e]) / eps_neg[e]).max(0.0) as usize;
-                next_negative[e] += n_neg as f64 * eps_neg[e];
-
-                // Lanes past the last sample hold the head itself: zero distance, no step.
-                others[0] = tail;
-                let first = n_neg.min(LANES - 1);
-                for other in &mut others[1..=first] {
-                    *other = emb[rng.below(n_vertices)];
-                }
-                others[first + 1..].fill(current);
-                let (mut step, pull) = gradient.steps(&current, &others, true, alpha);
-                let mut left = n_neg - first;
-                while left > 0 {
-                    let m = left.min(LANES);
-                    for other in &mut others[..m] {
-                        *other = emb[rng.below(n_vertices)];
-                    }
-                    others[m..].fill(current);
-                    let (more, _) = gradient.steps(&current, &others, false, alpha);
-                    for d in 0..D {
-                        step[d] += more[d];
-                    }
-                    left -= m;
-                }
-                let (mut head, mut tail) = (current, tail);
-                for d in 0..D {
-                    head[d] += step[d];
-                    tail[d] -= pull[d];
-                }
-                emb[k] = tail;
-                emb[j] = head;
             }
             alpha = self.initial_alpha * (1.0 - epoch as f32 / self.n_epochs as f32);
             progress.inc(1);
@@ -1038,8 +1006,120 @@ impl Layout<'_> {
     }
 }
 
-/// The constants of umap-learn's gradients, per lane: lane 0 is the positive sample when
-/// an edge's first batch is computed. `LANES / V::WIDTH` vectors (2 or 1) are in use.
+/// The SGD's state: umap-learn's per-edge schedule (epochs_per_sample, the next epoch
+/// of a positive sample and of negative samples) and the gradient constants.
+struct Sgd<'a, V> {
+    heads: &'a [u32],
+    tails: &'a [u32],
+    epochs_per_sample: &'a [f64],
+    epochs_per_negative: Vec<f64>,
+    next_sample: Vec<f64>,
+    next_negative: Vec<f64>,
+    gradient: Gradient<V>,
+}
+
+impl<'a, V: lanes::Lanes> Sgd<'a, V> {
+    #[inline(always)]
+    fn new(layout: &Layout<'a>) -> Self {
+        let eps = layout.epochs_per_sample;
+        let epochs_per_negative: Vec<f64> = eps
+            .iter()
+            .map(|e| e / layout.negative_sample_rate)
+            .collect();
+        Self {
+            heads: layout.heads,
+            tails: layout.tails,
+            epochs_per_sample: eps,
+            next_negative: epochs_per_negative.clone(),
+            epochs_per_negative,
+            // Edges of weight 0 are never due.
+            next_sample: eps
+                .iter()
+                .map(|&e| if e > 0.0 { e } else { f64::INFINITY })
+                .collect(),
+            gradient: Gradient::new(layout.a, layout.b, layout.gamma),
+        }
+    }
+
+    /// Writes the edges due at epoch `now` to the front of `due`, in edge order, and
+    /// returns how many (about a third of the edges: no pattern a branch predictor
+    /// learns, so no branch).
+    #[inline(always)]
+    fn due(&self, now: f64, due: &mut [u32]) -> usize {
+        let mut n_due = 0;
+        for (e, &next) in self.next_sample.iter().enumerate() {
+            due[n_due] = e as u32;
+            n_due += usize::from(next <= now);
+        }
+        n_due
+    }
+
+    /// Marks edge `e` as sampled at `now`; the number of negative samples due with it.
+    #[inline(always)]
+    fn take(&mut self, e: usize, now: f64) -> usize {
+        self.next_sample[e] += self.epochs_per_sample[e];
+        let per_negative = self.epochs_per_negative[e];
+        let n_neg = ((now - self.next_negative[e]) / per_negative).max(0.0) as usize;
+        self.next_negative[e] += n_neg as f64 * per_negative;
+        n_neg
+    }
+
+    /// One positive sample and its negative samples for each of the `G` edges, gradients
+    /// all taken before any of them moves a point.
+    #[inline(always)]
+    fn visit<const D: usize, const G: usize>(
+        &mut self,
+        edges: [usize; G],
+        emb: &mut [[f32; D]],
+        rng: &mut XorShift,
+        now: f64,
+        alpha: f32,
+    ) {
+        let n_vertices = emb.len() as u64; // < 2^32: Umap::sample_indices are u32
+        let mut heads = [[0.0f32; D]; G];
+        let mut others = [[[0.0f32; D]; LANES]; G];
+        let mut left = [0usize; G];
+        for g in 0..G {
+            let e = edges[g];
+            let n_neg = self.take(e, now);
+            let head = emb[self.heads[e] as usize];
+            heads[g] = head;
+            others[g][0] = emb[self.tails[e] as usize];
+            let first = n_neg.min(LANES - 1);
+            for other in &mut others[g][1..=first] {
+                *other = emb[rng.below(n_vertices)];
+            }
+            // Lanes past the last sample hold the head itself: zero distance, no step.
+            others[g][first + 1..].fill(head);
+            left[g] = n_neg - first;
+        }
+        let moves = self.gradient.steps(&heads, &others, true, alpha);
+        for g in 0..G {
+            let [mut step, pull] = moves[g];
+            while left[g] > 0 {
+                let m = left[g].min(LANES);
+                let mut more = [[heads[g]; LANES]];
+                for other in &mut more[0][..m] {
+                    *other = emb[rng.below(n_vertices)];
+                }
+                let [[extra, _]] = self.gradient.steps(&[heads[g]], &more, false, alpha);
+                for d in 0..D {
+                    step[d] += extra[d];
+                }
+                left[g] -= m;
+            }
+            // Moves, not positions: the other edge of a pair may have moved these points.
+            let (j, k) = (self.heads[edges[g]] as usize, self.tails[edges[g]] as usize);
+            for d in 0..D {
+                emb[k][d] -= pull[d];
+                emb[j][d] += step[d];
+            }
+        }
+    }
+}
+
+/// The constants of umap-learn's gradients, per lane of a group of `LANES`: lane 0 is
+/// the positive sample in an edge's first batch. A group is `LANES / V::WIDTH` vectors.
 struct Gradient<V> {
     a: V,
     b: V,
@@ -1073,63 +1153,65 @@ impl<V: lanes::Lanes> Gradient<V> {
         }
     }
 
-    /// Clipped steps of `current` for the samples `others`, times alpha: their sum, and
-    /// lane 0's step alone (with `with_positive`, the pull on the positive sample).
-    /// Attraction: -2ab d^(2(b-1)) / (1 + a d^(2b)); repulsion: 2 gamma b / ((0.001 +
-    /// d^2)(1 + a d^(2b))); both 0 at distance 0 and each coordinate clipped to [-4, 4].
+    /// For each of `G` groups: the clipped steps of `heads[g]` for the samples
+    /// `others[g]`, times alpha, summed, and lane 0's step alone (with `with_positive`,
+    /// the pull on the positive sample). Attraction: -2ab d^(2(b-1)) / (1 + a d^(2b));
+    /// repulsion: 2 gamma b / ((0.001 + d^2)(1 + a d^(2b))); both 0 at distance 0 and
+    /// each coordinate clipped to [-4, 4].
     #[inline(always)]
-    fn steps<const D: usize>(
+    fn steps<const D: usize, const G: usize>(
         &self,
-        current: &[f32; D],
-        others: &[[f32; D]; LANES],
+        heads: &[[f32; D]; G],
+        others: &[[[f32; D]; LANES]; G],
         with_positive: bool,
         alpha: f32,
-    ) -> ([f32; D], [f32; D]) {
-        let n_vectors = LANES / V::WIDTH;
+    ) -> [[[f32; D]; 2]; G] {
+        let per_group = LANES / V::WIDTH;
         let (zero, one) = (V::splat(0.0), V::splat(1.0));
-        let mut diff = [[zero; 2]; D];
-        for v in 0..n_vectors {
-            for d in 0..D {
-                let other = V::gather(others, v * V::WIDTH, d);
-                diff[d][v] = V::splat(current[d]).sub(other);
+        // Vector i holds lanes (i % per_group) * WIDTH.. of group i / per_group.
+        let mut diff = [[zero; D]; 4];
+        for (i, vector) in diff.iter_mut().enumerate().take(G * per_group) {
+            let (g, first) = (i / per_group, (i % per_group) * V::WIDTH);
+            for (d, x) in vector.iter_mut().enumerate() {
+                *x = V::splat(heads[g][d]).sub(V::gather(&others[g], first, d));
             }
         }
-        let mut coeff = [zero; 2];
-        for v in 0..n_vectors {
-            let mut d2 = diff[0][v].mul(diff[0][v]);
-            for row in &diff[1..] {
-                d2 = d2.add(row[v].mul(row[v]));
+        let mut coeff = [zero; 4];
+        for (i, c) in coeff.iter_mut().enumerate().take(G * per_group) {
+            let mut d2 = diff[i][0].mul(diff[i][0]);
+            for x in &diff[i][1..] {
+                d2 = d2.add(x.mul(*x));
             }
             let pow_b = self.b.mul(d2.log2()).exp2();
+            let k = i % per_group;
             let (numerator, offset) = if with_positive {
-                let scale = V::select(self.positive[v], pow_b, one);
-                (self.numerator_first[v].mul(scale), self.offset_first[v])
+                let scale = V::select(self.positive[k], pow_b, one);
+                (self.numerator_first[k].mul(scale), self.offset_first[k])
             } else {
                 (self.numerator_rest, self.offset_rest)
             };
             let denominator = offset.add(d2).mul(self.a.mul(pow_b).add(one));
-            coeff[v] = V::select(d2.gt(zero), numerator.div(denominator), zero);
+            *c = V::select(d2.gt(zero), numerator.div(denominator), zero);
         }
-        let (limit, alpha) = (V::splat(4.0), V::splat(alpha));
-        let (mut step, mut pull) = ([0.0f32; D], [0.0f32; D]);
-        for d in 0..D {
-            let mut total = zero;
-            for v in 0..n_vectors {
-                let g = coeff[v]
-                    .mul(diff[d][v])
-                    .max(zero.sub(limit))
-                    .min(limit)
-                    .mul(alpha);
-                if v == 0 {
-                    pull[d] = g.lane0();
-                    total = g;
-                } else {
-                    total = total.add(g);
+        let (low, high, alpha) = (V::splat(-4.0), V::splat(4.0), V::splat(alpha));
+        let mut moves = [[[0.0f32; D]; 2]; G];
+        for (g, [step, pull]) in moves.iter_mut().enumerate() {
+            for d in 0..D {
+                let mut total = zero;
+                for k in 0..per_group {
+                    let i = g * per_group + k;
+                    let s = coeff[i].mul(diff[i][d]).max(low).min(high).mul(alpha);
+                    if k == 0 {
+                        pull[d] = s.lane0();
+                        total = s;
+                    } else {
+                        total = total.add(s);
+                    }
                 }
+                step[d] = total.sum();
             }
-            step[d] = total.sum();
         }
-        (step, pull)
+        moves
     }
 }
 
