@@ -8,12 +8,16 @@
 //! below 4096 points and NN-descent above); one xorshift generator for negative samples
 //! instead of one Tausworthe state per vertex; for a disconnected graph the components are
 //! placed by PCA of their centroids (umap-learn: spectral embedding of the centroids);
-//! d^b by a polynomial exp2/log2 (relative error < 2e-6; umap-learn's numba `fastmath` pow
+//! d^b by a polynomial exp2/log2 (relative error < 1e-6; umap-learn's numba `fastmath` pow
 //! is approximate too); the spectral start comes from faer's Krylov-Schur (dense eigh up
-//! to 200 vertices) instead of ARPACK.
+//! to 200 vertices) instead of ARPACK; and the SGD takes all samples of an edge, and the
+//! edges of a pair, at the positions before them (see `Layout::optimize_fixed`), so their
+//! gradients are computed side by side in SIMD lanes.
 //!
 //! Cost: exact kNN O(n^2 d) on faer gemm, then a single-threaded SGD that is deterministic
-//! in the seed. On 5000 x 50 it runs at about umap-learn's speed (see `bench_umap`).
+//! in the seed, with the same result on every platform (SSE2, AVX2 or scalar). On 5000 x
+//! 50 the whole fit took a quarter of the time it took when it ran at umap-learn's speed
+//! (see `bench_umap`).
 
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::matrix_free::eigen::{
@@ -980,8 +984,8 @@ impl Layout<'_> {
     /// position before the edge's turn (umap-learn moves the head after each sample), and
     /// the edges due in an epoch are visited two at a time, the i-th with the
     /// (n/2 + i)-th (edge order otherwise kept), both from the positions before the pair.
-    /// Steps are small (clipped at 4 alpha), so neither moves the embedding by more than
-    /// the difference between two seeds.
+    /// Steps are small (clipped at 4 alpha): trustworthiness@15 on the 5000 x 50 bench
+    /// went from 0.9597 to 0.9599 (umap-learn 0.9597), at a quarter of the time.
     #[inline(always)]
     fn optimize_fixed<const D: usize, V: lanes::Lanes>(
         &self,
@@ -1145,6 +1149,7 @@ impl<V: lanes::Lanes> Gradient<V> {
         let first_lane = |first: f32, rest: f32| -> [V; 2] {
             let mut lanes = [rest; LANES];
             lanes[0] = first;
+            // With 8-lane vectors the second is never used (the min keeps it in bounds).
             [0, 1].map(|v| V::load(&lanes[(v * V::WIDTH).min(LANES - V::WIDTH)..]))
         };
         Self {
@@ -1175,6 +1180,10 @@ impl<V: lanes::Lanes> Gradient<V> {
         let (zero, one) = (V::splat(0.0), V::splat(1.0));
         // Vector i holds lanes (i % per_group) * WIDTH.. of group i / per_group.
         let mut diff = [[zero; D]; 4];
+        assert!(
+            G * per_group <= diff.len(),
+            "at most two groups of two vectors"
+        );
         for (i, vector) in diff.iter_mut().enumerate().take(G * per_group) {
             let (g, first) = (i / per_group, (i % per_group) * V::WIDTH);
             for (d, x) in vector.iter_mut().enumerate() {
@@ -1260,7 +1269,7 @@ mod lanes {
         #[cfg(test)]
         fn to_vec(self) -> Vec<f32>;
 
-        /// log2(x) for normal x > 0 (relative error ~1e-7, see the tests): log2 of the
+        /// log2(x) for normal x > 0 (absolute error < 5e-7): log2 of the
         /// mantissa m in [sqrt(1/2), sqrt(2)) is 2/ln2 atanh(t), t = (m - 1) / (m + 1),
         /// |t| <= 0.172, five terms of the series; Estrin's scheme keeps the dependency
         /// chain short (this is on the SGD's critical path).
@@ -1283,7 +1292,7 @@ mod lanes {
             exponent.add(t.mul(p))
         }
 
-        /// 2^x, x clamped to [-126, 126] (relative error ~2e-7): 2^round(x) from the
+        /// 2^x, x clamped to [-126, 126] (relative error < 3e-7): 2^round(x) from the
         /// exponent field times 2^f, |f| <= 1/2, by its Taylor polynomial of degree 6
         /// (Estrin's scheme).
         #[inline(always)]
@@ -1820,7 +1829,7 @@ mod tests {
                 worst = worst.max(rel);
             }
         }
-        assert!(worst < 2e-6, "worst relative error {worst}");
+        assert!(worst < 1e-6, "worst relative error {worst}");
     }
 
     /// The SSE2 and AVX2 lanes and their scalar twin agree bit for bit, so an embedding
