@@ -35,6 +35,9 @@ pub struct BenchReduce {
     /// Skip UMAP (the slowest part).
     #[arg(long)]
     pub no_umap: bool,
+    /// Skip the in-memory PCA (20000 x 768), e.g. to time UMAP alone.
+    #[arg(long)]
+    pub no_pca: bool,
 }
 
 #[derive(Debug, Args)]
@@ -80,8 +83,10 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
 
 fn bench_reduce(args: &BenchReduce) -> anyhow::Result<()> {
     use crate::analysis::{pca, umap};
-    let pca = pca::bench_pca(20_000, 768, 50, args.seed)?;
-    println!("pca: {}", serde_json::to_string(&pca)?);
+    if !args.no_pca {
+        let pca = pca::bench_pca(20_000, 768, 50, args.seed)?;
+        println!("pca: {}", serde_json::to_string(&pca)?);
+    }
     if args.streaming {
         let streaming = pca::bench_pca_streaming(1_000_000, 256, 65_536, args.seed)?;
         println!("pca_streaming: {}", serde_json::to_string(&streaming)?);
