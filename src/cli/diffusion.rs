@@ -70,8 +70,8 @@ pub struct EvalArgs {
     /// DDIM steps per generated image.
     #[arg(long, default_value_t = 50)]
     pub sample_steps: usize,
-    /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 3.0)]
+    /// Classifier-free guidance scale (Stable Diffusion's default).
+    #[arg(long, default_value_t = 7.5)]
     pub guidance: f64,
 }
 

@@ -89,8 +89,8 @@ pub struct RecordDiffusion {
     /// DDIM eta (0 = deterministic DDIM, 1 = DDPM-like).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// Classifier-free guidance scale (1 = no guidance).
-    #[arg(long, default_value_t = 3.0)]
+    /// Classifier-free guidance scale (1 = no guidance; 7.5 is Stable Diffusion's default).
+    #[arg(long, default_value_t = 7.5)]
     pub guidance: f64,
     /// Samples per forward pass.
     #[arg(long, default_value_t = 16)]
