@@ -68,10 +68,10 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 500)]
     pub n_generate: usize,
     /// DDIM steps per generated image.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = SampleOptions::default().steps)]
     pub sample_steps: usize,
-    /// Classifier-free guidance scale (Stable Diffusion's default).
-    #[arg(long, default_value_t = 7.5)]
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = SampleOptions::default().guidance)]
     pub guidance: f64,
 }
 

@@ -84,13 +84,13 @@ pub struct RecordDiffusion {
     #[arg(long, default_value = "all")]
     pub class: String,
     /// DDIM steps over the whole schedule.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = SampleOptions::default().steps)]
     pub ddim_steps: usize,
     /// DDIM eta (0 = deterministic DDIM, 1 = DDPM-like).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SampleOptions::default().eta)]
     pub eta: f64,
-    /// Classifier-free guidance scale (1 = no guidance; 7.5 is Stable Diffusion's default).
-    #[arg(long, default_value_t = 7.5)]
+    /// Classifier-free guidance scale (1 = no guidance).
+    #[arg(long, default_value_t = SampleOptions::default().guidance)]
     pub guidance: f64,
     /// Samples per forward pass.
     #[arg(long, default_value_t = 16)]
