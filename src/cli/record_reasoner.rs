@@ -79,8 +79,8 @@ pub fn run_sites(args: &SitesReasoner) -> anyhow::Result<()> {
 }
 
 /// Sites whose rows can be recorded: attention patterns have a different width at every
-/// pass (the key axis grows), which a site's table cannot hold, and `thought` never fires
-/// when no thoughts are run.
+/// pass (the key axis grows), which a site's table cannot hold. Asking for `thought` with
+/// no thoughts is refused too: it would only ever write an empty table.
 fn recordable(
     sites: Vec<&SiteInfo>,
     explicit: bool,
@@ -103,10 +103,7 @@ fn recordable(
             );
         }
     }
-    Ok(sites
-        .into_iter()
-        .filter(|s| !is_pattern(s) && !silent(s))
-        .collect())
+    Ok(sites.into_iter().filter(|s| !is_pattern(s)).collect())
 }
 
 pub fn run(args: &RecordReasoner) -> anyhow::Result<()> {

@@ -113,10 +113,16 @@ impl Latents {
 
     pub fn to_frame(&self) -> Result<DataFrame> {
         let n = self.len();
-        let x = Series::new("x".into(), self.x.as_slice()).reshape_list(&[
-            ReshapeDimension::new(n as i64),
-            ReshapeDimension::new(self.width as i64),
-        ])?;
+        // polars cannot reshape zero values into lists, but a site that never fired in a
+        // chunk (e.g. `thought` at steps without thoughts) still writes a typed, empty part.
+        let x = if n == 0 {
+            Series::new_empty("x".into(), &DataType::List(Box::new(DataType::Float32)))
+        } else {
+            Series::new("x".into(), self.x.as_slice()).reshape_list(&[
+                ReshapeDimension::new(n as i64),
+                ReshapeDimension::new(self.width as i64),
+            ])?
+        };
         let columns = vec![
             Column::new("sample".into(), self.sample.as_slice()),
             Column::new("step".into(), self.step.as_slice()),
@@ -229,6 +235,17 @@ mod tests {
         assert_eq!(df.height(), 3);
         let back = Latents::from_frame(&df, "test").unwrap();
         assert_eq!(back, l);
+    }
+
+    #[test]
+    fn a_site_that_never_fired_writes_an_empty_typed_frame() {
+        let df = Latents::new(3).to_frame().unwrap();
+        assert_eq!(df.height(), 0);
+        assert_eq!(
+            df.column("x").unwrap().dtype(),
+            &DataType::List(Box::new(DataType::Float32))
+        );
+        assert!(Latents::from_frame(&df, "test").unwrap().is_empty());
     }
 
     #[test]
