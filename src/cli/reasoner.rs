@@ -16,7 +16,7 @@ use crate::reasoner::format::{BuiltinFormat, QuestionFormat};
 use crate::reasoner::gpt2_format::CoconutGpt2Format;
 use crate::reasoner::tokens::Vocab;
 use crate::reasoner::train::{
-    evaluate, train, Accuracy, Method, TrainConfig, TrainData, TrainState,
+    evaluate, train, Accuracy, Method, Supervision, TrainConfig, TrainData, TrainState,
 };
 
 /// Where the shipped reasoners live, one folder per method.
@@ -45,6 +45,12 @@ impl MethodArg {
             MethodArg::NoCot => "no-cot",
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SupervisionArg {
+    Path,
+    Frontier,
 }
 
 /// Train the built-in reasoner on generated ProsQA-like questions (never on the real file).
@@ -84,6 +90,11 @@ pub struct TrainArgs {
     /// Chance of training a sample at a random earlier stage.
     #[arg(long, default_value_t = 0.0)]
     pub mix_prob: f64,
+    /// What Coconut's stages train on after `<eot>`: the rest of the shortest path and the
+    /// answer (Coconut), or one node of the next BFS frontier until the thoughts reach the
+    /// target, then the answer (Zhu et al. 2025, for small models trained from scratch).
+    #[arg(long, value_enum, default_value_t = SupervisionArg::Path)]
+    pub supervision: SupervisionArg,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -117,6 +128,10 @@ impl TrainArgs {
             };
         }
         c.mix_prob = self.mix_prob;
+        c.supervision = match self.supervision {
+            SupervisionArg::Path => Supervision::Path,
+            SupervisionArg::Frontier => Supervision::Frontier,
+        };
         c.batch_size = self.batch_size;
         c.learning_rate = self.lr;
         c.seed = self.seed;

@@ -38,6 +38,23 @@ pub enum Method {
     NoCot,
 }
 
+/// What the language after `<eot>` says at a curriculum stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Supervision {
+    /// Coconut's: the shortest path's remaining steps, then the answer. Naming the next node
+    /// on the path needs lookahead (which child leads to the target), which a 2-layer model
+    /// trained from scratch did not learn in 21 epochs (all three models stayed at chance).
+    #[default]
+    Path,
+    /// Zhu et al. 2025 ("Reasoning by Superposition"), for small models trained from scratch:
+    /// after j thoughts, one node drawn uniformly from the frontier F_{j+1} (the nodes j + 1
+    /// hops from the root); once j reaches the question's hops, the answer. The best guess is
+    /// the whole next frontier, so each thought is taught one breadth-first expansion and
+    /// no step needs lookahead.
+    Frontier,
+}
+
 /// Which questions an epoch trains on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -79,6 +96,9 @@ pub struct TrainConfig {
     pub seed: u64,
     #[serde(default)]
     pub data: TrainData,
+    /// What Coconut's stages supervise after `<eot>` (the baselines ignore it).
+    #[serde(default)]
+    pub supervision: Supervision,
 }
 
 impl TrainConfig {
@@ -97,6 +117,7 @@ impl TrainConfig {
             batch_size: 32,
             seed: 0,
             data: TrainData::Given,
+            supervision: Supervision::Path,
         }
     }
 
@@ -140,7 +161,34 @@ struct Example {
     suffix: Vec<u32>,
 }
 
-fn example(enc: &Encoded, config: &TrainConfig, stage: usize) -> Example {
+/// A training question: its encoding and, by depth, the tokens of the frontier nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Question {
+    enc: Encoded,
+    /// `frontiers[k]`: the nodes exactly k hops from the root (shortest), as tokens.
+    frontiers: Vec<Vec<u32>>,
+}
+
+impl Question {
+    fn new(record: &Record, vocab: &Vocab) -> Result<Self> {
+        let enc = encode(record, vocab)?;
+        let depth = record.graph().distances_from(record.root);
+        let mut frontiers: Vec<Vec<u32>> = Vec::new();
+        for (v, d) in depth.iter().enumerate() {
+            let Some(d) = *d else { continue };
+            if frontiers.len() <= d {
+                frontiers.resize(d + 1, Vec::new());
+            }
+            frontiers[d].push(vocab.id(&record.idx_to_symbol[v])?);
+        }
+        Ok(Self { enc, frontiers })
+    }
+}
+
+/// The example of `question` at curriculum stage `stage`; `draw` picks the frontier node
+/// under `Supervision::Frontier` (any value; it is taken modulo the frontier's size).
+fn example(question: &Question, config: &TrainConfig, stage: usize, draw: usize) -> Example {
+    let enc = &question.enc;
     let (stage, n_thoughts) = match config.method {
         Method::NoCot => (usize::MAX, 0),
         Method::Cot => (0, 0),
@@ -155,10 +203,19 @@ fn example(enc: &Encoded, config: &TrainConfig, stage: usize) -> Example {
     };
     let ids = enc.with_thoughts(stage, 0);
     let eot = ids.iter().position(|&t| t == EOT).unwrap_or(ids.len() - 1);
+    let mut suffix = ids[eot..].to_vec();
+    let frontier_step = config.method == Method::Coconut
+        && config.supervision == Supervision::Frontier
+        && stage < enc.steps.len();
+    if frontier_step {
+        // F_{stage+1} is never empty before the target: the shortest path passes through it.
+        let next = &question.frontiers[stage + 1];
+        suffix = vec![EOT, next[draw % next.len()]];
+    }
     Example {
         prefix: ids[..eot].to_vec(),
         n_thoughts,
-        suffix: ids[eot..].to_vec(),
+        suffix,
     }
 }
 
@@ -221,7 +278,7 @@ pub fn train(
             vocab.len()
         )));
     }
-    let epoch_data = |epoch: usize| -> Result<Vec<Encoded>> {
+    let epoch_data = |epoch: usize| -> Result<Vec<Question>> {
         let fresh;
         let records = match config.data {
             TrainData::Given => records,
@@ -233,7 +290,7 @@ pub fn train(
                 &fresh[..]
             }
         };
-        records.iter().map(|r| encode(r, &vocab)).collect()
+        records.iter().map(|r| Question::new(r, &vocab)).collect()
     };
     let per_epoch = match config.data {
         TrainData::Given => records.len(),
@@ -256,11 +313,11 @@ pub fn train(
             optimizer = new_optimizer(config, &varmap)?;
             last_stage = stage;
         }
-        let encoded = epoch_data(epoch)?;
+        let questions = epoch_data(epoch)?;
         let ctx = EpochContext {
             config,
             model: &model,
-            encoded: &encoded,
+            questions: &questions,
             progress,
             stop,
         };
@@ -323,7 +380,7 @@ fn start_or_resume(
 struct EpochContext<'a> {
     config: &'a TrainConfig,
     model: &'a Gpt2,
-    encoded: &'a [Encoded],
+    questions: &'a [Question],
     progress: &'a ProgressBar,
     stop: &'a AtomicBool,
 }
@@ -332,12 +389,12 @@ fn run_epoch(ctx: &EpochContext, epoch: usize, stage: usize, optimizer: &mut Ada
     let EpochContext {
         config,
         model,
-        encoded,
+        questions,
         progress,
         stop,
     } = *ctx;
     let mut rng = crate::rng::stream(config.seed, crate::rng::mix(&[0x7261_696e, epoch as u64]));
-    let mut order: Vec<usize> = (0..encoded.len()).collect();
+    let mut order: Vec<usize> = (0..questions.len()).collect();
     order.shuffle(&mut rng);
     let (mut total, mut tokens) = (0.0f64, 0usize);
     for batch in order.chunks(config.batch_size.max(1)) {
@@ -352,7 +409,7 @@ fn run_epoch(ctx: &EpochContext, epoch: usize, stage: usize, optimizer: &mut Ada
                 } else {
                     stage
                 };
-                example(&encoded[i], config, s)
+                example(&questions[i], config, s, rng.gen())
             })
             .collect();
         // Rows that share a number of thoughts run as one padded batch.
@@ -488,9 +545,10 @@ mod tests {
     fn stage_examples_train_on_the_language_after_eot() {
         use super::super::tokens::{BOT, EOT};
         let vocab = Vocab::prosqa();
-        let enc = encode(&generate(1, 4)[0], &vocab).unwrap();
+        let question = Question::new(&generate(1, 4)[0], &vocab).unwrap();
+        let enc = &question.enc;
         let n = enc.steps.len();
-        let ex = example(&enc, &small(Method::Coconut), 1);
+        let ex = example(&question, &small(Method::Coconut), 1, 0);
         assert_eq!(ex.prefix, enc.prompt);
         assert_eq!(*ex.prefix.last().unwrap(), BOT);
         assert_eq!(ex.n_thoughts, 1);
@@ -500,22 +558,77 @@ mod tests {
         );
         let mut padded = small(Method::Coconut);
         padded.max_stage = 6;
-        assert_eq!(example(&enc, &padded, n + 1).n_thoughts, n + 1);
+        assert_eq!(example(&question, &padded, n + 1, 0).n_thoughts, n + 1);
         padded.pad_thoughts = false;
         padded.thoughts_per_step = 2;
-        let ex = example(&enc, &padded, n + 1);
+        let ex = example(&question, &padded, n + 1, 0);
         assert_eq!(ex.n_thoughts, 2 * n);
         assert_eq!(ex.suffix, [&[EOT], &enc.answer[..]].concat());
-        let ex = example(&enc, &small(Method::NoCot), 0);
+        let ex = example(&question, &small(Method::NoCot), 0, 0);
         assert_eq!(
             (ex.n_thoughts, ex.suffix),
             (0, [&[EOT], &enc.answer[..]].concat())
         );
-        let ex = example(&enc, &small(Method::Cot), 3);
+        let ex = example(&question, &small(Method::Cot), 3, 0);
         assert_eq!(ex.n_thoughts, 0);
         assert_eq!(
             ex.suffix,
             [&[EOT], &enc.steps[..], &enc.answer[..]].concat()
+        );
+    }
+
+    #[test]
+    fn frontier_supervision_names_a_node_of_the_next_frontier_then_the_answer() {
+        let vocab = Vocab::prosqa();
+        let record = generate(1, 11).remove(0);
+        let question = Question::new(&record, &vocab).unwrap();
+        let hops = question.enc.steps.len();
+        let mut config = small(Method::Coconut);
+        config.max_stage = 6;
+        config.supervision = Supervision::Frontier;
+        // Reference: the frontier by brute force over the edge list (relaxation, not BFS).
+        let n = record.idx_to_symbol.len();
+        let mut depth = vec![usize::MAX; n];
+        depth[record.root] = 0;
+        for _ in 0..n {
+            for &[a, b] in &record.edges {
+                if depth[a] != usize::MAX {
+                    depth[b] = depth[b].min(depth[a] + 1);
+                }
+            }
+        }
+        for stage in 0..hops {
+            let want: std::collections::BTreeSet<u32> = (0..n)
+                .filter(|&v| depth[v] == stage + 1)
+                .map(|v| vocab.id(&record.idx_to_symbol[v]).unwrap())
+                .collect();
+            let mut seen = std::collections::BTreeSet::new();
+            for draw in 0..64 {
+                let ex = example(&question, &config, stage, draw);
+                assert_eq!(ex.n_thoughts, stage);
+                assert_eq!(ex.prefix, question.enc.prompt);
+                assert_eq!(ex.suffix.len(), 2);
+                assert_eq!(ex.suffix[0], EOT);
+                seen.insert(ex.suffix[1]);
+            }
+            // Every draw is on the frontier, and every frontier node can be drawn.
+            assert_eq!(seen, want, "stage {stage}");
+        }
+        // From the question's hops on: the answer after (padded) thoughts, as with paths.
+        for stage in hops..=6 {
+            let ex = example(&question, &config, stage, 5);
+            assert_eq!(ex.n_thoughts, stage);
+            assert_eq!(
+                ex.suffix,
+                [&[EOT], &question.enc.answer[..]].concat(),
+                "stage {stage}"
+            );
+        }
+        // The baselines are untouched by it.
+        config.method = Method::Cot;
+        assert_eq!(
+            example(&question, &config, 0, 3).suffix,
+            [&[EOT], &question.enc.steps[..], &question.enc.answer[..]].concat()
         );
     }
 
@@ -531,7 +644,7 @@ mod tests {
         .unwrap();
         let examples: Vec<Example> = generate(3, 8)
             .iter()
-            .map(|r| example(&encode(r, &vocab).unwrap(), &config, 2))
+            .map(|r| example(&Question::new(r, &vocab).unwrap(), &config, 2, 0))
             .collect();
         let refs: Vec<&Example> = examples.iter().collect();
         let (sum, count) = batch_loss(&model, &refs).unwrap();
@@ -643,7 +756,12 @@ mod tests {
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         )
         .unwrap();
-        let ex = example(&encode(&generate(1, 3)[0], &vocab).unwrap(), &config, 1);
+        let ex = example(
+            &Question::new(&generate(1, 3)[0], &vocab).unwrap(),
+            &config,
+            1,
+            0,
+        );
         let (loss, _) = batch_loss(&model, &[&ex]).unwrap();
         let grads = loss.backward().unwrap();
         let data = varmap.data().lock().unwrap();
