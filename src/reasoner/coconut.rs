@@ -61,7 +61,8 @@ fn last_position(t: &Tensor) -> Result<Tensor> {
     t.i((0, p - 1))
 }
 
-/// Runs the prompt (which should end with `<bot>`), `n_thoughts` continuous thoughts,
+/// Runs the prompt (which should end with `<bot>`, or for the built-in format with `<bot>
+/// root`), `n_thoughts` continuous thoughts,
 /// `<eot>`, then greedy decoding until `tokens.eos` or `max_answer` tokens. Sets
 /// `hooks.set_step(pass, None)` before every pass.
 pub fn generate_latent(
@@ -219,78 +220,151 @@ pub fn forward_batch_with_thoughts(
     n_thoughts: usize,
     hooks: &mut Hooks,
 ) -> Result<Gpt2Output> {
-    if rows.is_empty() || rows.iter().any(|(p, s)| p.is_empty() || s.is_empty()) {
+    if rows.iter().any(|(_, s)| s.is_empty()) {
         candle_core::bail!("every row needs a non-empty prefix and suffix");
     }
-    let device = model.device();
-    let b = rows.len();
-    let mut cache = model.new_cache();
-    // Prefixes, left-padded.
-    let la = rows.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(b * la);
-    let (mut positions, mut valid) = (Vec::with_capacity(b), Vec::with_capacity(b));
-    for (prefix, _) in rows {
-        let pad = la - prefix.len();
-        ids.extend(std::iter::repeat_n(0, pad).chain(prefix.iter().copied()));
-        positions.push(
-            (0..la)
-                .map(|s| s.saturating_sub(pad) as u32)
-                .collect::<Vec<_>>(),
-        );
-        valid.push((0..la).map(|s| s >= pad).collect::<Vec<_>>());
+    let prefixes: Vec<&[u32]> = rows.iter().map(|(p, _)| *p).collect();
+    let mut chain = ThoughtChain::start(model, &prefixes, hooks)?;
+    for _ in 0..n_thoughts {
+        chain.think(hooks)?;
     }
-    hooks.set_step(0, None);
-    let ids = Tensor::from_vec(ids, (b, la), device)?;
-    let embeds = hooks.site("hook_embed", model.embed(&ids)?)?;
-    let mut out = model.forward_padded(&embeds, &positions, &valid, &mut cache, hooks)?;
-    // Thoughts, one slot per row each.
-    for k in 1..=n_thoughts {
+    let suffixes: Vec<&[u32]> = rows.iter().map(|(_, s)| *s).collect();
+    chain.read(&suffixes, hooks)
+}
+
+/// Teacher-forced latent mode that reads a suffix after every number of thoughts: after k
+/// thoughts (k = 0..=n_thoughts) `suffixes[k]` (one per row) runs from a copy of the KV
+/// cache, and the thoughts go on without it. One prompt pass thus trains every stage up to
+/// `n_thoughts` at once. Returns the output of each read, as `forward_batch_with_thoughts`
+/// returns its one.
+pub fn forward_batch_reading_every_thought(
+    model: &Gpt2,
+    prefixes: &[&[u32]],
+    suffixes: &[Vec<&[u32]>],
+    hooks: &mut Hooks,
+) -> Result<Vec<Gpt2Output>> {
+    if suffixes.is_empty() {
+        candle_core::bail!("no suffix to read");
+    }
+    let mut chain = ThoughtChain::start(model, prefixes, hooks)?;
+    let mut outs = Vec::with_capacity(suffixes.len());
+    for (k, rows) in suffixes.iter().enumerate() {
+        if k > 0 {
+            chain.think(hooks)?;
+        }
+        let mut branch = chain.clone();
+        outs.push(branch.read(rows, hooks)?);
+    }
+    Ok(outs)
+}
+
+/// A padded batch in latent mode: the prompts seen, the thoughts fed back so far.
+#[derive(Clone)]
+struct ThoughtChain<'m> {
+    model: &'m Gpt2,
+    cache: KvCache,
+    /// Unpadded prefix length of each row.
+    prefix_lens: Vec<usize>,
+    /// Output of the last pass (its last position is the next thought).
+    last: Gpt2Output,
+    thoughts: usize,
+}
+
+impl<'m> ThoughtChain<'m> {
+    /// Runs the prefixes, left-padded so that the thoughts line up.
+    fn start(model: &'m Gpt2, prefixes: &[&[u32]], hooks: &mut Hooks) -> Result<Self> {
+        if prefixes.is_empty() || prefixes.iter().any(|p| p.is_empty()) {
+            candle_core::bail!("every row needs a non-empty prefix and suffix");
+        }
+        let b = prefixes.len();
+        let mut cache = model.new_cache();
+        let la = prefixes.iter().map(|p| p.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * la);
+        let (mut positions, mut valid) = (Vec::with_capacity(b), Vec::with_capacity(b));
+        for prefix in prefixes {
+            let pad = la - prefix.len();
+            ids.extend(std::iter::repeat_n(0, pad).chain(prefix.iter().copied()));
+            positions.push(
+                (0..la)
+                    .map(|s| s.saturating_sub(pad) as u32)
+                    .collect::<Vec<_>>(),
+            );
+            valid.push((0..la).map(|s| s >= pad).collect::<Vec<_>>());
+        }
+        hooks.set_step(0, None);
+        let ids = Tensor::from_vec(ids, (b, la), model.device())?;
+        let embeds = hooks.site("hook_embed", model.embed(&ids)?)?;
+        let last = model.forward_padded(&embeds, &positions, &valid, &mut cache, hooks)?;
+        Ok(Self {
+            model,
+            cache,
+            prefix_lens: prefixes.iter().map(|p| p.len()).collect(),
+            last,
+            thoughts: 0,
+        })
+    }
+
+    /// Feeds the last hidden state of every row back as one more thought.
+    fn think(&mut self, hooks: &mut Hooks) -> Result<()> {
+        self.thoughts += 1;
+        let k = self.thoughts;
         hooks.set_step(k as u16, None);
-        let (_, t, _) = out.hidden.dims3()?;
-        let h = out.hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+        let (_, t, _) = self.last.hidden.dims3()?;
+        let h = self.last.hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
         let thought = hooks.site("thought", h)?;
-        let positions: Vec<Vec<u32>> = rows
+        let positions: Vec<Vec<u32>> = self
+            .prefix_lens
             .iter()
-            .map(|(p, _)| vec![(p.len() + k - 1) as u32])
+            .map(|&p| vec![(p + k - 1) as u32])
             .collect();
-        let valid = vec![vec![true]; b];
-        out = model.forward_padded(
+        let valid = vec![vec![true]; self.prefix_lens.len()];
+        self.last = self.model.forward_padded(
             &thought.unsqueeze(1)?,
             &positions,
             &valid,
-            &mut cache,
+            &mut self.cache,
             hooks,
         )?;
+        Ok(())
     }
-    // Suffixes, right-padded (padding sits at position 0: it is never attended to).
-    hooks.set_step(n_thoughts as u16 + 1, None);
-    let lc = rows.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(b * lc);
-    let (mut positions, mut valid) = (Vec::with_capacity(b), Vec::with_capacity(b));
-    for (prefix, suffix) in rows {
-        let start = prefix.len() + n_thoughts;
-        ids.extend(
-            suffix
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(0, lc - suffix.len())),
-        );
-        positions.push(
-            (0..lc)
-                .map(|i| {
-                    if i < suffix.len() {
-                        (start + i) as u32
-                    } else {
-                        0
-                    }
-                })
-                .collect::<Vec<_>>(),
-        );
-        valid.push((0..lc).map(|i| i < suffix.len()).collect::<Vec<_>>());
+
+    /// Runs one suffix per row after the thoughts so far, right-padded (padding sits at
+    /// position 0: it is never attended to).
+    fn read(&mut self, suffixes: &[&[u32]], hooks: &mut Hooks) -> Result<Gpt2Output> {
+        if suffixes.len() != self.prefix_lens.len() || suffixes.iter().any(|s| s.is_empty()) {
+            candle_core::bail!("every row needs a non-empty prefix and suffix");
+        }
+        hooks.set_step(self.thoughts as u16 + 1, None);
+        let b = suffixes.len();
+        let lc = suffixes.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * lc);
+        let (mut positions, mut valid) = (Vec::with_capacity(b), Vec::with_capacity(b));
+        for (suffix, &prefix_len) in suffixes.iter().zip(&self.prefix_lens) {
+            let start = prefix_len + self.thoughts;
+            ids.extend(
+                suffix
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0, lc - suffix.len())),
+            );
+            positions.push(
+                (0..lc)
+                    .map(|i| {
+                        if i < suffix.len() {
+                            (start + i) as u32
+                        } else {
+                            0
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            valid.push((0..lc).map(|i| i < suffix.len()).collect::<Vec<_>>());
+        }
+        let ids = Tensor::from_vec(ids, (b, lc), self.model.device())?;
+        let embeds = hooks.site("hook_embed", self.model.embed(&ids)?)?;
+        self.model
+            .forward_padded(&embeds, &positions, &valid, &mut self.cache, hooks)
     }
-    let ids = Tensor::from_vec(ids, (b, lc), device)?;
-    let embeds = hooks.site("hook_embed", model.embed(&ids)?)?;
-    model.forward_padded(&embeds, &positions, &valid, &mut cache, hooks)
 }
 
 #[cfg(test)]

@@ -2,17 +2,23 @@
 //!
 //! Every node name is one token, so a continuous thought can be compared with the embedding
 //! of a node (the BFS analysis reads thoughts against node tokens). A record becomes
-//! `<bos> ? root X Y | A B | A B | ... <bot> [thoughts] <eot> [steps] answer <eos>`, where
-//! `A B` is the edge "every A is a B", `X Y` are the two options in the question's order,
-//! `[thoughts]` are `<thought>` placeholders (latent mode) and `[steps]` the nodes of the
-//! shortest path after the root that are still spelled out in language. As in Coconut, the
-//! language after `<eot>` (remaining steps and answer) is what the model is trained on.
+//! `<bos> ? root X Y | A B | A B | ... <bot> root [thoughts] <eot> [steps] answer <eos>`,
+//! where `A B` is the edge "every A is a B", `X Y` are the two options in the question's
+//! order, `[thoughts]` are `<thought>` placeholders (latent mode) and `[steps]` the nodes of
+//! the shortest path after the root that are still spelled out in language. As in Coconut,
+//! the language after `<eot>` (remaining steps and answer) is what the model is trained on.
 //!
 //! The question comes first so that the root and the two options sit at fixed positions
 //! (2, 3 and 4): with learned absolute positions, copying from a fixed position is learned
 //! at once, while copying from "four tokens before `<bot>`" has to be learned for every
 //! prompt length. Measured on the no-CoT baseline: with the question last, 84% of its
 //! answers were one of the two options after 21 epochs; with it first, 97% after 2.
+//!
+//! The chain starts at the root, right after `<bot>`, so every position of the reasoning
+//! reads its query from itself or the position before: the root position looks up the
+//! root's children, a thought the children of the nodes it holds, `<eot>` those of the last
+//! thought. That is the one lookup an edge list needs (a previous-token head tells each `B`
+//! its `A`, a second layer matches), and the one Zhu et al.'s 2-layer construction uses.
 
 use std::collections::HashMap;
 
@@ -189,7 +195,8 @@ pub fn encode(record: &Record, vocab: &Vocab) -> Result<Encoded> {
     for &[i, j] in &record.edges {
         prompt.extend([name(i)?, name(j)?, SEP]);
     }
-    prompt.push(BOT);
+    // The chain starts at the root, right after `<bot>`: see the module docs.
+    prompt.extend([BOT, name(record.root)?]);
     let steps = record
         .steps
         .iter()
@@ -244,7 +251,10 @@ pub fn decode(ids: &[u32], vocab: &Vocab) -> Result<Decoded> {
             _ => return Err(bad("an edge is not `A B |`")),
         }
     }
-    let reasoning = &rest[bot + 1..];
+    let reasoning = match &rest[bot + 1..] {
+        [start, reasoning @ ..] if start == root => reasoning,
+        _ => return Err(bad("the chain after <bot> does not start at the root")),
+    };
     let eot = reasoning
         .iter()
         .position(|&t| t == EOT)
@@ -331,7 +341,11 @@ mod tests {
         let p = enc.prompt.len();
         let stage1 = enc.with_thoughts(1, 1);
         assert_eq!(stage1.len(), enc.cot().len());
-        assert_eq!(stage1[p - 1..p + 3], [BOT, THOUGHT, EOT, enc.steps[1]]);
+        let root = vocab.id(&r.idx_to_symbol[r.root]).unwrap();
+        assert_eq!(
+            stage1[p - 2..p + 3],
+            [BOT, root, THOUGHT, EOT, enc.steps[1]]
+        );
         assert_eq!(decode(&stage1, &vocab).unwrap().steps.len(), n - 1);
         let all = enc.with_thoughts(n + 2, 2 * (n + 2));
         assert_eq!(all.iter().filter(|&&t| t == THOUGHT).count(), 2 * (n + 2));

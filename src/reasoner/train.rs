@@ -159,6 +159,9 @@ struct Example {
     prefix: Vec<u32>,
     n_thoughts: usize,
     suffix: Vec<u32>,
+    /// Under `Supervision::Frontier`, `frontiers[k]` is F_{k+1}, read after k thoughts for
+    /// every k below the question's hops (empty otherwise).
+    frontiers: Vec<Vec<u32>>,
 }
 
 /// A training question: its encoding and, by depth, the tokens of the frontier nodes.
@@ -185,9 +188,8 @@ impl Question {
     }
 }
 
-/// The example of `question` at curriculum stage `stage`; `draw` picks the frontier node
-/// under `Supervision::Frontier` (any value; it is taken modulo the frontier's size).
-fn example(question: &Question, config: &TrainConfig, stage: usize, draw: usize) -> Example {
+/// The example of `question` at curriculum stage `stage`.
+fn example(question: &Question, config: &TrainConfig, stage: usize) -> Example {
     let enc = &question.enc;
     let (stage, n_thoughts) = match config.method {
         Method::NoCot => (usize::MAX, 0),
@@ -204,18 +206,21 @@ fn example(question: &Question, config: &TrainConfig, stage: usize, draw: usize)
     let ids = enc.with_thoughts(stage, 0);
     let eot = ids.iter().position(|&t| t == EOT).unwrap_or(ids.len() - 1);
     let mut suffix = ids[eot..].to_vec();
-    let frontier_step = config.method == Method::Coconut
-        && config.supervision == Supervision::Frontier
-        && stage < enc.steps.len();
-    if frontier_step {
-        // F_{stage+1} is never empty before the target: the shortest path passes through it.
-        let next = &question.frontiers[stage + 1];
-        suffix = vec![EOT, next[draw % next.len()]];
+    let mut frontiers = Vec::new();
+    if config.method == Method::Coconut && config.supervision == Supervision::Frontier {
+        let hops = enc.steps.len();
+        // F_{k+1} for k < hops is never empty: the shortest path to the target crosses it.
+        frontiers = question.frontiers[1..=hops.min(n_thoughts + 1)].to_vec();
+        if stage < hops {
+            // The search has not reached the target yet: no answer, only the frontier.
+            suffix.truncate(1);
+        }
     }
     Example {
         prefix: ids[..eot].to_vec(),
         n_thoughts,
         suffix,
+        frontiers,
     }
 }
 
@@ -244,6 +249,72 @@ fn batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<(Tensor, 
     let logp = candle_nn::ops::log_softmax(&out.logits.reshape((b * lc, v))?, 1)?;
     let picked = logp.gather(&labels, 1)?.squeeze(1)?;
     Ok(((picked * weights)?.sum_all()?.neg()?, count))
+}
+
+/// `batch_loss` under `Supervision::Frontier`: the batch reads `<eot>` after every number
+/// of thoughts k, and row r's `<eot>` slot is scored against the uniform distribution over
+/// F_{k+1} (the expected loss of one uniformly drawn frontier node, without the draw's
+/// noise) while k is below its hops; after the last thought, the row's own suffix.
+fn frontier_batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<(Tensor, usize)> {
+    let n_thoughts = batch.first().map(|e| e.n_thoughts).unwrap_or(0);
+    let prefixes: Vec<&[u32]> = batch.iter().map(|e| e.prefix.as_slice()).collect();
+    let eot = [EOT];
+    let reads: Vec<Vec<&[u32]>> = (0..=n_thoughts)
+        .map(|k| {
+            batch
+                .iter()
+                .map(|e| {
+                    if k == n_thoughts {
+                        e.suffix.as_slice()
+                    } else {
+                        &eot[..]
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let outs = super::coconut::forward_batch_reading_every_thought(
+        model,
+        &prefixes,
+        &reads,
+        &mut Hooks::none(),
+    )?;
+    let mut sums = Vec::with_capacity(outs.len());
+    let mut count = 0;
+    for (k, out) in outs.iter().enumerate() {
+        let (b, lc, v) = out.logits.dims3()?;
+        let mut target = vec![0f32; b * lc * v];
+        let mut any = false;
+        for (r, e) in batch.iter().enumerate() {
+            let row = &mut target[r * lc * v..(r + 1) * lc * v];
+            if let Some(frontier) = e.frontiers.get(k) {
+                let w = 1.0 / frontier.len() as f32;
+                frontier.iter().for_each(|&f| row[f as usize] += w);
+                count += 1;
+                any = true;
+            }
+            if k == n_thoughts {
+                for i in 0..e.suffix.len() - 1 {
+                    row[i * v + e.suffix[i + 1] as usize] = 1.0;
+                    count += 1;
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            continue;
+        }
+        let target = Tensor::from_vec(target, (b, lc, v), model.device())?;
+        let logp = candle_nn::ops::log_softmax(&out.logits, 2)?;
+        sums.push((target * logp)?.sum_all()?.neg()?);
+    }
+    if sums.is_empty() {
+        return Ok((
+            Tensor::zeros((), candle_core::DType::F32, model.device())?,
+            0,
+        ));
+    }
+    Ok((Tensor::stack(&sums, 0)?.sum_all()?, count))
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -409,7 +480,7 @@ fn run_epoch(ctx: &EpochContext, epoch: usize, stage: usize, optimizer: &mut Ada
                 } else {
                     stage
                 };
-                example(&questions[i], config, s, rng.gen())
+                example(&questions[i], config, s)
             })
             .collect();
         // Rows that share a number of thoughts run as one padded batch.
@@ -420,7 +491,13 @@ fn run_epoch(ctx: &EpochContext, epoch: usize, stage: usize, optimizer: &mut Ada
         let mut sums = Vec::with_capacity(groups.len());
         let mut count = 0;
         for group in groups.values() {
-            let (sum, n) = batch_loss(model, group)?;
+            let (sum, n) = if config.supervision == Supervision::Frontier
+                && config.method == Method::Coconut
+            {
+                frontier_batch_loss(model, group)?
+            } else {
+                batch_loss(model, group)?
+            };
             sums.push(sum);
             count += n;
         }
@@ -548,9 +625,9 @@ mod tests {
         let question = Question::new(&generate(1, 4)[0], &vocab).unwrap();
         let enc = &question.enc;
         let n = enc.steps.len();
-        let ex = example(&question, &small(Method::Coconut), 1, 0);
+        let ex = example(&question, &small(Method::Coconut), 1);
         assert_eq!(ex.prefix, enc.prompt);
-        assert_eq!(*ex.prefix.last().unwrap(), BOT);
+        assert_eq!(ex.prefix[ex.prefix.len() - 2], BOT);
         assert_eq!(ex.n_thoughts, 1);
         assert_eq!(
             ex.suffix,
@@ -558,18 +635,18 @@ mod tests {
         );
         let mut padded = small(Method::Coconut);
         padded.max_stage = 6;
-        assert_eq!(example(&question, &padded, n + 1, 0).n_thoughts, n + 1);
+        assert_eq!(example(&question, &padded, n + 1).n_thoughts, n + 1);
         padded.pad_thoughts = false;
         padded.thoughts_per_step = 2;
-        let ex = example(&question, &padded, n + 1, 0);
+        let ex = example(&question, &padded, n + 1);
         assert_eq!(ex.n_thoughts, 2 * n);
         assert_eq!(ex.suffix, [&[EOT], &enc.answer[..]].concat());
-        let ex = example(&question, &small(Method::NoCot), 0, 0);
+        let ex = example(&question, &small(Method::NoCot), 0);
         assert_eq!(
             (ex.n_thoughts, ex.suffix),
             (0, [&[EOT], &enc.answer[..]].concat())
         );
-        let ex = example(&question, &small(Method::Cot), 3, 0);
+        let ex = example(&question, &small(Method::Cot), 3);
         assert_eq!(ex.n_thoughts, 0);
         assert_eq!(
             ex.suffix,
@@ -578,57 +655,104 @@ mod tests {
     }
 
     #[test]
-    fn frontier_supervision_names_a_node_of_the_next_frontier_then_the_answer() {
+    fn frontier_supervision_reads_the_next_frontier_after_every_thought_then_the_answer() {
         let vocab = Vocab::prosqa();
-        let record = generate(1, 11).remove(0);
-        let question = Question::new(&record, &vocab).unwrap();
-        let hops = question.enc.steps.len();
+        let records = generate(3, 11);
         let mut config = small(Method::Coconut);
         config.max_stage = 6;
         config.supervision = Supervision::Frontier;
-        // Reference: the frontier by brute force over the edge list (relaxation, not BFS).
-        let n = record.idx_to_symbol.len();
-        let mut depth = vec![usize::MAX; n];
-        depth[record.root] = 0;
-        for _ in 0..n {
-            for &[a, b] in &record.edges {
-                if depth[a] != usize::MAX {
-                    depth[b] = depth[b].min(depth[a] + 1);
+        let varmap = random_varmap(&config.model, 1, &Device::Cpu).unwrap();
+        let model = Gpt2::new(
+            &config.model,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let questions: Vec<Question> = records
+            .iter()
+            .map(|r| Question::new(r, &vocab).unwrap())
+            .collect();
+        let stage = 4;
+        let examples: Vec<Example> = questions
+            .iter()
+            .map(|q| example(q, &config, stage))
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let (sum, count) = frontier_batch_loss(&model, &refs).unwrap();
+
+        // Reference, one question and one full sequence at a time: after k thoughts the
+        // mean of -log p(f | ..., <eot>) over the nodes f exactly k + 1 hops from the root
+        // (found here by relaxation over the edge list, not BFS), while k < hops; after
+        // `stage` thoughts the answer and <eos> once hops <= stage.
+        let logp_after = |q: &Question, k: usize, tail: &[u32]| -> Vec<Vec<f32>> {
+            let seq = [
+                &q.enc.prompt[..],
+                &vec![super::super::tokens::THOUGHT; k][..],
+                &[EOT],
+                tail,
+            ]
+            .concat();
+            let out = super::super::coconut::forward_with_thoughts(
+                &model,
+                &seq,
+                super::super::coconut::LatentTokens::builtin(),
+                &mut Hooks::none(),
+            )
+            .unwrap();
+            let logits = out.logits.squeeze(0).unwrap();
+            let logp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
+            let eot_at = q.enc.prompt.len() + k;
+            (eot_at..seq.len())
+                .map(|i| logp.get(i).unwrap().to_vec1::<f32>().unwrap())
+                .collect()
+        };
+        let (mut want, mut want_count) = (0.0f32, 0);
+        for (r, q) in records.iter().zip(&questions) {
+            let n = r.idx_to_symbol.len();
+            let mut depth = vec![usize::MAX; n];
+            depth[r.root] = 0;
+            for _ in 0..n {
+                for &[a, b] in &r.edges {
+                    if depth[a] != usize::MAX {
+                        depth[b] = depth[b].min(depth[a] + 1);
+                    }
                 }
             }
-        }
-        for stage in 0..hops {
-            let want: std::collections::BTreeSet<u32> = (0..n)
-                .filter(|&v| depth[v] == stage + 1)
-                .map(|v| vocab.id(&record.idx_to_symbol[v]).unwrap())
-                .collect();
-            let mut seen = std::collections::BTreeSet::new();
-            for draw in 0..64 {
-                let ex = example(&question, &config, stage, draw);
-                assert_eq!(ex.n_thoughts, stage);
-                assert_eq!(ex.prefix, question.enc.prompt);
-                assert_eq!(ex.suffix.len(), 2);
-                assert_eq!(ex.suffix[0], EOT);
-                seen.insert(ex.suffix[1]);
+            let hops = depth[r.target];
+            assert_eq!(hops, q.enc.steps.len());
+            for k in 0..=stage.min(hops.saturating_sub(1)) {
+                let frontier: Vec<u32> = (0..n)
+                    .filter(|&v| depth[v] == k + 1)
+                    .map(|v| vocab.id(&r.idx_to_symbol[v]).unwrap())
+                    .collect();
+                assert!(!frontier.is_empty());
+                let lp = &logp_after(q, k, &[])[0];
+                let mean: f32 =
+                    frontier.iter().map(|&f| lp[f as usize]).sum::<f32>() / frontier.len() as f32;
+                want -= mean;
+                want_count += 1;
             }
-            // Every draw is on the frontier, and every frontier node can be drawn.
-            assert_eq!(seen, want, "stage {stage}");
+            if hops <= stage {
+                let lps = logp_after(q, stage, &q.enc.answer);
+                want -= lps[0][q.enc.answer[0] as usize] + lps[1][q.enc.answer[1] as usize];
+                want_count += 2;
+            }
         }
-        // From the question's hops on: the answer after (padded) thoughts, as with paths.
-        for stage in hops..=6 {
-            let ex = example(&question, &config, stage, 5);
-            assert_eq!(ex.n_thoughts, stage);
-            assert_eq!(
-                ex.suffix,
-                [&[EOT], &question.enc.answer[..]].concat(),
-                "stage {stage}"
-            );
-        }
+        assert_eq!(count, want_count);
+        let got: f32 = sum.to_scalar().unwrap();
+        assert!((got - want).abs() < 1e-3 * want.abs(), "{got} vs {want}");
+        // The generated questions span both cases: some still searching at this stage,
+        // some answering.
+        let hops: Vec<usize> = questions.iter().map(|q| q.enc.steps.len()).collect();
+        assert!(
+            hops.iter().any(|&h| h <= stage) && hops.iter().any(|&h| h > stage),
+            "{hops:?}"
+        );
         // The baselines are untouched by it.
         config.method = Method::Cot;
+        let q = &questions[0];
         assert_eq!(
-            example(&question, &config, 0, 3).suffix,
-            [&[EOT], &question.enc.steps[..], &question.enc.answer[..]].concat()
+            example(q, &config, 0).suffix,
+            [&[EOT], &q.enc.steps[..], &q.enc.answer[..]].concat()
         );
     }
 
@@ -644,7 +768,7 @@ mod tests {
         .unwrap();
         let examples: Vec<Example> = generate(3, 8)
             .iter()
-            .map(|r| example(&Question::new(r, &vocab).unwrap(), &config, 2, 0))
+            .map(|r| example(&Question::new(r, &vocab).unwrap(), &config, 2))
             .collect();
         let refs: Vec<&Example> = examples.iter().collect();
         let (sum, count) = batch_loss(&model, &refs).unwrap();
@@ -760,7 +884,6 @@ mod tests {
             &Question::new(&generate(1, 3)[0], &vocab).unwrap(),
             &config,
             1,
-            0,
         );
         let (loss, _) = batch_loss(&model, &[&ex]).unwrap();
         let grads = loss.backward().unwrap();
