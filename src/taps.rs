@@ -2,6 +2,7 @@
 //! (`Steer`), or put in a tensor from another run (`Patch`).
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Result, Tensor};
 
@@ -63,6 +64,7 @@ pub struct Recorder {
     pool: Pool,
     batch: Vec<u32>,
     rows: BTreeMap<String, Latents>,
+    busy: Duration,
 }
 
 impl Recorder {
@@ -79,6 +81,7 @@ impl Recorder {
             pool,
             batch: Vec::new(),
             rows,
+            busy: Duration::ZERO,
         }
     }
 
@@ -88,16 +91,24 @@ impl Recorder {
     }
 
     /// Takes the rows recorded so far, per site, sorted by (sample, step, position).
+    ///
+    /// The buffers that replace them have room for as many rows as were taken: recording
+    /// goes in equal chunks, and growing a buffer by doubling copies it again and again.
     pub fn take(&mut self) -> BTreeMap<String, Latents> {
-        let pool = self.pool;
         let fresh = self
-            .layouts
+            .rows
             .iter()
-            .map(|l| (l.name.clone(), Latents::new(l.width(pool))))
+            .map(|(name, r)| (name.clone(), Latents::with_capacity(r.width, r.len())))
             .collect();
         let mut rows = std::mem::replace(&mut self.rows, fresh);
         rows.values_mut().for_each(Latents::sort);
         rows
+    }
+
+    /// Time spent copying tensors into rows since the recorder was made: the whole cost
+    /// of recording, before anything is written.
+    pub fn busy(&self) -> Duration {
+        self.busy
     }
 
     /// Bytes of latent values buffered.
@@ -116,11 +127,20 @@ impl Tap for Recorder {
     }
 
     fn tap(&mut self, x: &Tensor, at: &Firing) -> Result<Option<Tensor>> {
+        let started = Instant::now();
+        let copied = self.copy_rows(x, at);
+        self.busy += started.elapsed();
+        copied.map(|()| None)
+    }
+}
+
+impl Recorder {
+    fn copy_rows(&mut self, x: &Tensor, at: &Firing) -> Result<()> {
         let Some(layout) = self.layouts.iter().find(|l| l.name == at.site) else {
-            return Ok(None);
+            return Ok(());
         };
         if !self.keeps(layout, at.step) {
-            return Ok(None);
+            return Ok(());
         }
         let b = self.batch.len();
         if x.dim(0)? < b {
@@ -160,7 +180,7 @@ impl Tap for Recorder {
                 rows.push(sample, at.step, at.t, None, chunk);
             }
         }
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -271,6 +291,12 @@ mod tests {
         assert_eq!(h.step, vec![0, 1, 2, 0, 1, 2]);
         assert_eq!(h.t[2], Some(98));
         assert_eq!(h.row(3), &[8., 9., 10., 11., 12., 13., 14., 15.]);
+        assert!(rec.busy() > std::time::Duration::ZERO);
+        // The next chunk's buffers already have room for a chunk like the last one.
+        let next = rec.take();
+        assert!(next["h"].is_empty());
+        assert!(next["h"].x.capacity() >= h.x.len());
+        assert!(next["h"].sample.capacity() >= h.len());
     }
 
     #[test]

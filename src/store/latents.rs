@@ -28,6 +28,18 @@ impl Latents {
         }
     }
 
+    /// Room for `rows` rows without reallocating.
+    pub fn with_capacity(width: usize, rows: usize) -> Self {
+        Self {
+            width,
+            sample: Vec::with_capacity(rows),
+            step: Vec::with_capacity(rows),
+            t: Vec::with_capacity(rows),
+            position: Vec::with_capacity(rows),
+            x: Vec::with_capacity(rows * width),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.sample.len()
     }
