@@ -569,7 +569,11 @@ mod tests {
         let scale = 0.02 * 2f32.sqrt();
         // Position 0: sin 0 = 0 and cos 0 = 1 alternate.
         assert!(wpe[0].iter().step_by(2).all(|&v| v == 0.0));
-        assert!(wpe[0].iter().skip(1).step_by(2).all(|&v| (v - scale).abs() < 1e-7));
+        assert!(wpe[0]
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .all(|&v| (v - scale).abs() < 1e-7));
         // Position 7, dimensions 2 and 3: frequency 10000^(-2/128).
         let angle = 7.0 * 10000f32.powf(-2.0 / 128.0);
         assert!((wpe[7][2] - scale * angle.sin()).abs() < 1e-6);

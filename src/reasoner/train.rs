@@ -654,6 +654,30 @@ mod tests {
         );
     }
 
+    /// One full teacher-forced sequence through `forward_with_thoughts` (no batching, no
+    /// cache branching): the sequence and its logits `[len, vocab]`.
+    fn unbatched_logits(
+        model: &Gpt2,
+        prefix: &[u32],
+        n_thoughts: usize,
+        suffix: &[u32],
+    ) -> (Vec<u32>, Tensor) {
+        let seq = [
+            prefix,
+            &vec![super::super::tokens::THOUGHT; n_thoughts][..],
+            suffix,
+        ]
+        .concat();
+        let out = super::super::coconut::forward_with_thoughts(
+            model,
+            &seq,
+            super::super::coconut::LatentTokens::builtin(),
+            &mut Hooks::none(),
+        )
+        .unwrap();
+        (seq, out.logits.squeeze(0).unwrap())
+    }
+
     #[test]
     fn frontier_supervision_reads_the_next_frontier_after_every_thought_then_the_answer() {
         let vocab = Vocab::prosqa();
@@ -684,21 +708,8 @@ mod tests {
         // (found here by relaxation over the edge list, not BFS), while k < hops; after
         // `stage` thoughts the answer and <eos> once hops <= stage.
         let logp_after = |q: &Question, k: usize, tail: &[u32]| -> Vec<Vec<f32>> {
-            let seq = [
-                &q.enc.prompt[..],
-                &vec![super::super::tokens::THOUGHT; k][..],
-                &[EOT],
-                tail,
-            ]
-            .concat();
-            let out = super::super::coconut::forward_with_thoughts(
-                &model,
-                &seq,
-                super::super::coconut::LatentTokens::builtin(),
-                &mut Hooks::none(),
-            )
-            .unwrap();
-            let logits = out.logits.squeeze(0).unwrap();
+            let suffix = [&[EOT], tail].concat();
+            let (seq, logits) = unbatched_logits(&model, &q.enc.prompt, k, &suffix);
             let logp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
             let eot_at = q.enc.prompt.len() + k;
             (eot_at..seq.len())
@@ -775,27 +786,10 @@ mod tests {
         // Reference: candle's cross_entropy on each full sequence, one at a time.
         let (mut want, mut want_count) = (0.0f32, 0);
         for e in &examples {
-            let seq = [
-                &e.prefix[..],
-                &vec![super::super::tokens::THOUGHT; e.n_thoughts][..],
-                &e.suffix[..],
-            ]
-            .concat();
-            let out = super::super::coconut::forward_with_thoughts(
-                &model,
-                &seq,
-                super::super::coconut::LatentTokens::builtin(),
-                &mut Hooks::none(),
-            )
-            .unwrap();
+            let (seq, logits) = unbatched_logits(&model, &e.prefix, e.n_thoughts, &e.suffix);
             let first = e.prefix.len() + e.n_thoughts + 1;
             let n = seq.len() - first;
-            let logits = out
-                .logits
-                .squeeze(0)
-                .unwrap()
-                .narrow(0, first - 1, n)
-                .unwrap();
+            let logits = logits.narrow(0, first - 1, n).unwrap();
             let labels = Tensor::new(&seq[first..], &Device::Cpu).unwrap();
             let mean: f32 = candle_nn::loss::cross_entropy(&logits, &labels)
                 .unwrap()
