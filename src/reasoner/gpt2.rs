@@ -508,23 +508,6 @@ impl Gpt2 {
 
 /// Random weights in GPT-2's initialisation (normal(0, 0.02), unit layer norms): for tests
 /// and for training from scratch.
-/// Transformer sinusoids as the starting point of the learned position embeddings, scaled
-/// to the norm of a token embedding at initialisation (0.02 * sqrt(d)). From random
-/// positions a 2-layer model needs thousands of steps to find the previous-token head that
-/// reading an edge list takes; sinusoids make "the position before" a fixed linear map.
-fn sinusoidal_positions(n: usize, d: usize, device: &Device) -> Result<Tensor> {
-    let scale = 0.02 * (2.0f32).sqrt();
-    let mut values = Vec::with_capacity(n * d);
-    for p in 0..n {
-        for i in 0..d {
-            let freq = 1.0 / 10000f32.powf((2 * (i / 2)) as f32 / d as f32);
-            let angle = p as f32 * freq;
-            values.push(scale * if i % 2 == 0 { angle.sin() } else { angle.cos() });
-        }
-    }
-    Tensor::from_vec(values, (n, d), device)
-}
-
 pub fn random_varmap(config: &Gpt2Config, seed: u64, device: &Device) -> Result<candle_nn::VarMap> {
     let varmap = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
@@ -539,9 +522,7 @@ pub fn random_varmap(config: &Gpt2Config, seed: u64, device: &Device) -> Result<
         let var = varmap.data().lock().ok().and_then(|m| m.get(name).cloned());
         let Some(var) = var else { continue };
         let shape = var.shape().clone();
-        let value = if name == "transformer.wpe.weight" {
-            sinusoidal_positions(config.n_positions, config.n_embd, device)?
-        } else if name.contains("ln_") && name.ends_with("weight") {
+        let value = if name.contains("ln_") && name.ends_with("weight") {
             Tensor::ones(&shape, DType::F32, device)?
         } else if name.contains("ln_") || name.ends_with("bias") {
             Tensor::zeros(&shape, DType::F32, device)?
@@ -552,34 +533,4 @@ pub fn random_varmap(config: &Gpt2Config, seed: u64, device: &Device) -> Result<
         var.set(&value)?;
     }
     Ok(varmap)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_start_as_scaled_sinusoids() {
-        let config = Gpt2Config::tiny(16);
-        let varmap = random_varmap(&config, 0, &Device::Cpu).unwrap();
-        let wpe = varmap.data().lock().unwrap()["transformer.wpe.weight"]
-            .as_tensor()
-            .to_vec2::<f32>()
-            .unwrap();
-        let scale = 0.02 * 2f32.sqrt();
-        // Position 0: sin 0 = 0 and cos 0 = 1 alternate.
-        assert!(wpe[0].iter().step_by(2).all(|&v| v == 0.0));
-        assert!(wpe[0]
-            .iter()
-            .skip(1)
-            .step_by(2)
-            .all(|&v| (v - scale).abs() < 1e-7));
-        // Position 7, dimensions 2 and 3: frequency 10000^(-2/128).
-        let angle = 7.0 * 10000f32.powf(-2.0 / 128.0);
-        assert!((wpe[7][2] - scale * angle.sin()).abs() < 1e-6);
-        assert!((wpe[7][3] - scale * angle.cos()).abs() < 1e-6);
-        // The norm of every position is that of a token embedding, 0.02 * sqrt(d).
-        let norm = wpe[100].iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!((norm - 0.02 * 128f32.sqrt()).abs() < 1e-4, "{norm}");
-    }
 }
