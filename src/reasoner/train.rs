@@ -863,6 +863,91 @@ mod tests {
     }
 
     #[test]
+    fn gradients_match_finite_differences() {
+        // Autograd against central differences on a tiny model with larger weights (so that
+        // attention is far from uniform), through padding, a thought and both supervisions.
+        let vocab = Vocab::prosqa();
+        let mut config = small(Method::Coconut);
+        config.model.n_embd = 8;
+        config.model.n_layer = 2;
+        config.model.n_head = 2;
+        let varmap = random_varmap(&config.model, 0, &Device::Cpu).unwrap();
+        {
+            let data = varmap.data().lock().unwrap();
+            let mut names: Vec<&String> = data.keys().collect();
+            names.sort();
+            for (i, name) in names.into_iter().enumerate() {
+                let var = &data[name];
+                let noise = crate::rng::gaussian(99, i as u64, var.elem_count());
+                let t =
+                    (Tensor::from_vec(noise, var.shape(), &Device::Cpu).unwrap() * 0.5).unwrap();
+                var.set(&(var.as_tensor() + t).unwrap()).unwrap();
+            }
+        }
+        let model = Gpt2::new(
+            &config.model,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let questions: Vec<Question> = generate(2, 6)
+            .iter()
+            .map(|r| Question::new(r, &vocab).unwrap())
+            .collect();
+        let path: Vec<Example> = questions.iter().map(|q| example(q, &config, 1)).collect();
+        config.supervision = Supervision::Frontier;
+        let frontier: Vec<Example> = questions.iter().map(|q| example(q, &config, 2)).collect();
+        let loss = || -> f64 {
+            let (a, _) = batch_loss(&model, &path.iter().collect::<Vec<_>>()).unwrap();
+            let (b, _) = frontier_batch_loss(&model, &frontier.iter().collect::<Vec<_>>()).unwrap();
+            (a + b)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let (a, _) = batch_loss(&model, &path.iter().collect::<Vec<_>>()).unwrap();
+        let (b, _) = frontier_batch_loss(&model, &frontier.iter().collect::<Vec<_>>()).unwrap();
+        let grads = (a + b).unwrap().backward().unwrap();
+        let data = varmap.data().lock().unwrap().clone();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let eps = 1e-2f32;
+        for name in names {
+            let var = &data[name];
+            let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap();
+            let g = g.to_vec1::<f32>().unwrap();
+            // The entry with the largest gradient, and one more.
+            let top = (0..g.len())
+                .max_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs()))
+                .unwrap();
+            for idx in [top, g.len() / 2] {
+                let base = var
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let at = |delta: f32| {
+                    let mut v = base.clone();
+                    v[idx] += delta;
+                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    loss()
+                };
+                let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+                at(0.0);
+                let analytic = g[idx] as f64;
+                let tol = 0.05 * numeric.abs().max(analytic.abs()) + 2e-3;
+                assert!(
+                    (numeric - analytic).abs() <= tol,
+                    "{name}[{idx}]: autograd {analytic} vs finite difference {numeric}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn gradients_reach_every_weight() {
         // Regression: candle-nn's fused layer norm and softmax record no backward pass, which
         // silently froze everything below the last layer norm.
