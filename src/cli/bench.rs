@@ -49,8 +49,9 @@ pub struct BenchRecord {
     pub samples: u32,
     #[arg(long, default_value_t = 50)]
     pub ddim_steps: usize,
-    /// Interleaved repeats of each variant.
-    #[arg(long, default_value_t = 3)]
+    /// Interleaved repeats of each variant. On 2 shared cores one pair of runs can differ by
+    /// 10% either way; the best of 8 each moved by a few percent between runs.
+    #[arg(long, default_value_t = 8)]
     pub repeats: usize,
     /// Print the figures as JSON.
     #[arg(long)]
