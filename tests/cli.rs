@@ -331,3 +331,40 @@ mod bad_input {
         assert_eq!(std::fs::read(&blocker).unwrap(), b"not a folder");
     }
 }
+
+mod bench {
+    use super::*;
+
+    #[test]
+    fn bench_record_reports_consistent_figures() {
+        let out = latentlens(&[
+            "bench",
+            "record",
+            "--samples",
+            "2",
+            "--ddim-steps",
+            "2",
+            "--repeats",
+            "1",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let f = |k: &str| report[k].as_f64().unwrap_or_else(|| panic!("no `{k}`"));
+        // Copying is part of the recorded generation, and the ratios are what they say.
+        assert!(f("copy_seconds") > 0.0);
+        assert!(f("copy_seconds") < f("recorded_seconds"));
+        let untapped = f("untapped_seconds");
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9 * b.abs().max(1.0);
+        assert!(close(f("overhead_ratio"), f("recorded_seconds") / untapped));
+        assert!(close(
+            f("copy_ratio"),
+            (untapped + f("copy_seconds")) / untapped
+        ));
+        assert!(f("recorded_mb") > 0.0);
+        assert!(close(
+            f("mb_per_second"),
+            f("recorded_mb") / f("to_disk_seconds")
+        ));
+    }
+}
