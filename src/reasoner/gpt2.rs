@@ -94,7 +94,15 @@ impl Conv1D {
 
 impl Module for Conv1D {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.broadcast_matmul(&self.weight)?.broadcast_add(&self.bias)
+        // One [rows, in] x [in, out] product: broadcasting the weight over the batch would
+        // make the backward pass sum a per-row copy of its gradient.
+        let (n_in, n_out) = self.weight.dims2()?;
+        let mut dims = xs.dims().to_vec();
+        let rows = xs.elem_count() / n_in;
+        let ys = xs.reshape((rows, n_in))?.matmul(&self.weight)?;
+        dims.pop();
+        dims.push(n_out);
+        ys.reshape(dims)?.broadcast_add(&self.bias)
     }
 }
 
