@@ -436,6 +436,8 @@ mod tests {
             "64",
             "--mix-prob",
             "0.3",
+            "--supervision",
+            "frontier",
         ])
         .unwrap();
         let Command::Train(TrainCommand::Reasoner(t)) = cli.command else {
@@ -444,6 +446,7 @@ mod tests {
         let c = t.config();
         assert_eq!(c.method, Method::NoCot);
         assert_eq!((c.model.n_embd, c.mix_prob, c.max_stage), (64, 0.3, 6));
+        assert_eq!(c.supervision, Supervision::Frontier);
         assert!(t.out().ends_with("weights/reasoner/no-cot"));
         let cli =
             Cli::try_parse_from(["latentlens", "eval", "reasoner", "--data", "x.json"]).unwrap();
