@@ -118,6 +118,7 @@ fn report(s: &TrainSummary) {
 }
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
+    super::common::keep_freed_memory();
     let device = Device::Cpu;
     let config_path = args.out.join(CONFIG_FILE);
     // Keep the architecture (and measured latent scale) of an existing folder.

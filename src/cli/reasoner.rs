@@ -276,6 +276,7 @@ pub struct EvalArgs {
 }
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
+    super::common::keep_freed_memory();
     let config = args.config();
     let out = args.out();
     let records = if args.fresh_data {
