@@ -583,6 +583,14 @@ mod tests {
         )
     }
 
+    fn model_of(config: &TrainConfig, varmap: &VarMap) -> Gpt2 {
+        Gpt2::new(
+            &config.model,
+            VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap()
+    }
+
     fn small(method: Method) -> TrainConfig {
         let mut c = TrainConfig::new(method, Vocab::prosqa().len());
         c.model.n_embd = 32;
@@ -686,11 +694,7 @@ mod tests {
         config.max_stage = 6;
         config.supervision = Supervision::Frontier;
         let varmap = random_varmap(&config.model, 1, &Device::Cpu).unwrap();
-        let model = Gpt2::new(
-            &config.model,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
+        let model = model_of(&config, &varmap);
         let questions: Vec<Question> = records
             .iter()
             .map(|r| Question::new(r, &vocab).unwrap())
@@ -772,11 +776,7 @@ mod tests {
         let vocab = Vocab::prosqa();
         let config = small(Method::Coconut);
         let varmap = random_varmap(&config.model, 0, &Device::Cpu).unwrap();
-        let model = Gpt2::new(
-            &config.model,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
+        let model = model_of(&config, &varmap);
         let examples: Vec<Example> = generate(3, 8)
             .iter()
             .map(|r| example(&Question::new(r, &vocab).unwrap(), &config, 2))
@@ -808,11 +808,7 @@ mod tests {
         let records = generate(6, 2);
         let config = small(Method::Coconut);
         let varmap = random_varmap(&config.model, 0, &Device::Cpu).unwrap();
-        let model = Gpt2::new(
-            &config.model,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
+        let model = model_of(&config, &varmap);
         let acc = evaluate(
             &model,
             &super::super::format::BuiltinFormat::default(),
@@ -884,11 +880,7 @@ mod tests {
                 var.set(&(var.as_tensor() + t).unwrap()).unwrap();
             }
         }
-        let model = Gpt2::new(
-            &config.model,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
+        let model = model_of(&config, &varmap);
         let questions: Vec<Question> = generate(2, 6)
             .iter()
             .map(|r| Question::new(r, &vocab).unwrap())
@@ -954,11 +946,7 @@ mod tests {
         let vocab = Vocab::prosqa();
         let config = small(Method::Coconut);
         let varmap = random_varmap(&config.model, 0, &Device::Cpu).unwrap();
-        let model = Gpt2::new(
-            &config.model,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
+        let model = model_of(&config, &varmap);
         let ex = example(
             &Question::new(&generate(1, 3)[0], &vocab).unwrap(),
             &config,
