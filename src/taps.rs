@@ -116,25 +116,6 @@ impl Recorder {
         self.rows.values().map(Latents::value_bytes).sum()
     }
 
-    fn keeps(&self, layout: &SiteLayout, step: u16) -> bool {
-        !layout.per_step || self.steps.as_ref().is_none_or(|s| s.contains(&step))
-    }
-}
-
-impl Tap for Recorder {
-    fn wants(&self, site: &str) -> bool {
-        self.rows.contains_key(site)
-    }
-
-    fn tap(&mut self, x: &Tensor, at: &Firing) -> Result<Option<Tensor>> {
-        let started = Instant::now();
-        let copied = self.copy_rows(x, at);
-        self.busy += started.elapsed();
-        copied.map(|()| None)
-    }
-}
-
-impl Recorder {
     fn copy_rows(&mut self, x: &Tensor, at: &Firing) -> Result<()> {
         let Some(layout) = self.layouts.iter().find(|l| l.name == at.site) else {
             return Ok(());
@@ -181,6 +162,23 @@ impl Recorder {
             }
         }
         Ok(())
+    }
+
+    fn keeps(&self, layout: &SiteLayout, step: u16) -> bool {
+        !layout.per_step || self.steps.as_ref().is_none_or(|s| s.contains(&step))
+    }
+}
+
+impl Tap for Recorder {
+    fn wants(&self, site: &str) -> bool {
+        self.rows.contains_key(site)
+    }
+
+    fn tap(&mut self, x: &Tensor, at: &Firing) -> Result<Option<Tensor>> {
+        let started = Instant::now();
+        let copied = self.copy_rows(x, at);
+        self.busy += started.elapsed();
+        copied.map(|()| None)
     }
 }
 

@@ -61,10 +61,9 @@ fn last_position(t: &Tensor) -> Result<Tensor> {
     t.i((0, p - 1))
 }
 
-/// Runs the prompt (which should end with `<bot>`, or for the built-in format with `<bot>
-/// root`), `n_thoughts` continuous thoughts,
-/// `<eot>`, then greedy decoding until `tokens.eos` or `max_answer` tokens. Sets
-/// `hooks.set_step(pass, None)` before every pass.
+/// Runs the prompt (ending with `<bot>`, or `<bot> root` in the built-in format),
+/// `n_thoughts` continuous thoughts, `<eot>`, then greedy decoding until `tokens.eos` or
+/// `max_answer` tokens. Sets `hooks.set_step(pass, None)` before every pass.
 pub fn generate_latent(
     model: &Gpt2,
     prompt: &[u32],
@@ -220,9 +219,6 @@ pub fn forward_batch_with_thoughts(
     n_thoughts: usize,
     hooks: &mut Hooks,
 ) -> Result<Gpt2Output> {
-    if rows.iter().any(|(_, s)| s.is_empty()) {
-        candle_core::bail!("every row needs a non-empty prefix and suffix");
-    }
     let prefixes: Vec<&[u32]> = rows.iter().map(|(p, _)| *p).collect();
     let mut chain = ThoughtChain::start(model, &prefixes, hooks)?;
     for _ in 0..n_thoughts {
@@ -274,7 +270,7 @@ impl<'m> ThoughtChain<'m> {
     /// Runs the prefixes, left-padded so that the thoughts line up.
     fn start(model: &'m Gpt2, prefixes: &[&[u32]], hooks: &mut Hooks) -> Result<Self> {
         if prefixes.is_empty() || prefixes.iter().any(|p| p.is_empty()) {
-            candle_core::bail!("every row needs a non-empty prefix and suffix");
+            candle_core::bail!("every row needs a non-empty prefix");
         }
         let b = prefixes.len();
         let mut cache = model.new_cache();
@@ -332,7 +328,7 @@ impl<'m> ThoughtChain<'m> {
     /// position 0: it is never attended to).
     fn read(&mut self, suffixes: &[&[u32]], hooks: &mut Hooks) -> Result<Gpt2Output> {
         if suffixes.len() != self.prefix_lens.len() || suffixes.iter().any(|s| s.is_empty()) {
-            candle_core::bail!("every row needs a non-empty prefix and suffix");
+            candle_core::bail!("every row needs one non-empty suffix");
         }
         hooks.set_step(self.thoughts as u16 + 1, None);
         let b = suffixes.len();

@@ -48,10 +48,11 @@ pub enum Supervision {
     #[default]
     Path,
     /// Zhu et al. 2025 ("Reasoning by Superposition"), for small models trained from scratch:
-    /// after j thoughts, one node drawn uniformly from the frontier F_{j+1} (the nodes j + 1
-    /// hops from the root); once j reaches the question's hops, the answer. The best guess is
-    /// the whole next frontier, so each thought is taught one breadth-first expansion and
-    /// no step needs lookahead.
+    /// after j thoughts (j = 0 up to the stage), `<eot>` is scored against the uniform
+    /// distribution over the frontier F_{j+1} (the nodes j + 1 hops from the root: the
+    /// expected loss of one uniformly drawn node, without the draw's noise); once j reaches
+    /// the question's hops, the answer. Each thought is taught one breadth-first expansion
+    /// and no step needs lookahead. Needs one thought per step (c = 1).
     Frontier,
 }
 
@@ -119,6 +120,12 @@ impl TrainConfig {
             data: TrainData::Given,
             supervision: Supervision::Path,
         }
+    }
+
+    /// Whether Coconut's stages are read against the BFS frontiers (`Supervision::Frontier`;
+    /// the baselines never are).
+    fn reads_frontiers(&self) -> bool {
+        self.method == Method::Coconut && self.supervision == Supervision::Frontier
     }
 
     pub fn total_epochs(&self) -> usize {
@@ -207,7 +214,7 @@ fn example(question: &Question, config: &TrainConfig, stage: usize) -> Example {
     let eot = ids.iter().position(|&t| t == EOT).unwrap_or(ids.len() - 1);
     let mut suffix = ids[eot..].to_vec();
     let mut frontiers = Vec::new();
-    if config.method == Method::Coconut && config.supervision == Supervision::Frontier {
+    if config.reads_frontiers() {
         let hops = enc.steps.len();
         // F_{k+1} for k < hops is never empty: the shortest path to the target crosses it.
         frontiers = question.frontiers[1..=hops.min(n_thoughts + 1)].to_vec();
@@ -284,35 +291,23 @@ fn frontier_batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<
     for (k, out) in outs.iter().enumerate() {
         let (b, lc, v) = out.logits.dims3()?;
         let mut target = vec![0f32; b * lc * v];
-        let mut any = false;
         for (r, e) in batch.iter().enumerate() {
             let row = &mut target[r * lc * v..(r + 1) * lc * v];
             if let Some(frontier) = e.frontiers.get(k) {
                 let w = 1.0 / frontier.len() as f32;
                 frontier.iter().for_each(|&f| row[f as usize] += w);
                 count += 1;
-                any = true;
             }
             if k == n_thoughts {
                 for i in 0..e.suffix.len() - 1 {
                     row[i * v + e.suffix[i + 1] as usize] = 1.0;
                     count += 1;
-                    any = true;
                 }
             }
-        }
-        if !any {
-            continue;
         }
         let target = Tensor::from_vec(target, (b, lc, v), model.device())?;
         let logp = candle_nn::ops::log_softmax(&out.logits, 2)?;
         sums.push((target * logp)?.sum_all()?.neg()?);
-    }
-    if sums.is_empty() {
-        return Ok((
-            Tensor::zeros((), candle_core::DType::F32, model.device())?,
-            0,
-        ));
     }
     Ok((Tensor::stack(&sums, 0)?.sum_all()?, count))
 }
@@ -340,6 +335,13 @@ pub fn train(
 ) -> Result<TrainState> {
     if config.data == TrainData::Given && records.is_empty() {
         return Err(Error::Invalid("no training records".into()));
+    }
+    if config.reads_frontiers() && config.thoughts_per_step != 1 {
+        return Err(Error::Invalid(format!(
+            "frontier supervision reads one BFS frontier per thought, so it needs \
+             --thoughts-per-step 1 (got {})",
+            config.thoughts_per_step
+        )));
     }
     let vocab = Vocab::prosqa();
     if config.model.vocab_size != vocab.len() {
@@ -491,9 +493,7 @@ fn run_epoch(ctx: &EpochContext, epoch: usize, stage: usize, optimizer: &mut Ada
         let mut sums = Vec::with_capacity(groups.len());
         let mut count = 0;
         for group in groups.values() {
-            let (sum, n) = if config.supervision == Supervision::Frontier
-                && config.method == Method::Coconut
-            {
+            let (sum, n) = if config.reads_frontiers() {
                 frontier_batch_loss(model, group)?
             } else {
                 batch_loss(model, group)?
@@ -996,6 +996,17 @@ mod tests {
         };
         let err = train_quietly(&config, &[], dir.path()).unwrap_err();
         assert!(err.to_string().contains("different config"), "{err}");
+    }
+
+    #[test]
+    fn frontier_supervision_refuses_several_thoughts_per_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = small(Method::Coconut);
+        config.supervision = Supervision::Frontier;
+        config.thoughts_per_step = 2;
+        let err = train_quietly(&config, &generate(2, 1), dir.path()).unwrap_err();
+        assert!(err.to_string().contains("--thoughts-per-step 1"), "{err}");
+        assert!(!state_path(dir.path()).exists());
     }
 
     #[test]
