@@ -95,6 +95,10 @@ pub struct TrainArgs {
     /// target, then the answer (Zhu et al. 2025, for small models trained from scratch).
     #[arg(long, value_enum, default_value_t = SupervisionArg::Path)]
     pub supervision: SupervisionArg,
+    /// Lookup drills per question, for every method: `n <eot>` right after the prompt,
+    /// scored against n's children (the one-hop lookup every BFS expansion is made of).
+    #[arg(long, default_value_t = 0)]
+    pub lookup_drills: usize,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -132,6 +136,7 @@ impl TrainArgs {
             SupervisionArg::Path => Supervision::Path,
             SupervisionArg::Frontier => Supervision::Frontier,
         };
+        c.lookup_drills = self.lookup_drills;
         c.batch_size = self.batch_size;
         c.learning_rate = self.lr;
         c.seed = self.seed;

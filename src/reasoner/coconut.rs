@@ -8,7 +8,7 @@
 
 use candle_core::{IndexOp, Result, Tensor};
 
-use super::gpt2::{Gpt2, Gpt2Output, KvCache};
+use super::gpt2::{repeat_rows, Gpt2, Gpt2Output, KvCache};
 use crate::sites::Hooks;
 
 /// Token ids that steer latent mode. The built-in vocabulary uses `tokens::{BOT, EOT, EOS,
@@ -228,28 +228,47 @@ pub fn forward_batch_with_thoughts(
     chain.read(&suffixes, hooks)
 }
 
-/// Teacher-forced latent mode that reads a suffix after every number of thoughts: after k
-/// thoughts (k = 0..=n_thoughts) `suffixes[k]` (one per row) runs from a copy of the KV
-/// cache, and the thoughts go on without it. One prompt pass thus trains every stage up to
-/// `n_thoughts` at once. Returns the output of each read, as `forward_batch_with_thoughts`
+/// One read of a padded batch in latent mode: `rows` run after `after` thoughts from a copy
+/// of the cache. With `m` times as many rows as the batch has, rows `r*m..(r+1)*m` are `m`
+/// continuations of batch row `r`, run as one batch.
+pub struct Read<'a> {
+    pub after: usize,
+    pub rows: Vec<&'a [u32]>,
+}
+
+/// Teacher-forced latent mode with any number of reads, in order of `after`: the prefixes
+/// run once, the thoughts go on up to the last read, and each read sees the cache as it was
+/// after its thoughts. Returns the output of each read, as `forward_batch_with_thoughts`
 /// returns its one.
-pub fn forward_batch_reading_every_thought(
+pub fn forward_batch_reads(
     model: &Gpt2,
     prefixes: &[&[u32]],
-    suffixes: &[Vec<&[u32]>],
+    reads: &[Read],
     hooks: &mut Hooks,
 ) -> Result<Vec<Gpt2Output>> {
-    if suffixes.is_empty() {
-        candle_core::bail!("no suffix to read");
+    if reads.windows(2).any(|w| w[1].after < w[0].after) {
+        candle_core::bail!("reads must come in order of thoughts");
     }
+    let b = prefixes.len();
     let mut chain = ThoughtChain::start(model, prefixes, hooks)?;
-    let mut outs = Vec::with_capacity(suffixes.len());
-    for (k, rows) in suffixes.iter().enumerate() {
-        if k > 0 {
+    let mut outs = Vec::with_capacity(reads.len());
+    for read in reads {
+        while chain.thoughts < read.after {
             chain.think(hooks)?;
         }
-        let mut branch = chain.clone();
-        outs.push(branch.read(rows, hooks)?);
+        let m = read.rows.len() / b.max(1);
+        if m == 0 || m * b != read.rows.len() {
+            candle_core::bail!(
+                "a read needs a multiple of the batch's {b} rows, got {}",
+                read.rows.len()
+            );
+        }
+        let mut branch = if m == 1 {
+            chain.clone()
+        } else {
+            chain.repeat_rows(m)?
+        };
+        outs.push(branch.read(&read.rows, hooks)?);
     }
     Ok(outs)
 }
@@ -297,6 +316,24 @@ impl<'m> ThoughtChain<'m> {
             prefix_lens: prefixes.iter().map(|p| p.len()).collect(),
             last,
             thoughts: 0,
+        })
+    }
+
+    /// The chain with every row repeated `m` times in place.
+    fn repeat_rows(&self, m: usize) -> Result<Self> {
+        Ok(Self {
+            model: self.model,
+            cache: self.cache.repeat_rows(m)?,
+            prefix_lens: self
+                .prefix_lens
+                .iter()
+                .flat_map(|&p| std::iter::repeat_n(p, m))
+                .collect(),
+            last: Gpt2Output {
+                hidden: repeat_rows(&self.last.hidden, m)?,
+                logits: repeat_rows(&self.last.logits, m)?,
+            },
+            thoughts: self.thoughts,
         })
     }
 

@@ -142,6 +142,33 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The cache with every batch row repeated `m` times in place (row r becomes rows
+    /// r*m..(r+1)*m), so that m different continuations of each row run as one batch.
+    pub fn repeat_rows(&self, m: usize) -> Result<Self> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            layers.push(match layer {
+                Some((k, v)) => Some((repeat_rows(k, m)?, repeat_rows(v, m)?)),
+                None => None,
+            });
+        }
+        let valid_keys = self
+            .valid_keys
+            .iter()
+            .flat_map(|row| std::iter::repeat_n(row.clone(), m))
+            .collect();
+        Ok(Self { layers, valid_keys })
+    }
+}
+
+/// `x` with each index of its first dimension repeated `m` times in place.
+pub fn repeat_rows(x: &Tensor, m: usize) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    let index: Vec<u32> = (0..b as u32)
+        .flat_map(|r| std::iter::repeat_n(r, m))
+        .collect();
+    x.index_select(&Tensor::new(index, x.device())?, 0)
 }
 
 impl Attention {

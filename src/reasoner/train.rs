@@ -17,9 +17,9 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::save_hf_gpt2;
-use super::coconut::forward_batch_with_thoughts;
+use super::coconut::{forward_batch_reads, Read};
 use super::format::QuestionFormat;
-use super::gpt2::{random_varmap, Gpt2, Gpt2Config};
+use super::gpt2::{random_varmap, Gpt2, Gpt2Config, Gpt2Output};
 use super::tokens::{encode, Encoded, Vocab, EOT};
 use crate::data::prosqa::Record;
 use crate::error::IoContext;
@@ -100,6 +100,13 @@ pub struct TrainConfig {
     /// What Coconut's stages supervise after `<eot>` (the baselines ignore it).
     #[serde(default)]
     pub supervision: Supervision,
+    /// Lookup drills per question, for every method alike: right after the prompt, `n
+    /// <eot>` for a random node n with children, `<eot>` scored against the uniform
+    /// distribution over n's children. It is the one-hop lookup that every thought of a
+    /// breadth-first search (and every CoT step) is made of, asked where a thought would
+    /// sit, many times per prompt pass (each drill costs two positions, the prompt ~110).
+    #[serde(default)]
+    pub lookup_drills: usize,
 }
 
 impl TrainConfig {
@@ -119,6 +126,7 @@ impl TrainConfig {
             seed: 0,
             data: TrainData::Given,
             supervision: Supervision::Path,
+            lookup_drills: 0,
         }
     }
 
@@ -169,6 +177,8 @@ struct Example {
     /// Under `Supervision::Frontier`, `frontiers[k]` is F_{k+1}, read after k thoughts for
     /// every k below the question's hops (empty otherwise).
     frontiers: Vec<Vec<u32>>,
+    /// Lookup drills: a node and its children, as tokens.
+    drills: Vec<(u32, Vec<u32>)>,
 }
 
 /// A training question: its encoding and, by depth, the tokens of the frontier nodes.
@@ -177,6 +187,8 @@ struct Question {
     enc: Encoded,
     /// `frontiers[k]`: the nodes exactly k hops from the root (shortest), as tokens.
     frontiers: Vec<Vec<u32>>,
+    /// Every node with children, and its children, as tokens.
+    parents: Vec<(u32, Vec<u32>)>,
 }
 
 impl Question {
@@ -191,7 +203,33 @@ impl Question {
             }
             frontiers[d].push(vocab.id(&record.idx_to_symbol[v])?);
         }
-        Ok(Self { enc, frontiers })
+        let mut children: Vec<Vec<u32>> = vec![Vec::new(); record.idx_to_symbol.len()];
+        for &[a, b] in &record.edges {
+            children[a].push(vocab.id(&record.idx_to_symbol[b])?);
+        }
+        let mut parents = Vec::new();
+        for (v, kids) in children.into_iter().enumerate() {
+            if !kids.is_empty() {
+                parents.push((vocab.id(&record.idx_to_symbol[v])?, kids));
+            }
+        }
+        Ok(Self {
+            enc,
+            frontiers,
+            parents,
+        })
+    }
+
+    /// `n` lookup drills: distinct nodes with children while they last, then again.
+    fn drills(&self, n: usize, rng: &mut impl Rng) -> Vec<(u32, Vec<u32>)> {
+        let mut order: Vec<usize> = (0..self.parents.len()).collect();
+        order.shuffle(rng);
+        order
+            .iter()
+            .cycle()
+            .take(if order.is_empty() { 0 } else { n })
+            .map(|&i| self.parents[i].clone())
+            .collect()
     }
 }
 
@@ -228,34 +266,31 @@ fn example(question: &Question, config: &TrainConfig, stage: usize) -> Example {
         n_thoughts,
         suffix,
         frontiers,
+        drills: Vec::new(),
     }
 }
 
 /// Summed cross-entropy of the suffix tokens after `<eot>` over a batch of examples with
-/// the same number of thoughts, and the number of tokens summed.
+/// the same number of thoughts (plus their lookup drills), and the number of tokens summed.
 fn batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<(Tensor, usize)> {
-    let rows: Vec<(&[u32], &[u32])> = batch
-        .iter()
-        .map(|e| (e.prefix.as_slice(), e.suffix.as_slice()))
-        .collect();
     let n_thoughts = batch.first().map(|e| e.n_thoughts).unwrap_or(0);
-    let out = forward_batch_with_thoughts(model, &rows, n_thoughts, &mut Hooks::none())?;
-    let (b, lc, v) = out.logits.dims3()?;
-    // Slot i predicts suffix token i + 1.
-    let (mut labels, mut weights) = (vec![0u32; b * lc], vec![0f32; b * lc]);
+    let suffixes = Read {
+        after: n_thoughts,
+        rows: batch.iter().map(|e| e.suffix.as_slice()).collect(),
+    };
+    let (out, drills) = run_reads(model, batch, vec![suffixes])?;
+    let (b, lc, v) = out[0].logits.dims3()?;
+    let mut target = vec![0f32; b * lc * v];
+    let mut count = 0;
     for (r, e) in batch.iter().enumerate() {
+        // Slot i predicts suffix token i + 1.
         for i in 0..e.suffix.len() - 1 {
-            labels[r * lc + i] = e.suffix[i + 1];
-            weights[r * lc + i] = 1.0;
+            target[(r * lc + i) * v + e.suffix[i + 1] as usize] = 1.0;
+            count += 1;
         }
     }
-    let count = weights.iter().filter(|&&w| w > 0.0).count();
-    let device = model.device();
-    let labels = Tensor::from_vec(labels, (b * lc, 1), device)?;
-    let weights = Tensor::from_vec(weights, b * lc, device)?;
-    let logp = candle_nn::ops::log_softmax(&out.logits.reshape((b * lc, v))?, 1)?;
-    let picked = logp.gather(&labels, 1)?.squeeze(1)?;
-    Ok(((picked * weights)?.sum_all()?.neg()?, count))
+    let sum = soft_nll(&out[0], target)?;
+    Ok(((sum + drills.0)?, count + drills.1))
 }
 
 /// `batch_loss` under `Supervision::Frontier`: the batch reads `<eot>` after every number
@@ -264,11 +299,11 @@ fn batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<(Tensor, 
 /// noise) while k is below its hops; after the last thought, the row's own suffix.
 fn frontier_batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<(Tensor, usize)> {
     let n_thoughts = batch.first().map(|e| e.n_thoughts).unwrap_or(0);
-    let prefixes: Vec<&[u32]> = batch.iter().map(|e| e.prefix.as_slice()).collect();
     let eot = [EOT];
-    let reads: Vec<Vec<&[u32]>> = (0..=n_thoughts)
-        .map(|k| {
-            batch
+    let reads = (0..=n_thoughts)
+        .map(|k| Read {
+            after: k,
+            rows: batch
                 .iter()
                 .map(|e| {
                     if k == n_thoughts {
@@ -277,25 +312,18 @@ fn frontier_batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<
                         &eot[..]
                     }
                 })
-                .collect()
+                .collect(),
         })
         .collect();
-    let outs = super::coconut::forward_batch_reading_every_thought(
-        model,
-        &prefixes,
-        &reads,
-        &mut Hooks::none(),
-    )?;
-    let mut sums = Vec::with_capacity(outs.len());
-    let mut count = 0;
+    let (outs, (drill_sum, mut count)) = run_reads(model, batch, reads)?;
+    let mut sums = vec![drill_sum];
     for (k, out) in outs.iter().enumerate() {
         let (b, lc, v) = out.logits.dims3()?;
         let mut target = vec![0f32; b * lc * v];
         for (r, e) in batch.iter().enumerate() {
             let row = &mut target[r * lc * v..(r + 1) * lc * v];
             if let Some(frontier) = e.frontiers.get(k) {
-                let w = 1.0 / frontier.len() as f32;
-                frontier.iter().for_each(|&f| row[f as usize] += w);
+                uniform_over(frontier, row);
                 count += 1;
             }
             if k == n_thoughts {
@@ -305,11 +333,62 @@ fn frontier_batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<
                 }
             }
         }
-        let target = Tensor::from_vec(target, (b, lc, v), model.device())?;
-        let logp = candle_nn::ops::log_softmax(&out.logits, 2)?;
-        sums.push((target * logp)?.sum_all()?.neg()?);
+        sums.push(soft_nll(out, target)?);
     }
     Ok((Tensor::stack(&sums, 0)?.sum_all()?, count))
+}
+
+/// Runs the batch's prompts once, its lookup drills right after them and then `reads`
+/// (in order of thoughts). Returns the outputs of `reads` and the drills' summed loss and
+/// count.
+fn run_reads(
+    model: &Gpt2,
+    batch: &[&Example],
+    reads: Vec<Read>,
+) -> candle_core::Result<(Vec<Gpt2Output>, (Tensor, usize))> {
+    let prefixes: Vec<&[u32]> = batch.iter().map(|e| e.prefix.as_slice()).collect();
+    let m = batch.first().map(|e| e.drills.len()).unwrap_or(0);
+    if batch.iter().any(|e| e.drills.len() != m) {
+        candle_core::bail!("every example of a batch needs the same number of drills");
+    }
+    let queries: Vec<[u32; 2]> = batch
+        .iter()
+        .flat_map(|e| e.drills.iter().map(|(node, _)| [*node, EOT]))
+        .collect();
+    let mut all = Vec::with_capacity(reads.len() + 1);
+    if m > 0 {
+        all.push(Read {
+            after: 0,
+            rows: queries.iter().map(|q| q.as_slice()).collect(),
+        });
+    }
+    all.extend(reads);
+    let mut outs = forward_batch_reads(model, &prefixes, &all, &mut Hooks::none())?;
+    if m == 0 {
+        return Ok((outs, (Tensor::zeros((), DType::F32, model.device())?, 0)));
+    }
+    let drill = outs.remove(0);
+    let (rows, lc, v) = drill.logits.dims3()?;
+    let mut target = vec![0f32; rows * lc * v];
+    for (i, (_, children)) in batch.iter().flat_map(|e| &e.drills).enumerate() {
+        // Slot 1 is `<eot>`, right after the queried node.
+        uniform_over(children, &mut target[(i * lc + 1) * v..(i * lc + 2) * v]);
+    }
+    Ok((outs, (soft_nll(&drill, target)?, rows)))
+}
+
+/// Adds the uniform distribution over `tokens` to one slot's target.
+fn uniform_over(tokens: &[u32], slot: &mut [f32]) {
+    let w = 1.0 / tokens.len() as f32;
+    tokens.iter().for_each(|&t| slot[t as usize] += w);
+}
+
+/// Summed cross-entropy of a read's logits `[rows, slots, vocab]` against a target of the
+/// same shape (all-zero slots are not scored).
+fn soft_nll(out: &Gpt2Output, target: Vec<f32>) -> candle_core::Result<Tensor> {
+    let target = Tensor::from_vec(target, out.logits.dims(), out.logits.device())?;
+    let logp = candle_nn::ops::log_softmax(&out.logits, 2)?;
+    (target * logp)?.sum_all()?.neg()
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -482,7 +561,9 @@ fn run_epoch(ctx: &EpochContext, epoch: usize, stage: usize, optimizer: &mut Ada
                 } else {
                     stage
                 };
-                example(&questions[i], config, s)
+                let mut e = example(&questions[i], config, s);
+                e.drills = questions[i].drills(config.lookup_drills, &mut rng);
+                e
             })
             .collect();
         // Rows that share a number of thoughts run as one padded batch.
@@ -769,6 +850,72 @@ mod tests {
             example(q, &config, 0).suffix,
             [&[EOT], &q.enc.steps[..], &q.enc.answer[..]].concat()
         );
+    }
+
+    #[test]
+    fn lookup_drills_score_each_queried_node_against_its_children() {
+        let vocab = Vocab::prosqa();
+        let records = generate(3, 5);
+        let mut config = small(Method::Cot);
+        config.lookup_drills = 4;
+        let varmap = random_varmap(&config.model, 2, &Device::Cpu).unwrap();
+        let model = model_of(&config, &varmap);
+        let mut rng = crate::rng::stream(0, 0);
+        let examples: Vec<Example> = records
+            .iter()
+            .map(|r| {
+                let q = Question::new(r, &vocab).unwrap();
+                let mut e = example(&q, &config, 0);
+                e.drills = q.drills(config.lookup_drills, &mut rng);
+                e
+            })
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let (with, count_with) = batch_loss(&model, &refs).unwrap();
+        let plain: Vec<Example> = examples
+            .iter()
+            .map(|e| Example {
+                drills: Vec::new(),
+                ..e.clone()
+            })
+            .collect();
+        let refs: Vec<&Example> = plain.iter().collect();
+        let (without, count_without) = batch_loss(&model, &refs).unwrap();
+
+        // Reference: each drill as one whole sequence `prompt n <eot>`, its children read
+        // from the record's edge list, -mean log p(child) at `<eot>`.
+        let mut want = 0.0f32;
+        for (r, e) in records.iter().zip(&examples) {
+            let mut queried = Vec::new();
+            for (node, _) in &e.drills {
+                queried.push(*node);
+                let v = r
+                    .idx_to_symbol
+                    .iter()
+                    .position(|s| vocab.id(s).unwrap() == *node)
+                    .unwrap();
+                let children: Vec<u32> = r
+                    .edges
+                    .iter()
+                    .filter(|&&[a, _]| a == v)
+                    .map(|&[_, b]| vocab.id(&r.idx_to_symbol[b]).unwrap())
+                    .collect();
+                assert!(!children.is_empty());
+                let (_, logits) = unbatched_logits(&model, &e.prefix, 0, &[*node, EOT]);
+                let last = logits.dim(0).unwrap() - 1;
+                let logp = candle_nn::ops::log_softmax(&logits.get(last).unwrap(), 0).unwrap();
+                let logp = logp.to_vec1::<f32>().unwrap();
+                want -=
+                    children.iter().map(|&c| logp[c as usize]).sum::<f32>() / children.len() as f32;
+            }
+            // Distinct nodes while the graph has enough parents.
+            queried.sort();
+            queried.dedup();
+            assert_eq!(queried.len(), config.lookup_drills);
+        }
+        assert_eq!(count_with, count_without + 3 * config.lookup_drills);
+        let got = (with - without).unwrap().to_scalar::<f32>().unwrap();
+        assert!((got - want).abs() < 1e-3 * want.abs(), "{got} vs {want}");
     }
 
     #[test]
