@@ -99,6 +99,10 @@ pub struct TrainArgs {
     /// scored against n's children (the one-hop lookup every BFS expansion is made of).
     #[arg(long, default_value_t = 0)]
     pub lookup_drills: usize,
+    /// Start the three positions of every edge (`A B |`) with one shared position
+    /// embedding, so that "attend to my edge's source" is near at hand from the first step.
+    #[arg(long)]
+    pub shared_edge_positions: bool,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -137,6 +141,7 @@ impl TrainArgs {
             SupervisionArg::Frontier => Supervision::Frontier,
         };
         c.lookup_drills = self.lookup_drills;
+        c.shared_edge_positions = self.shared_edge_positions;
         c.batch_size = self.batch_size;
         c.learning_rate = self.lr;
         c.seed = self.seed;

@@ -372,6 +372,11 @@ impl Gpt2 {
         self.wte.forward(ids)
     }
 
+    /// The position embedding matrix `[n_positions, d_model]`.
+    pub fn position_embeddings(&self) -> &Tensor {
+        self.wpe.embeddings()
+    }
+
     /// The token embedding matrix `[vocab, d_model]` (also the output projection).
     pub fn token_embeddings(&self) -> &Tensor {
         self.wte.embeddings()

@@ -39,6 +39,11 @@ pub const SEP: u32 = 6;
 /// Starts the question.
 pub const QUERY: u32 = 7;
 
+/// Position of the first edge (after `<bos> ? root X Y |`).
+pub const EDGES_START: usize = 6;
+/// Tokens per edge: `A B |`.
+pub const EDGE_LEN: usize = 3;
+
 const SPECIALS: [&str; 8] = [
     "<pad>",
     "<bos>",

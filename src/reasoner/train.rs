@@ -20,7 +20,7 @@ use super::checkpoint::save_hf_gpt2;
 use super::coconut::{forward_batch_reads, Read};
 use super::format::QuestionFormat;
 use super::gpt2::{random_varmap, Gpt2, Gpt2Config, Gpt2Output};
-use super::tokens::{encode, Encoded, Vocab, EOT};
+use super::tokens::{encode, Encoded, Vocab, EDGES_START, EDGE_LEN, EOT};
 use crate::data::prosqa::Record;
 use crate::error::IoContext;
 use crate::sites::Hooks;
@@ -107,6 +107,13 @@ pub struct TrainConfig {
     /// sit, many times per prompt pass (each drill costs two positions, the prompt ~110).
     #[serde(default)]
     pub lookup_drills: usize,
+    /// Start the three positions of every edge slot (`A B |`) with one shared position
+    /// embedding (still learned). "Attend to the key at my own position" is then a head a
+    /// random init is already close to (W_QK near the identity on positions), whereas
+    /// "attend to the position before mine" must be learned for every position: it is the
+    /// head that tells each `B` its `A`, and without it the lookup never forms.
+    #[serde(default)]
+    pub shared_edge_positions: bool,
 }
 
 impl TrainConfig {
@@ -127,6 +134,7 @@ impl TrainConfig {
             data: TrainData::Given,
             supervision: Supervision::Path,
             lookup_drills: 0,
+            shared_edge_positions: false,
         }
     }
 
@@ -502,6 +510,9 @@ fn start_or_resume(
 ) -> Result<(VarMap, TrainState)> {
     std::fs::create_dir_all(out_dir).at(out_dir)?;
     let mut varmap = random_varmap(&config.model, config.seed, device)?;
+    if config.shared_edge_positions {
+        share_edge_slot_positions(&varmap)?;
+    }
     let path = state_path(out_dir);
     if !path.exists() {
         let state = TrainState {
@@ -526,6 +537,31 @@ fn start_or_resume(
     state.config = config.clone();
     varmap.load(model_dir(out_dir).join("model.safetensors"))?;
     Ok((varmap, state))
+}
+
+/// Copies the position embedding of the first position of each edge slot onto the slot's
+/// other two (see `TrainConfig::shared_edge_positions`).
+fn share_edge_slot_positions(varmap: &VarMap) -> Result<()> {
+    let data = varmap.data().lock().map_err(|_| {
+        Error::Invalid("the model's weights are locked by a panicked thread".into())
+    })?;
+    let var = data.get("transformer.wpe.weight").ok_or_else(|| {
+        Error::Invalid("the model has no position embeddings `transformer.wpe.weight`".into())
+    })?;
+    let n = var.dim(0)?;
+    let index: Vec<u32> = (0..n)
+        .map(|p| {
+            let p = if p < EDGES_START {
+                p
+            } else {
+                EDGES_START + (p - EDGES_START) / EDGE_LEN * EDGE_LEN
+            };
+            p as u32
+        })
+        .collect();
+    let index = Tensor::new(index, var.device())?;
+    var.set(&var.as_tensor().index_select(&index, 0)?)?;
+    Ok(())
 }
 
 /// What every batch of an epoch needs besides its stage.
@@ -916,6 +952,31 @@ mod tests {
         assert_eq!(count_with, count_without + 3 * config.lookup_drills);
         let got = (with - without).unwrap().to_scalar::<f32>().unwrap();
         assert!((got - want).abs() < 1e-3 * want.abs(), "{got} vs {want}");
+    }
+
+    #[test]
+    fn shared_edge_positions_start_each_edge_slot_with_one_position_embedding() {
+        let config = small(Method::Coconut);
+        let varmap = random_varmap(&config.model, 0, &Device::Cpu).unwrap();
+        let before = model_of(&config, &varmap).position_embeddings().clone();
+        share_edge_slot_positions(&varmap).unwrap();
+        let after = model_of(&config, &varmap).position_embeddings().clone();
+        let row = |t: &Tensor, p: usize| t.get(p).unwrap().to_vec1::<f32>().unwrap();
+        // The question's positions keep their own embeddings.
+        for p in 0..EDGES_START {
+            assert_eq!(row(&after, p), row(&before, p));
+        }
+        // `A B |` of edge e all start from the embedding position 6 + 3e had.
+        for e in 0..10 {
+            let first = EDGES_START + e * EDGE_LEN;
+            for p in first..first + EDGE_LEN {
+                assert_eq!(row(&after, p), row(&before, first), "position {p}");
+            }
+        }
+        assert_ne!(
+            row(&after, EDGES_START),
+            row(&after, EDGES_START + EDGE_LEN)
+        );
     }
 
     #[test]
