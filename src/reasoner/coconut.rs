@@ -238,19 +238,21 @@ pub struct Read<'a> {
 
 /// Teacher-forced latent mode with any number of reads, in order of `after`: the prefixes
 /// run once, the thoughts go on up to the last read, and each read sees the cache as it was
-/// after its thoughts. Returns the output of each read, as `forward_batch_with_thoughts`
+/// after its thoughts. Returns the prefix pass's output (`[batch, longest prefix, ...]`,
+/// prefixes left-padded) and the output of each read, as `forward_batch_with_thoughts`
 /// returns its one.
 pub fn forward_batch_reads(
     model: &Gpt2,
     prefixes: &[&[u32]],
     reads: &[Read],
     hooks: &mut Hooks,
-) -> Result<Vec<Gpt2Output>> {
+) -> Result<(Gpt2Output, Vec<Gpt2Output>)> {
     if reads.windows(2).any(|w| w[1].after < w[0].after) {
         candle_core::bail!("reads must come in order of thoughts");
     }
     let b = prefixes.len();
     let mut chain = ThoughtChain::start(model, prefixes, hooks)?;
+    let prompt = chain.last.clone();
     let mut outs = Vec::with_capacity(reads.len());
     for read in reads {
         while chain.thoughts < read.after {
@@ -270,7 +272,7 @@ pub fn forward_batch_reads(
         };
         outs.push(branch.read(&read.rows, hooks)?);
     }
-    Ok(outs)
+    Ok((prompt, outs))
 }
 
 /// A padded batch in latent mode: the prompts seen, the thoughts fed back so far.

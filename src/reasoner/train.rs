@@ -20,7 +20,7 @@ use super::checkpoint::save_hf_gpt2;
 use super::coconut::{forward_batch_reads, Read};
 use super::format::QuestionFormat;
 use super::gpt2::{random_varmap, Gpt2, Gpt2Config, Gpt2Output};
-use super::tokens::{encode, Encoded, Vocab, EDGES_START, EDGE_LEN, EOT};
+use super::tokens::{encode, Encoded, Vocab, EDGES_START, EDGE_LEN, EOT, SEP};
 use crate::data::prosqa::Record;
 use crate::error::IoContext;
 use crate::sites::Hooks;
@@ -114,6 +114,12 @@ pub struct TrainConfig {
     /// head that tells each `B` its `A`, and without it the lookup never forms.
     #[serde(default)]
     pub shared_edge_positions: bool,
+    /// Also train every edge's `B` position to name the edge's source `A` (its previous
+    /// token). The lookup needs a head that moves each `A` into its `B`; without a reason of
+    /// its own to form, that head never did (layer-0 attention from `B` to `A` stayed at
+    /// chance through 8 epochs), and the lookup stayed a guess from token statistics.
+    #[serde(default)]
+    pub source_recall: bool,
 }
 
 impl TrainConfig {
@@ -135,6 +141,7 @@ impl TrainConfig {
             supervision: Supervision::Path,
             lookup_drills: 0,
             shared_edge_positions: false,
+            source_recall: false,
         }
     }
 
@@ -187,6 +194,8 @@ struct Example {
     frontiers: Vec<Vec<u32>>,
     /// Lookup drills: a node and its children, as tokens.
     drills: Vec<(u32, Vec<u32>)>,
+    /// Whether the prompt's edges are also trained to name their sources.
+    source_recall: bool,
 }
 
 /// A training question: its encoding and, by depth, the tokens of the frontier nodes.
@@ -275,6 +284,7 @@ fn example(question: &Question, config: &TrainConfig, stage: usize) -> Example {
         suffix,
         frontiers,
         drills: Vec::new(),
+        source_recall: config.source_recall,
     }
 }
 
@@ -371,9 +381,14 @@ fn run_reads(
         });
     }
     all.extend(reads);
-    let mut outs = forward_batch_reads(model, &prefixes, &all, &mut Hooks::none())?;
+    let (prompt, mut outs) = forward_batch_reads(model, &prefixes, &all, &mut Hooks::none())?;
+    let mut extra = (Tensor::zeros((), DType::F32, model.device())?, 0);
+    if batch.iter().any(|e| e.source_recall) {
+        let (sum, n) = source_recall_loss(&prompt, &prefixes)?;
+        extra = ((extra.0 + sum)?, n);
+    }
     if m == 0 {
-        return Ok((outs, (Tensor::zeros((), DType::F32, model.device())?, 0)));
+        return Ok((outs, extra));
     }
     let drill = outs.remove(0);
     let (rows, lc, v) = drill.logits.dims3()?;
@@ -382,7 +397,33 @@ fn run_reads(
         // Slot 1 is `<eot>`, right after the queried node.
         uniform_over(children, &mut target[(i * lc + 1) * v..(i * lc + 2) * v]);
     }
-    Ok((outs, (soft_nll(&drill, target)?, rows)))
+    Ok((
+        outs,
+        ((extra.0 + soft_nll(&drill, target)?)?, extra.1 + rows),
+    ))
+}
+
+/// Cross-entropy of naming each edge's source `A` at its `B`, over the (left-padded) prompt
+/// pass: each row's mean over its edges, summed over rows, and the number of rows. (A mean
+/// per row, so that ~36 edges do not outweigh the one read they serve.)
+fn source_recall_loss(
+    prompt: &Gpt2Output,
+    prefixes: &[&[u32]],
+) -> candle_core::Result<(Tensor, usize)> {
+    let (b, la, v) = prompt.logits.dims3()?;
+    let mut target = vec![0f32; b * la * v];
+    for (r, prefix) in prefixes.iter().enumerate() {
+        let pad = la - prefix.len();
+        let sources: Vec<usize> = (EDGES_START..prefix.len())
+            .step_by(EDGE_LEN)
+            .take_while(|&at| prefix.get(at + EDGE_LEN - 1) == Some(&SEP))
+            .collect();
+        for &at in &sources {
+            let slot = r * la + pad + at + 1;
+            target[slot * v + prefix[at] as usize] = 1.0 / sources.len() as f32;
+        }
+    }
+    Ok((soft_nll(prompt, target)?, b))
 }
 
 /// Adds the uniform distribution over `tokens` to one slot's target.
@@ -977,6 +1018,47 @@ mod tests {
             row(&after, EDGES_START),
             row(&after, EDGES_START + EDGE_LEN)
         );
+    }
+
+    #[test]
+    fn source_recall_scores_each_edge_target_against_its_source() {
+        let vocab = Vocab::prosqa();
+        let records = generate(3, 9);
+        let mut config = small(Method::Coconut);
+        config.supervision = Supervision::Frontier;
+        let varmap = random_varmap(&config.model, 3, &Device::Cpu).unwrap();
+        let model = model_of(&config, &varmap);
+        let loss = |config: &TrainConfig| {
+            let examples: Vec<Example> = records
+                .iter()
+                .map(|r| example(&Question::new(r, &vocab).unwrap(), config, 1))
+                .collect();
+            let refs: Vec<&Example> = examples.iter().collect();
+            let (sum, count) = frontier_batch_loss(&model, &refs).unwrap();
+            (sum.to_scalar::<f32>().unwrap(), count)
+        };
+        let (without, count_without) = loss(&config);
+        config.source_recall = true;
+        let (with, count_with) = loss(&config);
+
+        // Reference: each record's prompt alone, -mean over its edges (read from the record,
+        // not the tokens) of log p(source name) at the position of the target's name.
+        let mut want = 0.0f32;
+        for r in &records {
+            let enc = encode(r, &vocab).unwrap();
+            let (_, logits) = unbatched_logits(&model, &enc.prompt, 0, &[EOT]);
+            let logp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
+            let mut sum = 0.0;
+            for (e, &[a, _]) in r.edges.iter().enumerate() {
+                let at = 6 + 3 * e + 1;
+                let a = vocab.id(&r.idx_to_symbol[a]).unwrap() as usize;
+                sum += logp.get(at).unwrap().to_vec1::<f32>().unwrap()[a];
+            }
+            want -= sum / r.edges.len() as f32;
+        }
+        assert_eq!(count_with, count_without + records.len());
+        let got = with - without;
+        assert!((got - want).abs() < 1e-3 * want.abs(), "{got} vs {want}");
     }
 
     #[test]
