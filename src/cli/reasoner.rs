@@ -103,10 +103,10 @@ pub struct TrainArgs {
     /// embedding, so that "attend to my edge's source" is near at hand from the first step.
     #[arg(long)]
     pub shared_edge_positions: bool,
-    /// Also train each edge's `B` to name its source `A`, which makes the model grow the
-    /// previous-token head that the edge lookup is built on.
+    /// Also train every prompt position to name the token before it (an edge's `B` its
+    /// source `A`), which makes the model grow the previous-token head the lookup needs.
     #[arg(long)]
-    pub source_recall: bool,
+    pub previous_token_recall: bool,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -146,7 +146,7 @@ impl TrainArgs {
         };
         c.lookup_drills = self.lookup_drills;
         c.shared_edge_positions = self.shared_edge_positions;
-        c.source_recall = self.source_recall;
+        c.previous_token_recall = self.previous_token_recall;
         c.batch_size = self.batch_size;
         c.learning_rate = self.lr;
         c.seed = self.seed;

@@ -20,7 +20,7 @@ use super::checkpoint::save_hf_gpt2;
 use super::coconut::{forward_batch_reads, Read};
 use super::format::QuestionFormat;
 use super::gpt2::{random_varmap, Gpt2, Gpt2Config, Gpt2Output};
-use super::tokens::{encode, Encoded, Vocab, EDGES_START, EDGE_LEN, EOT, SEP};
+use super::tokens::{encode, Encoded, Vocab, EDGES_START, EDGE_LEN, EOT};
 use crate::data::prosqa::Record;
 use crate::error::IoContext;
 use crate::sites::Hooks;
@@ -114,12 +114,13 @@ pub struct TrainConfig {
     /// head that tells each `B` its `A`, and without it the lookup never forms.
     #[serde(default)]
     pub shared_edge_positions: bool,
-    /// Also train every edge's `B` position to name the edge's source `A` (its previous
-    /// token). The lookup needs a head that moves each `A` into its `B`; without a reason of
-    /// its own to form, that head never did (layer-0 attention from `B` to `A` stayed at
-    /// chance through 8 epochs), and the lookup stayed a guess from token statistics.
+    /// Also train every prompt position to name the token before it (at an edge's `B`, its
+    /// source `A`). The lookup needs a head that moves each `A` into its `B`, and `<eot>`
+    /// one that brings it the thought before it; without a reason of its own to form, that
+    /// previous-token head never did (layer-0 attention from `B` to `A` stayed at chance
+    /// through 8 epochs), and the lookup stayed a guess from token statistics.
     #[serde(default)]
-    pub source_recall: bool,
+    pub previous_token_recall: bool,
 }
 
 impl TrainConfig {
@@ -141,7 +142,7 @@ impl TrainConfig {
             supervision: Supervision::Path,
             lookup_drills: 0,
             shared_edge_positions: false,
-            source_recall: false,
+            previous_token_recall: false,
         }
     }
 
@@ -194,8 +195,8 @@ struct Example {
     frontiers: Vec<Vec<u32>>,
     /// Lookup drills: a node and its children, as tokens.
     drills: Vec<(u32, Vec<u32>)>,
-    /// Whether the prompt's edges are also trained to name their sources.
-    source_recall: bool,
+    /// Whether the prompt's positions are also trained to name the token before them.
+    previous_token_recall: bool,
 }
 
 /// A training question: its encoding and, by depth, the tokens of the frontier nodes.
@@ -284,7 +285,7 @@ fn example(question: &Question, config: &TrainConfig, stage: usize) -> Example {
         suffix,
         frontiers,
         drills: Vec::new(),
-        source_recall: config.source_recall,
+        previous_token_recall: config.previous_token_recall,
     }
 }
 
@@ -383,8 +384,8 @@ fn run_reads(
     all.extend(reads);
     let (prompt, mut outs) = forward_batch_reads(model, &prefixes, &all, &mut Hooks::none())?;
     let mut extra = (Tensor::zeros((), DType::F32, model.device())?, 0);
-    if batch.iter().any(|e| e.source_recall) {
-        let (sum, n) = source_recall_loss(&prompt, &prefixes)?;
+    if batch.iter().any(|e| e.previous_token_recall) {
+        let (sum, n) = previous_token_loss(&prompt, &prefixes)?;
         extra = ((extra.0 + sum)?, n);
     }
     if m == 0 {
@@ -403,10 +404,10 @@ fn run_reads(
     ))
 }
 
-/// Cross-entropy of naming each edge's source `A` at its `B`, over the (left-padded) prompt
-/// pass: each row's mean over its edges, summed over rows, and the number of rows. (A mean
-/// per row, so that ~36 edges do not outweigh the one read they serve.)
-fn source_recall_loss(
+/// Cross-entropy of naming the token before each prompt position (from the second on),
+/// over the (left-padded) prompt pass: each row's mean, summed over rows, and the number
+/// of rows. (A mean per row, so that ~110 positions do not outweigh the read they serve.)
+fn previous_token_loss(
     prompt: &Gpt2Output,
     prefixes: &[&[u32]],
 ) -> candle_core::Result<(Tensor, usize)> {
@@ -414,13 +415,10 @@ fn source_recall_loss(
     let mut target = vec![0f32; b * la * v];
     for (r, prefix) in prefixes.iter().enumerate() {
         let pad = la - prefix.len();
-        let sources: Vec<usize> = (EDGES_START..prefix.len())
-            .step_by(EDGE_LEN)
-            .take_while(|&at| prefix.get(at + EDGE_LEN - 1) == Some(&SEP))
-            .collect();
-        for &at in &sources {
-            let slot = r * la + pad + at + 1;
-            target[slot * v + prefix[at] as usize] = 1.0 / sources.len() as f32;
+        let w = 1.0 / (prefix.len().max(2) - 1) as f32;
+        for (i, pair) in prefix.windows(2).enumerate() {
+            let slot = r * la + pad + i + 1;
+            target[slot * v + pair[0] as usize] = w;
         }
     }
     Ok((soft_nll(prompt, target)?, b))
@@ -1021,7 +1019,7 @@ mod tests {
     }
 
     #[test]
-    fn source_recall_scores_each_edge_target_against_its_source() {
+    fn previous_token_recall_scores_each_prompt_position_against_the_token_before_it() {
         let vocab = Vocab::prosqa();
         let records = generate(3, 9);
         let mut config = small(Method::Coconut);
@@ -1038,23 +1036,21 @@ mod tests {
             (sum.to_scalar::<f32>().unwrap(), count)
         };
         let (without, count_without) = loss(&config);
-        config.source_recall = true;
+        config.previous_token_recall = true;
         let (with, count_with) = loss(&config);
 
-        // Reference: each record's prompt alone, -mean over its edges (read from the record,
-        // not the tokens) of log p(source name) at the position of the target's name.
+        // Reference: each record's prompt alone, -mean over its positions i >= 1 of
+        // log p(token i - 1) at position i.
         let mut want = 0.0f32;
         for r in &records {
             let enc = encode(r, &vocab).unwrap();
             let (_, logits) = unbatched_logits(&model, &enc.prompt, 0, &[EOT]);
             let logp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
-            let mut sum = 0.0;
-            for (e, &[a, _]) in r.edges.iter().enumerate() {
-                let at = 6 + 3 * e + 1;
-                let a = vocab.id(&r.idx_to_symbol[a]).unwrap() as usize;
-                sum += logp.get(at).unwrap().to_vec1::<f32>().unwrap()[a];
-            }
-            want -= sum / r.edges.len() as f32;
+            let n = enc.prompt.len();
+            let sum: f32 = (1..n)
+                .map(|i| logp.get(i).unwrap().to_vec1::<f32>().unwrap()[enc.prompt[i - 1] as usize])
+                .sum();
+            want -= sum / (n - 1) as f32;
         }
         assert_eq!(count_with, count_without + records.len());
         let got = with - without;
