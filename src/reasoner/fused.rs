@@ -338,3 +338,251 @@ impl CustomOp2 for GeluGrad {
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn randn(dims: &[usize], stream: u64) -> Tensor {
+        let n = dims.iter().product();
+        Tensor::from_vec(crate::rng::gaussian(7, stream, n), dims, &Device::Cpu).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// max |a - b| <= tol * max(|b|, floor): relative to the reference's scale.
+    fn assert_close(a: &Tensor, b: &Tensor, tol: f32, floor: f32, what: &str) {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+        let (a, b) = (values(a), values(b));
+        let scale = b.iter().fold(floor, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let close = (x - y).abs() <= tol * scale || (x == y);
+            assert!(
+                close,
+                "{what}[{i}]: fused {x} vs composed {y} (scale {scale})"
+            );
+        }
+    }
+
+    /// The fused op and the composed one on the same inputs: values, then the gradients of
+    /// a randomly weighted sum of the outputs with respect to every input.
+    fn check_against_composed(
+        fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+        composed: impl Fn(&[Tensor]) -> Result<Tensor>,
+        inputs: &[Tensor],
+        stream: u64,
+    ) {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let got = fused(&tensors).unwrap();
+        let want = composed(&tensors).unwrap();
+        assert_close(&got, &want, 1e-5, 1.0, "forward");
+        let weighting = randn(got.dims(), stream);
+        let loss = |out: &Tensor| (out * &weighting).unwrap().sum_all().unwrap();
+        let got_grads = loss(&got).backward().unwrap();
+        let want_grads = loss(&want).backward().unwrap();
+        for (i, t) in tensors.iter().enumerate() {
+            let g = got_grads.get(t).expect("fused gradient");
+            let w = want_grads.get(t).expect("composed gradient");
+            assert_close(g, w, 1e-4, 1e-6, &format!("gradient of input {i}"));
+        }
+    }
+
+    /// Central differences of sum(op(inputs) * weighting) against the fused backward.
+    fn check_finite_differences(op: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor]) {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = op(&tensors).unwrap();
+        let weighting = values(&randn(out.dims(), 99));
+        let loss = |ts: &[Tensor]| -> f64 {
+            let out = values(&op(ts).unwrap());
+            out.iter()
+                .zip(&weighting)
+                .map(|(o, w)| (o * w) as f64)
+                .sum()
+        };
+        let weighted = (&out
+            * Tensor::new(weighting.as_slice(), &Device::Cpu)
+                .unwrap()
+                .reshape(out.dims())
+                .unwrap())
+        .unwrap();
+        let grads = weighted.sum_all().unwrap().backward().unwrap();
+        let eps = 1e-2f32;
+        for (i, t) in tensors.iter().enumerate() {
+            let analytic = values(grads.get(t).unwrap());
+            let base = values(t);
+            for (j, &a) in analytic.iter().enumerate() {
+                let at = |delta: f32| {
+                    let mut v = base.clone();
+                    v[j] += delta;
+                    let mut ts = tensors.clone();
+                    ts[i] = Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
+                    loss(&ts)
+                };
+                let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+                let tol = 2e-3 + 1e-2 * numeric.abs();
+                assert!(
+                    (numeric - a as f64).abs() <= tol,
+                    "input {i}[{j}]: autograd {a} vs finite difference {numeric}"
+                );
+            }
+        }
+    }
+
+    fn ln_inputs(dims: &[usize], stream: u64) -> Vec<Tensor> {
+        let d = *dims.last().unwrap();
+        // Off-centre and scaled rows, and a weight far from 1, so that every term counts.
+        let x = ((randn(dims, stream) * 3.0).unwrap() + 1.5).unwrap();
+        let w = (randn(&[d], stream + 1) + 1.0).unwrap();
+        let b = randn(&[d], stream + 2);
+        vec![x, w, b]
+    }
+
+    #[test]
+    fn layer_norm_matches_the_composed_ops() {
+        for (k, dims) in [vec![3, 8], vec![2, 5, 128], vec![4, 3, 7]]
+            .iter()
+            .enumerate()
+        {
+            check_against_composed(
+                |t| layer_norm(&t[0], &t[1], &t[2], 1e-5),
+                |t| layer_norm_composed(&t[0], &t[1], &t[2], 1e-5),
+                &ln_inputs(dims, 10 * k as u64),
+                100 + k as u64,
+            );
+        }
+    }
+
+    /// Scores with masked (-inf) keys: causal in the last two dims, plus one hidden key.
+    fn masked_scores(dims: &[usize], stream: u64) -> Tensor {
+        let (t, keys) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..keys).map(move |j| {
+                    let hidden = j > i + keys - t || (j == 1 && i > 0);
+                    if hidden {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, keys), &Device::Cpu).unwrap();
+        (randn(dims, stream) * 4.0)
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap()
+    }
+
+    #[test]
+    fn softmax_matches_the_composed_ops_with_masked_keys() {
+        let scores = masked_scores(&[2, 4, 5, 7], 20);
+        assert!(values(&scores).iter().any(|v| v.is_infinite()));
+        check_against_composed(
+            |t| softmax_last_dim(&t[0]),
+            |t| candle_nn::ops::softmax(&t[0], D::Minus1),
+            &[scores],
+            200,
+        );
+        for (k, dims) in [vec![3, 9], vec![16, 115]].iter().enumerate() {
+            check_against_composed(
+                |t| softmax_last_dim(&t[0]),
+                |t| candle_nn::ops::softmax(&t[0], D::Minus1),
+                &[(randn(dims, 30 + k as u64) * 5.0).unwrap()],
+                300 + k as u64,
+            );
+        }
+    }
+
+    #[test]
+    fn masked_keys_get_zero_probability_and_rows_sum_to_one() {
+        let y = softmax_last_dim(&masked_scores(&[2, 4, 5, 7], 21)).unwrap();
+        let scores = values(&masked_scores(&[2, 4, 5, 7], 21));
+        for (p, s) in values(&y).iter().zip(&scores) {
+            assert!(*p >= 0.0 && (s.is_finite() || *p == 0.0));
+        }
+        for row in values(&y).chunks(7) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn gelu_matches_the_composed_ops() {
+        for (k, dims) in [vec![5, 11], vec![2, 3, 512]].iter().enumerate() {
+            // Wide enough to reach both tails, where tanh saturates.
+            let x = (randn(dims, 40 + k as u64) * 3.0).unwrap();
+            check_against_composed(|t| gelu(&t[0]), |t| t[0].gelu(), &[x], 400 + k as u64);
+        }
+    }
+
+    #[test]
+    fn gelu_values_are_gpt2_gelu_new() {
+        // numpy, float64: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))).
+        let x = Tensor::new(&[-3.0f32, -1.0, -0.1, 0.0, 0.5, 2.0], &Device::Cpu).unwrap();
+        let want = [
+            -0.003637392,
+            -0.158808009,
+            -0.046017249,
+            0.0,
+            0.345714010,
+            1.954597694,
+        ];
+        for (got, want) in values(&gelu(&x).unwrap()).iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        check_finite_differences(
+            |t| layer_norm(&t[0], &t[1], &t[2], 1e-5),
+            &ln_inputs(&[2, 5], 50),
+        );
+        check_finite_differences(|t| softmax_last_dim(&t[0]), &[randn(&[3, 4], 51)]);
+        let x = Tensor::new(&[[-2.5f32, -0.7, 0.0, 0.3, 1.2, 3.0]], &Device::Cpu).unwrap();
+        check_finite_differences(|t| gelu(&t[0]), &[x]);
+    }
+
+    #[test]
+    fn strided_inputs_are_made_contiguous() {
+        let x = (randn(&[6, 4], 60) * 2.0).unwrap().t().unwrap();
+        assert!(!x.is_contiguous());
+        let [w, b] = [randn(&[6], 61), randn(&[6], 62)];
+        let got = layer_norm(&x, &w, &b, 1e-5).unwrap();
+        assert_close(
+            &got,
+            &layer_norm_composed(&x, &w, &b, 1e-5).unwrap(),
+            1e-5,
+            1.0,
+            "ln",
+        );
+        let got = softmax_last_dim(&x).unwrap();
+        let want = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
+        assert_close(&got, &want, 1e-5, 1.0, "softmax");
+        assert_close(&gelu(&x).unwrap(), &x.gelu().unwrap(), 1e-5, 1.0, "gelu");
+    }
+
+    #[test]
+    fn other_dtypes_and_wrong_parameter_shapes_are_refused() {
+        let x = randn(&[2, 4], 70).to_dtype(DType::F64).unwrap();
+        let err = softmax_last_dim(&x).unwrap_err().to_string();
+        assert!(err.contains("only f32"), "{err}");
+        assert!(gelu(&x).is_err());
+        let x = randn(&[2, 4], 71);
+        let err = layer_norm(&x, &randn(&[3], 72), &randn(&[4], 73), 1e-5)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("weight must be [4]"), "{err}");
+    }
+}
