@@ -585,4 +585,50 @@ mod tests {
             .to_string();
         assert!(err.contains("weight must be [4]"), "{err}");
     }
+
+    /// Time of one training step (forward + next-token cross-entropy + backward) of the
+    /// built-in reasoner at its training shape, median of 3 rounds of 20. Not a test: run
+    /// `RAYON_NUM_THREADS=1 cargo test --lib reasoner::fused::tests::step_speed --
+    /// --ignored --nocapture` on two commits to compare them.
+    #[test]
+    #[ignore]
+    fn step_speed() {
+        use crate::reasoner::gpt2::{random_varmap, Gpt2, Gpt2Config};
+        use crate::reasoner::tokens::Vocab;
+        use crate::sites::Hooks;
+        use rand::Rng;
+
+        let device = Device::Cpu;
+        let config = Gpt2Config::tiny(Vocab::prosqa().len());
+        let varmap = random_varmap(&config, 0, &device).unwrap();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let model = Gpt2::new(&config, vb).unwrap();
+        let (b, t) = (16, 115);
+        let mut rng = crate::rng::stream(0, 0);
+        let ids: Vec<u32> = (0..b * t)
+            .map(|_| rng.gen_range(0..config.vocab_size as u32))
+            .collect();
+        let ids = Tensor::from_vec(ids, (b, t), &device).unwrap();
+        let labels = ids.narrow(1, 1, t - 1).unwrap().flatten_all().unwrap();
+        let step = || {
+            let out = model
+                .forward(&ids, 0, &mut model.new_cache(), &mut Hooks::none())
+                .unwrap();
+            let logits = out.logits.narrow(1, 0, t - 1).unwrap();
+            let logits = logits.reshape((b * (t - 1), config.vocab_size)).unwrap();
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+            loss.backward().unwrap();
+        };
+        step();
+        let mut rounds: Vec<f64> = (0..3)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                (0..20).for_each(|_| step());
+                start.elapsed().as_secs_f64() * 1000.0 / 20.0
+            })
+            .collect();
+        eprintln!("step times (ms): {rounds:.1?}");
+        rounds.sort_by(f64::total_cmp);
+        eprintln!("median step: {:.1} ms", rounds[1]);
+    }
 }
