@@ -3,11 +3,12 @@
 //!
 //! candle-nn's fused `layer_norm` and `softmax_last_dim` record no backward pass, so the
 //! model used to compose them from ~8 and ~5 differentiable tensor ops, each of which
-//! allocates and walks memory in both passes; candle's GELU backward takes ~10 more, with
-//! `powf`. Here each op is one pass over memory forward and one backward (its gradient is
-//! another custom op, without a backward of its own: training needs first-order gradients
-//! only). Only contiguous f32 on the CPU runs fused; other devices take the composed
-//! reference, which is also what the tests compare against.
+//! allocates and walks memory in both passes (and in the backward pass candle gives every
+//! input of every op, even a constant mask, a zeroed gradient and adds to it); candle's
+//! GELU backward takes ~10 more ops, with `powf`. Here each op is one pass over memory
+//! forward and one backward (its gradient is another custom op, without a backward of its
+//! own: training needs first-order gradients only). Only f32 on the CPU runs fused; other
+//! devices take the composed reference, which is also what the tests compare against.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
@@ -31,7 +32,29 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return candle_nn::ops::softmax(x, D::Minus1);
     }
-    x.contiguous()?.apply_op1(Softmax)
+    x.contiguous()?.apply_op1(Softmax { scale: 1.0 })
+}
+
+/// Attention's `softmax(scores * scale + mask)` over the last dimension, the additive
+/// `mask` (0 or `-inf`) broadcast to the scores' shape. Differentiable in `scores` only:
+/// the mask is a constant. Fusing the scale and the mask saves two more passes each way.
+pub fn scaled_masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+    if !scores.device().is_cpu() {
+        let masked = (scores * scale)?.broadcast_add(mask)?;
+        return candle_nn::ops::softmax(&masked, D::Minus1);
+    }
+    if mask.dims().last() != scores.dims().last() {
+        candle_core::bail!(
+            "masked softmax: the mask {:?} must end in the scores' last dimension {:?}",
+            mask.dims(),
+            scores.dims()
+        );
+    }
+    let mask = mask.contiguous()?.broadcast_as(scores.shape())?;
+    let op = Softmax {
+        scale: scale as f32,
+    };
+    scores.contiguous()?.apply_op2(&mask, op)
 }
 
 /// GELU in the tanh approximation (GPT-2's `gelu_new`, candle's `Tensor::gelu`):
@@ -52,11 +75,17 @@ pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64)
         .broadcast_add(bias)
 }
 
+/// The f32 storage of a CPU tensor.
+fn f32_storage<'a>(storage: &'a CpuStorage, op: &str) -> Result<&'a [f32]> {
+    match storage {
+        CpuStorage::F32(values) => Ok(values),
+        _ => candle_core::bail!("{op}: only f32 is fused, got {:?}", storage.dtype()),
+    }
+}
+
 /// The f32 values of a contiguous CPU tensor.
 fn as_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        candle_core::bail!("{op}: only f32 is fused, got {:?}", storage.dtype());
-    };
+    let values = f32_storage(storage, op)?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&values[start..end]),
         None => candle_core::bail!("{op}: the input must be contiguous"),
@@ -72,6 +101,29 @@ fn last_dim(layout: &Layout, op: &str) -> Result<usize> {
             layout.dims()
         ),
     }
+}
+
+/// Where each row (index over all but the last dimension) of a strided layout starts.
+fn row_offsets(layout: &Layout) -> Vec<usize> {
+    let dims = &layout.dims()[..layout.dims().len().saturating_sub(1)];
+    let strides = &layout.stride()[..dims.len()];
+    let rows: usize = dims.iter().product();
+    let mut offsets = Vec::with_capacity(rows);
+    let (mut index, mut offset) = (vec![0usize; dims.len()], layout.start_offset());
+    for _ in 0..rows {
+        offsets.push(offset);
+        // Odometer over the leading dimensions, last fastest.
+        for k in (0..dims.len()).rev() {
+            index[k] += 1;
+            offset += strides[k];
+            if index[k] < dims[k] {
+                break;
+            }
+            offset -= dims[k] * strides[k];
+            index[k] = 0;
+        }
+    }
+    offsets
 }
 
 /// Mean and 1 / sqrt(variance + eps) of one row, two passes as the composed op does.
@@ -118,12 +170,11 @@ impl CustomOp3 for LayerNorm {
         let x = as_f32(xs, xl, self.name())?;
         let w = as_f32(ws, wl, self.name())?;
         let b = as_f32(bs, bl, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        let mut y = Vec::with_capacity(x.len());
+        for xr in x.chunks_exact(d) {
             let (mean, rstd) = row_moments(xr, self.eps);
-            for (((yv, xv), wv), bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                *yv = (xv - mean) * rstd * wv + bv;
-            }
+            let row = xr.iter().zip(w).zip(b);
+            y.extend(row.map(|((xv, wv), bv)| (xv - mean) * rstd * wv + bv));
         }
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -178,17 +229,11 @@ impl CustomOp3 for LayerNormGrad {
             candle_core::bail!("{}: mismatched shapes", self.name());
         }
         let rows = x.len() / d;
-        let mut out = vec![0f32; (rows + 2) * d];
-        let (dx, params) = out.split_at_mut(rows * d);
-        let (dw, db) = params.split_at_mut(d);
-        let mut xhat = vec![0f32; d];
-        let mut gw = vec![0f32; d];
+        let mut dx = Vec::with_capacity((rows + 2) * d);
+        let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+        let (mut xhat, mut gw) = (vec![0f32; d], vec![0f32; d]);
         let n = d as f32;
-        for ((xr, gr), dxr) in x
-            .chunks_exact(d)
-            .zip(g.chunks_exact(d))
-            .zip(dx.chunks_exact_mut(d))
-        {
+        for (xr, gr) in x.chunks_exact(d).zip(g.chunks_exact(d)) {
             let (mean, rstd) = row_moments(xr, self.eps);
             let (mut sum_g, mut sum_gx) = (0f32, 0f32);
             for (((((h, p), xv), gv), wv), (dwv, dbv)) in xhat
@@ -207,15 +252,53 @@ impl CustomOp3 for LayerNormGrad {
                 *dbv += gv;
             }
             let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
-            for ((dxv, h), p) in dxr.iter_mut().zip(&xhat).zip(&gw) {
-                *dxv = rstd * (p - mean_g - h * mean_gx);
-            }
+            let row = xhat.iter().zip(&gw);
+            dx.extend(row.map(|(h, p)| rstd * (p - mean_g - h * mean_gx)));
         }
-        Ok((CpuStorage::F32(out), Shape::from((rows + 2, d))))
+        dx.extend(dw);
+        dx.extend(db);
+        Ok((CpuStorage::F32(dx), Shape::from((rows + 2, d))))
     }
 }
 
-struct Softmax;
+/// Softmax of `x * scale (+ mask)` over the last dimension: as a unary op without a mask,
+/// as a binary one with the mask (broadcast to x's shape) second.
+struct Softmax {
+    scale: f32,
+}
+
+impl Softmax {
+    /// `mask_rows`: the mask storage and where each of x's rows starts in it.
+    fn forward(&self, x: &[f32], d: usize, mask_rows: Option<(&[f32], Vec<usize>)>) -> Vec<f32> {
+        let mut y = Vec::with_capacity(x.len());
+        let mut row = vec![0f32; d];
+        for (r, xr) in x.chunks_exact(d).enumerate() {
+            match &mask_rows {
+                Some((mask, offsets)) => {
+                    let m = &mask[offsets[r]..offsets[r] + d];
+                    for ((v, xv), mv) in row.iter_mut().zip(xr).zip(m) {
+                        *v = xv * self.scale + mv;
+                    }
+                }
+                None if self.scale == 1.0 => row.copy_from_slice(xr),
+                None => row
+                    .iter_mut()
+                    .zip(xr)
+                    .for_each(|(v, xv)| *v = xv * self.scale),
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // exp(-inf - max) is 0: masked keys drop out.
+            row.iter_mut().for_each(|v| *v = (*v - max).exp());
+            let inv = 1.0 / row.iter().sum::<f32>();
+            y.extend(row.iter().map(|v| v * inv));
+        }
+        y
+    }
+
+    fn backward(&self, y: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { scale: self.scale })
+    }
+}
 
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
@@ -223,30 +306,57 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let d = last_dim(layout, self.name())?;
-        let x = as_f32(storage, layout, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (yv, xv) in yr.iter_mut().zip(xr) {
-                // exp(-inf - max) is 0: masked keys drop out.
-                *yv = (xv - max).exp();
-                sum += *yv;
-            }
-            let inv = 1.0 / sum;
-            yr.iter_mut().for_each(|v| *v *= inv);
-        }
+        let d = last_dim(layout, CustomOp1::name(self))?;
+        let x = as_f32(storage, layout, CustomOp1::name(self))?;
+        let y = self.forward(x, d, None);
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+        Ok(Some(self.backward(y, grad)?))
     }
 }
 
-/// (y, grad of y) -> grad of x = y * (grad - sum(grad * y)) per row.
-struct SoftmaxGrad;
+impl CustomOp2 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ms: &CpuStorage,
+        ml: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = last_dim(xl, CustomOp2::name(self))?;
+        let x = as_f32(xs, xl, CustomOp2::name(self))?;
+        let mask = f32_storage(ms, CustomOp2::name(self))?;
+        if ml.dims() != xl.dims() || ml.stride().last() != Some(&1) {
+            candle_core::bail!(
+                "{}: the mask must be broadcast to the scores",
+                CustomOp2::name(self)
+            );
+        }
+        let y = self.forward(x, d, Some((mask, row_offsets(ml))));
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _mask: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(self.backward(y, grad)?), None))
+    }
+}
+
+/// (y, grad of y) -> grad of x = scale * y * (grad - sum(grad * y)) per row.
+struct SoftmaxGrad {
+    scale: f32,
+}
 
 impl CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {
@@ -266,16 +376,11 @@ impl CustomOp2 for SoftmaxGrad {
         if g.len() != y.len() {
             candle_core::bail!("{}: mismatched shapes", self.name());
         }
-        let mut dx = vec![0f32; y.len()];
-        for ((yr, gr), dr) in y
-            .chunks_exact(d)
-            .zip(g.chunks_exact(d))
-            .zip(dx.chunks_exact_mut(d))
-        {
+        let mut dx = Vec::with_capacity(y.len());
+        for (yr, gr) in y.chunks_exact(d).zip(g.chunks_exact(d)) {
             let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-            for ((dv, yv), gv) in dr.iter_mut().zip(yr).zip(gr) {
-                *dv = yv * (gv - dot);
-            }
+            let row = yr.iter().zip(gr);
+            dx.extend(row.map(|(yv, gv)| self.scale * yv * (gv - dot)));
         }
         Ok((CpuStorage::F32(dx), yl.shape().clone()))
     }
@@ -284,12 +389,24 @@ impl CustomOp2 for SoftmaxGrad {
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
 const GELU_A: f32 = 0.044715;
 
-/// d/dx of the tanh GELU: 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 a x^2).
+/// (1 + tanh(u)) / 2 = sigmoid(2u) at u = sqrt(2/pi) (x + a x^3), and 1 minus it. One
+/// `exp` instead of `tanh` (which costs an `expm1` and more), and no cancellation in the
+/// negative tail, where 1 + tanh(u) goes to 0.
+#[inline(always)]
+fn gelu_gate(x: f32) -> (f32, f32) {
+    // Capped so that e * s stays finite (exp(80) is ~5e34 < f32::MAX).
+    let e = (-2.0 * SQRT_TWO_OVER_PI * x * (1.0 + GELU_A * x * x))
+        .min(80.0)
+        .exp();
+    let s = 1.0 / (1.0 + e);
+    (s, e * s)
+}
+
+/// d/dx of x * s(x): s + 2 x s (1 - s) sqrt(2/pi) (1 + 3 a x^2).
 #[inline(always)]
 fn gelu_slope(x: f32) -> f32 {
-    let x2 = x * x;
-    let t = (SQRT_TWO_OVER_PI * x * (1.0 + GELU_A * x2)).tanh();
-    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_A * x2)
+    let (s, one_minus_s) = gelu_gate(x);
+    s + 2.0 * x * s * one_minus_s * SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_A * x * x)
 }
 
 struct Gelu;
@@ -301,11 +418,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = as_f32(storage, layout, self.name())?;
-        // candle's own expression, so that values match it to the bit.
-        let y = x
-            .iter()
-            .map(|&v| 0.5 * v * (1.0 + (SQRT_TWO_OVER_PI * v * (1.0 + GELU_A * v * v)).tanh()))
-            .collect();
+        let y = x.iter().map(|&v| v * gelu_gate(v).0).collect();
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -505,6 +618,47 @@ mod tests {
         }
     }
 
+    /// Additive masks of -inf: causal `[t, keys]`, and per batch row `[b, 1, t, keys]` with
+    /// some keys hidden (padding), as the model builds them.
+    fn masks(b: usize, t: usize, keys: usize) -> [Tensor; 2] {
+        let past = keys - t;
+        let value = |seen: bool| if seen { 0.0 } else { f32::NEG_INFINITY };
+        let causal: Vec<f32> = (0..t)
+            .flat_map(|i| (0..keys).map(move |j| value(j <= past + i)))
+            .collect();
+        let padded: Vec<f32> = (0..b)
+            .flat_map(|r| {
+                (0..t).flat_map(move |i| {
+                    (0..keys).map(move |j| value(j <= past + i && (j != r || j == past + i)))
+                })
+            })
+            .collect();
+        [
+            Tensor::from_vec(causal, (t, keys), &Device::Cpu).unwrap(),
+            Tensor::from_vec(padded, (b, 1, t, keys), &Device::Cpu).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn scaled_masked_softmax_matches_the_composed_ops() {
+        for (k, mask) in masks(2, 5, 7).into_iter().enumerate() {
+            let mask = &mask;
+            check_against_composed(
+                |t| scaled_masked_softmax(&t[0], 0.35, mask),
+                |t| candle_nn::ops::softmax(&(&t[0] * 0.35)?.broadcast_add(mask)?, D::Minus1),
+                &[(randn(&[2, 4, 5, 7], 80 + k as u64) * 4.0).unwrap()],
+                500 + k as u64,
+            );
+        }
+        let err = scaled_masked_softmax(&randn(&[2, 3], 82), 1.0, &randn(&[2, 2], 83))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("must end in the scores' last dimension"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn masked_keys_get_zero_probability_and_rows_sum_to_one() {
         let y = softmax_last_dim(&masked_scores(&[2, 4, 5, 7], 21)).unwrap();
@@ -550,6 +704,11 @@ mod tests {
             &ln_inputs(&[2, 5], 50),
         );
         check_finite_differences(|t| softmax_last_dim(&t[0]), &[randn(&[3, 4], 51)]);
+        let [_, mask] = masks(2, 2, 3);
+        check_finite_differences(
+            |t| scaled_masked_softmax(&t[0], 0.7, &mask),
+            &[randn(&[2, 2, 2, 3], 52)],
+        );
         let x = Tensor::new(&[[-2.5f32, -0.7, 0.0, 0.3, 1.2, 3.0]], &Device::Cpu).unwrap();
         check_finite_differences(|t| gelu(&t[0]), &[x]);
     }
