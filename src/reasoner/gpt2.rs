@@ -203,9 +203,8 @@ impl Attention {
         }
         *cache = Some((k.clone(), v.clone()));
         let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = scores.broadcast_add(mask)?;
-        let pattern = fused::softmax_last_dim(&scores)?;
+        let scores = q.matmul(&k.t()?)?;
+        let pattern = fused::scaled_masked_softmax(&scores, scale, mask)?;
         let pattern = hooks.site(&format!("blocks.{layer}.attn.hook_pattern"), pattern)?;
         let z = pattern.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.c_proj.forward(&z)
