@@ -1,5 +1,5 @@
-//! Differentiable fused CPU kernels for the reasoner's layer norm, attention softmax and
-//! GELU.
+//! Differentiable fused CPU kernels for the reasoner's layer norm, attention softmax,
+//! GELU and bias add.
 //!
 //! candle-nn's fused `layer_norm` and `softmax_last_dim` record no backward pass, so the
 //! model used to compose them from ~8 and ~5 differentiable tensor ops, each of which
@@ -64,6 +64,16 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
         return x.gelu();
     }
     x.contiguous()?.apply_op1(Gelu)
+}
+
+/// `x + bias` with `bias` of shape `[last dim]` (a linear layer's bias). candle's backward
+/// of the broadcast sums the gradient over the rows with a divide per element; here the
+/// bias gradient is one pass of column sums.
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return x.broadcast_add(bias);
+    }
+    x.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
 }
 
 /// The layer norm as differentiable tensor ops: the reference, and the path off the CPU.
@@ -386,6 +396,67 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "fused-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = last_dim(xl, self.name())?;
+        if bl.dims() != [d] {
+            candle_core::bail!(
+                "add bias: the bias must be [{d}] (the input's last dim), got {:?}",
+                bl.dims()
+            );
+        }
+        let x = as_f32(xs, xl, self.name())?;
+        let b = as_f32(bs, bl, self.name())?;
+        let mut y = Vec::with_capacity(x.len());
+        for xr in x.chunks_exact(d) {
+            y.extend(xr.iter().zip(b).map(|(xv, bv)| xv + bv));
+        }
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSums)?;
+        Ok((Some(grad.clone()), Some(db.reshape(bias.shape())?)))
+    }
+}
+
+/// `[.., d]` -> `[d]`: the sum over all rows.
+struct ColumnSums;
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "fused-column-sums"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = last_dim(layout, self.name())?;
+        let x = as_f32(storage, layout, self.name())?;
+        let mut sums = vec![0f32; d];
+        for xr in x.chunks_exact(d) {
+            sums.iter_mut().zip(xr).for_each(|(s, v)| *s += v);
+        }
+        Ok((CpuStorage::F32(sums), Shape::from(d)))
+    }
+}
+
 const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
 const GELU_A: f32 = 0.044715;
 
@@ -672,6 +743,23 @@ mod tests {
     }
 
     #[test]
+    fn add_bias_matches_the_composed_ops() {
+        for (k, dims) in [vec![3, 8], vec![2, 5, 512]].iter().enumerate() {
+            let bias = randn(&[*dims.last().unwrap()], 91 + k as u64);
+            check_against_composed(
+                |t| add_bias(&t[0], &t[1]),
+                |t| t[0].broadcast_add(&t[1]),
+                &[randn(dims, 90 + k as u64), bias],
+                600 + k as u64,
+            );
+        }
+        let err = add_bias(&randn(&[2, 3], 92), &randn(&[2], 93))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bias must be [3]"), "{err}");
+    }
+
+    #[test]
     fn gelu_matches_the_composed_ops() {
         for (k, dims) in [vec![5, 11], vec![2, 3, 512]].iter().enumerate() {
             // Wide enough to reach both tails, where tanh saturates.
@@ -684,7 +772,7 @@ mod tests {
     fn gelu_values_are_gpt2_gelu_new() {
         // numpy, float64: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))).
         let x = Tensor::new(&[-3.0f32, -1.0, -0.1, 0.0, 0.5, 2.0], &Device::Cpu).unwrap();
-        let want = [
+        let want: [f64; 6] = [
             -0.003637392,
             -0.158808009,
             -0.046017249,
@@ -693,7 +781,7 @@ mod tests {
             1.954597694,
         ];
         for (got, want) in values(&gelu(&x).unwrap()).iter().zip(want) {
-            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+            assert!((*got as f64 - want).abs() < 1e-6, "{got} vs {want}");
         }
     }
 
@@ -708,6 +796,10 @@ mod tests {
         check_finite_differences(
             |t| scaled_masked_softmax(&t[0], 0.7, &mask),
             &[randn(&[2, 2, 2, 3], 52)],
+        );
+        check_finite_differences(
+            |t| add_bias(&t[0], &t[1]),
+            &[randn(&[3, 2], 53), randn(&[2], 54)],
         );
         let x = Tensor::new(&[[-2.5f32, -0.7, 0.0, 0.3, 1.2, 3.0]], &Device::Cpu).unwrap();
         check_finite_differences(|t| gelu(&t[0]), &[x]);
