@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::fused;
 use crate::sites::{Hooks, SiteInfo};
 
 /// The fields of a Hugging Face GPT-2 `config.json` the model needs.
@@ -46,9 +47,9 @@ impl Gpt2Config {
     }
 }
 
-/// Layer norm from differentiable tensor ops. candle-nn's `LayerNorm` (and its
-/// `softmax_last_dim`) run fused kernels that record no backward pass, so gradients would
-/// silently stop at every block: training needs this one.
+/// Layer norm with a backward pass. candle-nn's `LayerNorm` (and its `softmax_last_dim`)
+/// run fused kernels that record none, so gradients would silently stop at every block:
+/// training needs `fused::layer_norm`.
 #[derive(Debug, Clone)]
 struct LayerNorm {
     weight: Tensor,
@@ -68,11 +69,7 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        x.broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        fused::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -206,9 +203,8 @@ impl Attention {
         }
         *cache = Some((k.clone(), v.clone()));
         let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = scores.broadcast_add(mask)?;
-        let pattern = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let scores = q.matmul(&k.t()?)?;
+        let pattern = fused::scaled_masked_softmax(&scores, scale, mask)?;
         let pattern = hooks.site(&format!("blocks.{layer}.attn.hook_pattern"), pattern)?;
         let z = pattern.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.c_proj.forward(&z)
@@ -268,8 +264,8 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        // candle's `gelu` is the tanh approximation, as GPT-2's `gelu_new`.
-        self.c_proj.forward(&self.c_fc.forward(xs)?.gelu()?)
+        // The tanh approximation, as GPT-2's `gelu_new`.
+        self.c_proj.forward(&fused::gelu(&self.c_fc.forward(xs)?)?)
     }
 }
 

@@ -10,6 +10,7 @@ pub mod branch;
 pub mod checkpoint;
 pub mod coconut;
 pub mod format;
+pub mod fused;
 pub mod gpt2;
 pub mod gpt2_format;
 pub mod tokens;
