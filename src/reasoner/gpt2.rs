@@ -99,7 +99,7 @@ impl Module for Conv1D {
         let ys = xs.reshape((rows, n_in))?.matmul(&self.weight)?;
         dims.pop();
         dims.push(n_out);
-        ys.reshape(dims)?.broadcast_add(&self.bias)
+        super::fused::add_bias(&ys.reshape(dims)?, &self.bias)
     }
 }
 
