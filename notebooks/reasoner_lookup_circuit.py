@@ -1,0 +1,140 @@
+# %% [markdown]
+# # Has the built-in reasoner learned the edge lookup?
+#
+# Every step of a breadth-first search over `| A B |` edges is one lookup: "which nodes are
+# children of the node(s) I hold?". A 2-layer transformer does it with two heads (Zhu et
+# al. 2025): in layer 0 each edge's `B` attends to the token before it and takes in its
+# source `A`; in layer 1 the reading position attends to the `B`s whose source is the node
+# it holds. Attention patterns change width at every pass and are not recorded by
+# `record reasoner`, so this notebook runs the prompt through an independent numpy
+# forward of a saved model (config.json + model.safetensors) and measures both heads on
+# the first 50 real questions:
+#
+# - layer 0: attention from each edge's `B` to its `A` (chance is about 1/position);
+# - layer 1: attention from `<eot>` (read right after the root) to the `B`s of the root's
+#   edges, to the other `B`s, and the probability the model puts on the root's children.
+#
+#     python notebooks/reasoner_lookup_circuit.py weights/reasoner/coconut/model
+#
+# The vocabulary lists mirror `src/data/prosqa.rs` (`PERSONS`, `CONCEPTS`) and
+# `src/reasoner/tokens.rs` (the specials): keep them in step.
+
+# %%
+import json
+import struct
+import sys
+
+import numpy as np
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<bot>", "<eot>", "<thought>", "|", "?"]
+PERSONS = "Alex Bob Carol Davis Eva Fae Gabriel Jack Max Oliver Polly Rex Sally Sam Stella Tom Wren"
+CONCEPTS = (
+    "bompus boompus brimpus chorpus dumpus felpus fompus gerpus gorpus grimpus gwompus hilpus "
+    "impus jelpus jompus kerpus lempus lorpus numpus quimpus rempus rompus rorpus scrompus "
+    "shumpus sterpus storpus terpus timpus tumpus vumpus worpus wumpus yerpus yimpus yumpus "
+    "zhorpus zumpus"
+)
+VOCAB = SPECIALS + PERSONS.split() + CONCEPTS.split()
+ID = {t: i for i, t in enumerate(VOCAB)}
+EDGES_START = 6  # after `<bos> ? root X Y |`
+
+
+def load_safetensors(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    out = {}
+    for key, v in header.items():
+        if key == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        out[key.removeprefix("transformer.")] = np.frombuffer(
+            raw[8 + n + a : 8 + n + b], dtype=np.float32
+        ).reshape(v["shape"])
+    return out
+
+
+def encode_prompt(record):
+    """`<bos> ? root X Y | A B | ... <bot> root`, as `tokens::encode` builds it."""
+    sym = record["idx_to_symbol"]
+    words = record["question"].rstrip("?").split("Is ")[-1].split()
+    x, y = words[2], words[4]
+    ids = [ID["<bos>"], ID["?"], ID[sym[record["root"]]], ID[x], ID[y], ID["|"]]
+    for a, b in record["edges"]:
+        ids += [ID[sym[a]], ID[sym[b]], ID["|"]]
+    return ids + [ID["<bot>"], ID[sym[record["root"]]]]
+
+
+def layer_norm(x, w, b, eps=1e-5):
+    m = x.mean(-1, keepdims=True)
+    v = ((x - m) ** 2).mean(-1, keepdims=True)
+    return (x - m) / np.sqrt(v + eps) * w + b
+
+
+def gelu(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def forward(w, ids, n_head):
+    """Logits of every position and each layer's attention pattern [head, query, key]."""
+    t = len(ids)
+    x = w["wte.weight"][ids] + w["wpe.weight"][:t]
+    d = x.shape[1]
+    dh = d // n_head
+    patterns = []
+    n_layer = len({k.split(".")[1] for k in w if k.startswith("h.")})
+    for layer in range(n_layer):
+        p = f"h.{layer}."
+        h = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"])
+        qkv = h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]
+        q, k, v = (qkv[:, i * d : (i + 1) * d].reshape(t, n_head, dh).transpose(1, 0, 2) for i in range(3))
+        scores = q @ k.transpose(0, 2, 1) / np.sqrt(dh) + np.triu(np.full((t, t), -1e9), 1)
+        a = np.exp(scores - scores.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        patterns.append(a)
+        z = (a @ v).transpose(1, 0, 2).reshape(t, d)
+        x = x + z @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
+        h = layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"])
+        x = x + gelu(h @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"]) @ w[
+            p + "mlp.c_proj.weight"
+        ] + w[p + "mlp.c_proj.bias"]
+    x = layer_norm(x, w["ln_f.weight"], w["ln_f.bias"])
+    return x @ w["wte.weight"].T, patterns
+
+
+# %%
+model = sys.argv[1] if len(sys.argv) > 1 else "weights/reasoner/coconut/model"
+data = sys.argv[2] if len(sys.argv) > 2 else "../shared/data/prosqa_valid.json"
+config = json.load(open(f"{model}/config.json"))
+weights = load_safetensors(f"{model}/model.safetensors")
+records = json.load(open(data))[:50]
+
+n_head = config["n_head"]
+to_source = np.zeros(n_head)
+lookup = np.zeros((n_head, 2))
+children_mass = []
+for r in records:
+    ids = encode_prompt(r) + [ID["<eot>"]]
+    logits, patterns = forward(weights, ids, n_head)
+    eot = len(ids) - 1
+    b_at = [EDGES_START + 3 * e + 1 for e in range(len(r["edges"]))]
+    root_b = [b for b, (a, _) in zip(b_at, r["edges"]) if a == r["root"]]
+    other_b = [b for b in b_at if b not in root_b]
+    to_source += [np.mean([patterns[0][h, b, b - 1] for b in b_at]) for h in range(n_head)]
+    last = patterns[-1]
+    lookup += [[last[h, eot, root_b].sum(), last[h, eot, other_b].sum()] for h in range(n_head)]
+    p = np.exp(logits[eot] - logits[eot].max())
+    p /= p.sum()
+    kids = {ID[r["idx_to_symbol"][b]] for a, b in r["edges"] if a == r["root"]}
+    children_mass.append(sum(p[k] for k in kids))
+
+# %% [markdown]
+# A learned lookup shows as layer-0 heads near 1 on "B -> its A" and last-layer heads
+# that put most of `<eot>`'s attention on the root's `B`s (2 of ~36 edges), not spread
+# over all of them.
+
+# %%
+print("layer 0, attention from each B to its A, by head:", np.round(to_source / len(records), 3))
+print("last layer, <eot> attention on [B of the root's edges, other Bs], by head:")
+print(np.round(lookup / len(records), 3))
+print(f"probability on the root's children after 0 thoughts: {np.mean(children_mass):.3f}")
