@@ -26,6 +26,9 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, "scripts")
+from make_reasoner_fixtures import gpt2_forward  # noqa: E402
+
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<bot>", "<eot>", "<thought>", "|", "?"]
 PERSONS = "Alex Bob Carol Davis Eva Fae Gabriel Jack Max Oliver Polly Rex Sally Sam Stella Tom Wren"
 CONCEPTS = (
@@ -65,41 +68,12 @@ def encode_prompt(record):
     return ids + [ID["<bot>"], ID[sym[record["root"]]]]
 
 
-def layer_norm(x, w, b, eps=1e-5):
-    m = x.mean(-1, keepdims=True)
-    v = ((x - m) ** 2).mean(-1, keepdims=True)
-    return (x - m) / np.sqrt(v + eps) * w + b
-
-
-def gelu(x):
-    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
-
-
-def forward(w, ids, n_head):
-    """Logits of every position and each layer's attention pattern [head, query, key]."""
-    t = len(ids)
-    x = w["wte.weight"][ids] + w["wpe.weight"][:t]
-    d = x.shape[1]
-    dh = d // n_head
+def forward(w, config, ids):
+    """Logits of every position and each layer's attention pattern [head, query, key], by
+    the numpy GPT-2 that also makes the checkpoint loaders' test fixtures."""
     patterns = []
-    n_layer = len({k.split(".")[1] for k in w if k.startswith("h.")})
-    for layer in range(n_layer):
-        p = f"h.{layer}."
-        h = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"])
-        qkv = h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]
-        q, k, v = (qkv[:, i * d : (i + 1) * d].reshape(t, n_head, dh).transpose(1, 0, 2) for i in range(3))
-        scores = q @ k.transpose(0, 2, 1) / np.sqrt(dh) + np.triu(np.full((t, t), -1e9), 1)
-        a = np.exp(scores - scores.max(-1, keepdims=True))
-        a /= a.sum(-1, keepdims=True)
-        patterns.append(a)
-        z = (a @ v).transpose(1, 0, 2).reshape(t, d)
-        x = x + z @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
-        h = layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"])
-        x = x + gelu(h @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"]) @ w[
-            p + "mlp.c_proj.weight"
-        ] + w[p + "mlp.c_proj.bias"]
-    x = layer_norm(x, w["ln_f.weight"], w["ln_f.bias"])
-    return x @ w["wte.weight"].T, patterns
+    _, logits = gpt2_forward(w, config, w["wte.weight"][ids], patterns)
+    return logits, patterns
 
 
 # %%
@@ -115,7 +89,7 @@ lookup = np.zeros((n_head, 2))
 children_mass = []
 for r in records:
     ids = encode_prompt(r) + [ID["<eot>"]]
-    logits, patterns = forward(weights, ids, n_head)
+    logits, patterns = forward(weights, config, ids)
     eot = len(ids) - 1
     b_at = [EDGES_START + 3 * e + 1 for e in range(len(r["edges"]))]
     root_b = [b for b, (a, _) in zip(b_at, r["edges"]) if a == r["root"]]

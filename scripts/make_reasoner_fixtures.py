@@ -44,8 +44,9 @@ def gelu_tanh(x):
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
-def gpt2_forward(p, cfg, embeds):
-    """embeds: [T, D] input embeddings (no positions). Returns (hidden after ln_f, logits)."""
+def gpt2_forward(p, cfg, embeds, patterns=None):
+    """embeds: [T, D] input embeddings (no positions). Returns (hidden after ln_f, logits).
+    A list given as `patterns` receives each layer's attention, [head, query, key]."""
     t, d = embeds.shape
     h_n = cfg["n_head"]
     hd = d // h_n
@@ -57,13 +58,16 @@ def gpt2_forward(p, cfg, embeds):
         a = layer_norm(x, g("ln_1.weight"), g("ln_1.bias"), eps)
         qkv = a @ g("attn.c_attn.weight") + g("attn.c_attn.bias")
         q, k, v = np.split(qkv, 3, axis=-1)
-        heads = []
+        heads, layer_patterns = [], []
         for h in range(h_n):
             s = slice(h * hd, (h + 1) * hd)
             sc = q[:, s] @ k[:, s].T / np.sqrt(hd) + mask
             sc = np.exp(sc - sc.max(-1, keepdims=True))
             sc /= sc.sum(-1, keepdims=True)
+            layer_patterns.append(sc)
             heads.append(sc @ v[:, s])
+        if patterns is not None:
+            patterns.append(np.stack(layer_patterns))
         z = np.concatenate(heads, -1)
         x = x + z @ g("attn.c_proj.weight") + g("attn.c_proj.bias")
         m = layer_norm(x, g("ln_2.weight"), g("ln_2.bias"), eps)
