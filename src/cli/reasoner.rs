@@ -107,6 +107,13 @@ pub struct TrainArgs {
     /// source `A`), which makes the model grow the previous-token head the lookup needs.
     #[arg(long)]
     pub previous_token_recall: bool,
+    /// Under frontier supervision, also read F_1 at the root's own position.
+    #[arg(long)]
+    pub root_read: bool,
+    /// Start this layer's attention with W_K = W_Q ("mimetic" init): in layer 1 it starts
+    /// the lookup's match of a node against the edges' sources.
+    #[arg(long)]
+    pub mimetic_layer: Option<usize>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -147,6 +154,8 @@ impl TrainArgs {
         c.lookup_drills = self.lookup_drills;
         c.shared_edge_positions = self.shared_edge_positions;
         c.previous_token_recall = self.previous_token_recall;
+        c.root_read = self.root_read;
+        c.mimetic_layer = self.mimetic_layer;
         c.batch_size = self.batch_size;
         c.learning_rate = self.lr;
         c.seed = self.seed;

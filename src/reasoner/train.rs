@@ -121,6 +121,17 @@ pub struct TrainConfig {
     /// through 8 epochs), and the lookup stayed a guess from token statistics.
     #[serde(default)]
     pub previous_token_recall: bool,
+    /// Under frontier supervision, also score the root's own position (the last of the
+    /// prompt, whose hidden state becomes the first thought) against F_1. Its query is its
+    /// own token, so the lookup needs no previous-token hop there.
+    #[serde(default)]
+    pub root_read: bool,
+    /// Start this layer's attention with W_K = W_Q (4x the usual scale): every head then
+    /// begins by attending to keys that resemble its query (Trockman & Kolter 2023,
+    /// "mimetic initialisation"). In layer 1 that is the lookup's match: a node against
+    /// the sources that the previous-token head wrote into each `B`.
+    #[serde(default)]
+    pub mimetic_layer: Option<usize>,
 }
 
 impl TrainConfig {
@@ -143,6 +154,8 @@ impl TrainConfig {
             lookup_drills: 0,
             shared_edge_positions: false,
             previous_token_recall: false,
+            root_read: false,
+            mimetic_layer: None,
         }
     }
 
@@ -197,6 +210,8 @@ struct Example {
     drills: Vec<(u32, Vec<u32>)>,
     /// Whether the prompt's positions are also trained to name the token before them.
     previous_token_recall: bool,
+    /// Whether the prompt's last position (the root) is also read against F_1.
+    root_read: bool,
 }
 
 /// A training question: its encoding and, by depth, the tokens of the frontier nodes.
@@ -286,6 +301,7 @@ fn example(question: &Question, config: &TrainConfig, stage: usize) -> Example {
         frontiers,
         drills: Vec::new(),
         previous_token_recall: config.previous_token_recall,
+        root_read: config.reads_frontiers() && config.root_read,
     }
 }
 
@@ -388,6 +404,10 @@ fn run_reads(
         let (sum, n) = previous_token_loss(&prompt, &prefixes)?;
         extra = ((extra.0 + sum)?, n);
     }
+    if batch.iter().any(|e| e.root_read) {
+        let (sum, n) = root_read_loss(&prompt, batch)?;
+        extra = ((extra.0 + sum)?, extra.1 + n);
+    }
     if m == 0 {
         return Ok((outs, extra));
     }
@@ -422,6 +442,22 @@ fn previous_token_loss(
         }
     }
     Ok((soft_nll(prompt, target)?, b))
+}
+
+/// The root position (last of each left-padded prompt) scored against F_1: summed
+/// cross-entropy and the number of rows read.
+fn root_read_loss(prompt: &Gpt2Output, batch: &[&Example]) -> candle_core::Result<(Tensor, usize)> {
+    let (b, la, v) = prompt.logits.dims3()?;
+    let mut target = vec![0f32; b * la * v];
+    let mut count = 0;
+    for (r, e) in batch.iter().enumerate() {
+        if let Some(f1) = e.frontiers.first() {
+            let slot = r * la + la - 1;
+            uniform_over(f1, &mut target[slot * v..(slot + 1) * v]);
+            count += 1;
+        }
+    }
+    Ok((soft_nll(prompt, target)?, count))
 }
 
 /// Adds the uniform distribution over `tokens` to one slot's target.
@@ -552,6 +588,9 @@ fn start_or_resume(
     if config.shared_edge_positions {
         share_edge_slot_positions(&varmap)?;
     }
+    if let Some(layer) = config.mimetic_layer {
+        mimetic_attention(&varmap, layer)?;
+    }
     let path = state_path(out_dir);
     if !path.exists() {
         let state = TrainState {
@@ -600,6 +639,25 @@ fn share_edge_slot_positions(varmap: &VarMap) -> Result<()> {
         .collect();
     let index = Tensor::new(index, var.device())?;
     var.set(&var.as_tensor().index_select(&index, 0)?)?;
+    Ok(())
+}
+
+/// Sets layer `layer`'s key projection to its query projection, both 4x (see
+/// `TrainConfig::mimetic_layer`).
+fn mimetic_attention(varmap: &VarMap, layer: usize) -> Result<()> {
+    let data = varmap.data().lock().map_err(|_| {
+        Error::Invalid("the model's weights are locked by a panicked thread".into())
+    })?;
+    let name = format!("transformer.h.{layer}.attn.c_attn.weight");
+    let var = data.get(&name).ok_or_else(|| {
+        Error::Invalid(format!(
+            "--mimetic-layer {layer}: the model has no `{name}` (layers count from 0)"
+        ))
+    })?;
+    let d = var.dim(0)?;
+    let w = var.as_tensor();
+    let q = (w.narrow(1, 0, d)? * 4.0)?;
+    var.set(&Tensor::cat(&[&q, &q, &w.narrow(1, 2 * d, d)?], 1)?)?;
     Ok(())
 }
 
@@ -1055,6 +1113,84 @@ mod tests {
         assert_eq!(count_with, count_without + records.len());
         let got = with - without;
         assert!((got - want).abs() < 1e-3 * want.abs(), "{got} vs {want}");
+    }
+
+    #[test]
+    fn root_read_scores_the_root_position_against_the_first_frontier() {
+        let vocab = Vocab::prosqa();
+        let records = generate(3, 13);
+        let mut config = small(Method::Coconut);
+        config.supervision = Supervision::Frontier;
+        let varmap = random_varmap(&config.model, 4, &Device::Cpu).unwrap();
+        let model = model_of(&config, &varmap);
+        let questions: Vec<Question> = records
+            .iter()
+            .map(|r| Question::new(r, &vocab).unwrap())
+            .collect();
+        let loss = |config: &TrainConfig| {
+            let examples: Vec<Example> = questions.iter().map(|q| example(q, config, 1)).collect();
+            let refs: Vec<&Example> = examples.iter().collect();
+            let (sum, count) = frontier_batch_loss(&model, &refs).unwrap();
+            (sum.to_scalar::<f32>().unwrap(), count)
+        };
+        let (without, count_without) = loss(&config);
+        config.root_read = true;
+        let (with, count_with) = loss(&config);
+
+        // Reference: each prompt alone; at its last position (the root after `<bot>`),
+        // -mean log p over the root's children, read from the edge list.
+        let mut want = 0.0f32;
+        for (r, q) in records.iter().zip(&questions) {
+            let (_, logits) = unbatched_logits(&model, &q.enc.prompt, 0, &[EOT]);
+            let root_at = q.enc.prompt.len() - 1;
+            assert_eq!(
+                q.enc.prompt[root_at],
+                vocab.id(&r.idx_to_symbol[r.root]).unwrap()
+            );
+            let logp = candle_nn::ops::log_softmax(&logits.get(root_at).unwrap(), 0).unwrap();
+            let logp = logp.to_vec1::<f32>().unwrap();
+            let children: Vec<usize> = r
+                .edges
+                .iter()
+                .filter(|&&[a, _]| a == r.root)
+                .map(|&[_, b]| vocab.id(&r.idx_to_symbol[b]).unwrap() as usize)
+                .collect();
+            want -= children.iter().map(|&c| logp[c]).sum::<f32>() / children.len() as f32;
+        }
+        assert_eq!(count_with, count_without + records.len());
+        let got = with - without;
+        assert!((got - want).abs() < 1e-3 * want.abs(), "{got} vs {want}");
+        // Only frontier supervision reads frontiers.
+        config.supervision = Supervision::Path;
+        assert!(!example(&questions[0], &config, 1).root_read);
+    }
+
+    #[test]
+    fn mimetic_init_makes_keys_equal_queries_in_one_layer() {
+        let mut config = small(Method::Coconut);
+        config.model.n_layer = 2;
+        let varmap = random_varmap(&config.model, 0, &Device::Cpu).unwrap();
+        let weight = |l: usize| {
+            let data = varmap.data().lock().unwrap();
+            let w = data[&format!("transformer.h.{l}.attn.c_attn.weight")]
+                .as_tensor()
+                .clone();
+            w.to_vec2::<f32>().unwrap()
+        };
+        let (before0, before1) = (weight(0), weight(1));
+        mimetic_attention(&varmap, 1).unwrap();
+        let (after0, after1) = (weight(0), weight(1));
+        let d = config.model.n_embd;
+        assert_eq!(after0, before0);
+        for (a, b) in after1.iter().zip(&before1) {
+            for i in 0..d {
+                assert_eq!(a[i], 4.0 * b[i], "query");
+                assert_eq!(a[d + i], a[i], "key");
+                assert_eq!(a[2 * d + i], b[2 * d + i], "value");
+            }
+        }
+        let err = mimetic_attention(&varmap, 2).unwrap_err().to_string();
+        assert!(err.contains("--mimetic-layer 2"), "{err}");
     }
 
     #[test]
