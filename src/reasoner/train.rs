@@ -165,6 +165,13 @@ impl TrainConfig {
         self.method == Method::Coconut && self.supervision == Supervision::Frontier
     }
 
+    fn aux(&self) -> Aux {
+        Aux {
+            previous_token_recall: self.previous_token_recall,
+            root_read: self.reads_frontiers() && self.root_read,
+        }
+    }
+
     pub fn total_epochs(&self) -> usize {
         self.epochs_per_stage * (self.max_stage + 1) + self.extra_epochs
     }
@@ -208,9 +215,14 @@ struct Example {
     frontiers: Vec<Vec<u32>>,
     /// Lookup drills: a node and its children, as tokens.
     drills: Vec<(u32, Vec<u32>)>,
-    /// Whether the prompt's positions are also trained to name the token before them.
+}
+
+/// The auxiliary objectives on the prompt pass that a config turns on.
+#[derive(Debug, Clone, Copy, Default)]
+struct Aux {
+    /// Every prompt position also names the token before it.
     previous_token_recall: bool,
-    /// Whether the prompt's last position (the root) is also read against F_1.
+    /// The prompt's last position (the root) is also read against F_1.
     root_read: bool,
 }
 
@@ -300,20 +312,18 @@ fn example(question: &Question, config: &TrainConfig, stage: usize) -> Example {
         suffix,
         frontiers,
         drills: Vec::new(),
-        previous_token_recall: config.previous_token_recall,
-        root_read: config.reads_frontiers() && config.root_read,
     }
 }
 
 /// Summed cross-entropy of the suffix tokens after `<eot>` over a batch of examples with
 /// the same number of thoughts (plus their lookup drills), and the number of tokens summed.
-fn batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<(Tensor, usize)> {
+fn batch_loss(model: &Gpt2, batch: &[&Example], aux: Aux) -> candle_core::Result<(Tensor, usize)> {
     let n_thoughts = batch.first().map(|e| e.n_thoughts).unwrap_or(0);
     let suffixes = Read {
         after: n_thoughts,
         rows: batch.iter().map(|e| e.suffix.as_slice()).collect(),
     };
-    let (out, drills) = run_reads(model, batch, vec![suffixes])?;
+    let (out, extra) = run_reads(model, batch, aux, vec![suffixes])?;
     let (b, lc, v) = out[0].logits.dims3()?;
     let mut target = vec![0f32; b * lc * v];
     let mut count = 0;
@@ -325,14 +335,18 @@ fn batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<(Tensor, 
         }
     }
     let sum = soft_nll(&out[0], target)?;
-    Ok(((sum + drills.0)?, count + drills.1))
+    Ok(((sum + extra.0)?, count + extra.1))
 }
 
 /// `batch_loss` under `Supervision::Frontier`: the batch reads `<eot>` after every number
 /// of thoughts k, and row r's `<eot>` slot is scored against the uniform distribution over
 /// F_{k+1} (the expected loss of one uniformly drawn frontier node, without the draw's
 /// noise) while k is below its hops; after the last thought, the row's own suffix.
-fn frontier_batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<(Tensor, usize)> {
+fn frontier_batch_loss(
+    model: &Gpt2,
+    batch: &[&Example],
+    aux: Aux,
+) -> candle_core::Result<(Tensor, usize)> {
     let n_thoughts = batch.first().map(|e| e.n_thoughts).unwrap_or(0);
     let eot = [EOT];
     let reads = (0..=n_thoughts)
@@ -350,8 +364,8 @@ fn frontier_batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<
                 .collect(),
         })
         .collect();
-    let (outs, (drill_sum, mut count)) = run_reads(model, batch, reads)?;
-    let mut sums = vec![drill_sum];
+    let (outs, (extra_sum, mut count)) = run_reads(model, batch, aux, reads)?;
+    let mut sums = vec![extra_sum];
     for (k, out) in outs.iter().enumerate() {
         let (b, lc, v) = out.logits.dims3()?;
         let mut target = vec![0f32; b * lc * v];
@@ -374,11 +388,12 @@ fn frontier_batch_loss(model: &Gpt2, batch: &[&Example]) -> candle_core::Result<
 }
 
 /// Runs the batch's prompts once, its lookup drills right after them and then `reads`
-/// (in order of thoughts). Returns the outputs of `reads` and the drills' summed loss and
-/// count.
+/// (in order of thoughts). Returns the outputs of `reads`, and the summed loss and count
+/// of the drills and of the `aux` objectives.
 fn run_reads(
     model: &Gpt2,
     batch: &[&Example],
+    aux: Aux,
     reads: Vec<Read>,
 ) -> candle_core::Result<(Vec<Gpt2Output>, (Tensor, usize))> {
     let prefixes: Vec<&[u32]> = batch.iter().map(|e| e.prefix.as_slice()).collect();
@@ -400,11 +415,11 @@ fn run_reads(
     all.extend(reads);
     let (prompt, mut outs) = forward_batch_reads(model, &prefixes, &all, &mut Hooks::none())?;
     let mut extra = (Tensor::zeros((), DType::F32, model.device())?, 0);
-    if batch.iter().any(|e| e.previous_token_recall) {
+    if aux.previous_token_recall {
         let (sum, n) = previous_token_loss(&prompt, &prefixes)?;
         extra = ((extra.0 + sum)?, n);
     }
-    if batch.iter().any(|e| e.root_read) {
+    if aux.root_read {
         let (sum, n) = root_read_loss(&prompt, batch)?;
         extra = ((extra.0 + sum)?, extra.1 + n);
     }
@@ -620,12 +635,7 @@ fn start_or_resume(
 /// Copies the position embedding of the first position of each edge slot onto the slot's
 /// other two (see `TrainConfig::shared_edge_positions`).
 fn share_edge_slot_positions(varmap: &VarMap) -> Result<()> {
-    let data = varmap.data().lock().map_err(|_| {
-        Error::Invalid("the model's weights are locked by a panicked thread".into())
-    })?;
-    let var = data.get("transformer.wpe.weight").ok_or_else(|| {
-        Error::Invalid("the model has no position embeddings `transformer.wpe.weight`".into())
-    })?;
+    let var = weight(varmap, "transformer.wpe.weight", "position embeddings")?;
     let n = var.dim(0)?;
     let index: Vec<u32> = (0..n)
         .map(|p| {
@@ -645,20 +655,24 @@ fn share_edge_slot_positions(varmap: &VarMap) -> Result<()> {
 /// Sets layer `layer`'s key projection to its query projection, both 4x (see
 /// `TrainConfig::mimetic_layer`).
 fn mimetic_attention(varmap: &VarMap, layer: usize) -> Result<()> {
-    let data = varmap.data().lock().map_err(|_| {
-        Error::Invalid("the model's weights are locked by a panicked thread".into())
-    })?;
     let name = format!("transformer.h.{layer}.attn.c_attn.weight");
-    let var = data.get(&name).ok_or_else(|| {
-        Error::Invalid(format!(
-            "--mimetic-layer {layer}: the model has no `{name}` (layers count from 0)"
-        ))
-    })?;
+    let what = format!("--mimetic-layer {layer}: attention weights (layers count from 0)");
+    let var = weight(varmap, &name, &what)?;
     let d = var.dim(0)?;
     let w = var.as_tensor();
     let q = (w.narrow(1, 0, d)? * 4.0)?;
     var.set(&Tensor::cat(&[&q, &q, &w.narrow(1, 2 * d, d)?], 1)?)?;
     Ok(())
+}
+
+/// The trainable weight `name` of a fresh model (`what` it is, for the error).
+fn weight(varmap: &VarMap, name: &str, what: &str) -> Result<candle_core::Var> {
+    let data = varmap.data().lock().map_err(|_| {
+        Error::Invalid("the model's weights are locked by a panicked thread".into())
+    })?;
+    data.get(name)
+        .cloned()
+        .ok_or_else(|| Error::Invalid(format!("{what}: the model has no `{name}`")))
 }
 
 /// What every batch of an epoch needs besides its stage.
@@ -708,9 +722,9 @@ fn run_epoch(ctx: &EpochContext, epoch: usize, stage: usize, optimizer: &mut Ada
         let mut count = 0;
         for group in groups.values() {
             let (sum, n) = if config.reads_frontiers() {
-                frontier_batch_loss(model, group)?
+                frontier_batch_loss(model, group, config.aux())?
             } else {
-                batch_loss(model, group)?
+                batch_loss(model, group, config.aux())?
             };
             sums.push(sum);
             count += n;
@@ -919,7 +933,7 @@ mod tests {
             .map(|q| example(q, &config, stage))
             .collect();
         let refs: Vec<&Example> = examples.iter().collect();
-        let (sum, count) = frontier_batch_loss(&model, &refs).unwrap();
+        let (sum, count) = frontier_batch_loss(&model, &refs, Aux::default()).unwrap();
 
         // Reference, one question and one full sequence at a time: after k thoughts the
         // mean of -log p(f | ..., <eot>) over the nodes f exactly k + 1 hops from the root
@@ -1004,7 +1018,7 @@ mod tests {
             })
             .collect();
         let refs: Vec<&Example> = examples.iter().collect();
-        let (with, count_with) = batch_loss(&model, &refs).unwrap();
+        let (with, count_with) = batch_loss(&model, &refs, Aux::default()).unwrap();
         let plain: Vec<Example> = examples
             .iter()
             .map(|e| Example {
@@ -1013,7 +1027,7 @@ mod tests {
             })
             .collect();
         let refs: Vec<&Example> = plain.iter().collect();
-        let (without, count_without) = batch_loss(&model, &refs).unwrap();
+        let (without, count_without) = batch_loss(&model, &refs, Aux::default()).unwrap();
 
         // Reference: each drill as one whole sequence `prompt n <eot>`, its children read
         // from the record's edge list, -mean log p(child) at `<eot>`.
@@ -1090,7 +1104,7 @@ mod tests {
                 .map(|r| example(&Question::new(r, &vocab).unwrap(), config, 1))
                 .collect();
             let refs: Vec<&Example> = examples.iter().collect();
-            let (sum, count) = frontier_batch_loss(&model, &refs).unwrap();
+            let (sum, count) = frontier_batch_loss(&model, &refs, config.aux()).unwrap();
             (sum.to_scalar::<f32>().unwrap(), count)
         };
         let (without, count_without) = loss(&config);
@@ -1130,7 +1144,7 @@ mod tests {
         let loss = |config: &TrainConfig| {
             let examples: Vec<Example> = questions.iter().map(|q| example(q, config, 1)).collect();
             let refs: Vec<&Example> = examples.iter().collect();
-            let (sum, count) = frontier_batch_loss(&model, &refs).unwrap();
+            let (sum, count) = frontier_batch_loss(&model, &refs, config.aux()).unwrap();
             (sum.to_scalar::<f32>().unwrap(), count)
         };
         let (without, count_without) = loss(&config);
@@ -1162,7 +1176,7 @@ mod tests {
         assert!((got - want).abs() < 1e-3 * want.abs(), "{got} vs {want}");
         // Only frontier supervision reads frontiers.
         config.supervision = Supervision::Path;
-        assert!(!example(&questions[0], &config, 1).root_read);
+        assert!(!config.aux().root_read);
     }
 
     #[test]
@@ -1204,7 +1218,7 @@ mod tests {
             .map(|r| example(&Question::new(r, &vocab).unwrap(), &config, 2))
             .collect();
         let refs: Vec<&Example> = examples.iter().collect();
-        let (sum, count) = batch_loss(&model, &refs).unwrap();
+        let (sum, count) = batch_loss(&model, &refs, Aux::default()).unwrap();
         // Reference: candle's cross_entropy on each full sequence, one at a time.
         let (mut want, mut want_count) = (0.0f32, 0);
         for e in &examples {
@@ -1311,8 +1325,11 @@ mod tests {
         config.supervision = Supervision::Frontier;
         let frontier: Vec<Example> = questions.iter().map(|q| example(q, &config, 2)).collect();
         let loss = || -> f64 {
-            let (a, _) = batch_loss(&model, &path.iter().collect::<Vec<_>>()).unwrap();
-            let (b, _) = frontier_batch_loss(&model, &frontier.iter().collect::<Vec<_>>()).unwrap();
+            let (a, _) =
+                batch_loss(&model, &path.iter().collect::<Vec<_>>(), Aux::default()).unwrap();
+            let (b, _) =
+                frontier_batch_loss(&model, &frontier.iter().collect::<Vec<_>>(), Aux::default())
+                    .unwrap();
             (a + b)
                 .unwrap()
                 .to_dtype(DType::F64)
@@ -1320,8 +1337,10 @@ mod tests {
                 .to_scalar::<f64>()
                 .unwrap()
         };
-        let (a, _) = batch_loss(&model, &path.iter().collect::<Vec<_>>()).unwrap();
-        let (b, _) = frontier_batch_loss(&model, &frontier.iter().collect::<Vec<_>>()).unwrap();
+        let (a, _) = batch_loss(&model, &path.iter().collect::<Vec<_>>(), Aux::default()).unwrap();
+        let (b, _) =
+            frontier_batch_loss(&model, &frontier.iter().collect::<Vec<_>>(), Aux::default())
+                .unwrap();
         let grads = (a + b).unwrap().backward().unwrap();
         let data = varmap.data().lock().unwrap().clone();
         let mut names: Vec<&String> = data.keys().collect();
@@ -1374,7 +1393,7 @@ mod tests {
             &config,
             1,
         );
-        let (loss, _) = batch_loss(&model, &[&ex]).unwrap();
+        let (loss, _) = batch_loss(&model, &[&ex], Aux::default()).unwrap();
         let grads = loss.backward().unwrap();
         let data = varmap.data().lock().unwrap();
         let mut names: Vec<&String> = data.keys().collect();
