@@ -114,6 +114,14 @@ pub struct TrainArgs {
     /// the lookup's match of a node against the edges' sources.
     #[arg(long)]
     pub mimetic_layer: Option<usize>,
+    /// Start from this model folder's weights instead of random ones (as Coconut starts from
+    /// its stage-0 checkpoint). Its shape must match --d-model, --layers and --heads.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// Curriculum epochs the --init-from model has already done: training starts after them
+    /// (e.g. --epochs-per-stage to start Coconut at stage 1 from a stage-0 model).
+    #[arg(long, default_value_t = 0, requires = "init_from")]
+    pub skip_epochs: usize,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -156,6 +164,8 @@ impl TrainArgs {
         c.previous_token_recall = self.previous_token_recall;
         c.root_read = self.root_read;
         c.mimetic_layer = self.mimetic_layer;
+        c.init_from = self.init_from.clone();
+        c.skip_epochs = self.skip_epochs;
         c.batch_size = self.batch_size;
         c.learning_rate = self.lr;
         c.seed = self.seed;

@@ -132,6 +132,15 @@ pub struct TrainConfig {
     /// the sources that the previous-token head wrote into each `B`.
     #[serde(default)]
     pub mimetic_layer: Option<usize>,
+    /// A model folder (config.json + model.safetensors) to start from instead of random
+    /// weights, as the reference code's `load_model_path` starts Coconut from its stage-0
+    /// checkpoint. Its config must equal `model`; the init options above are then unused.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+    /// Curriculum epochs the `init_from` model has already done (the reference code's
+    /// `resume`): training starts at this epoch, so its stage is `stage_of_epoch(skip)`.
+    #[serde(default)]
+    pub skip_epochs: usize,
 }
 
 impl TrainConfig {
@@ -156,6 +165,8 @@ impl TrainConfig {
             previous_token_recall: false,
             root_read: false,
             mimetic_layer: None,
+            init_from: None,
+            skip_epochs: 0,
         }
     }
 
@@ -521,6 +532,18 @@ pub fn train(
         )));
     }
     let vocab = Vocab::prosqa();
+    if config.skip_epochs > 0 && config.init_from.is_none() {
+        return Err(Error::Invalid(
+            "--skip-epochs skips epochs that an --init-from model has done; give the model".into(),
+        ));
+    }
+    if config.skip_epochs >= config.total_epochs().max(1) {
+        return Err(Error::Invalid(format!(
+            "--skip-epochs {} leaves none of the {} epochs to train",
+            config.skip_epochs,
+            config.total_epochs()
+        )));
+    }
     if config.model.vocab_size != vocab.len() {
         return Err(Error::Invalid(format!(
             "model vocab_size {} differs from the reasoner vocabulary ({})",
@@ -608,9 +631,12 @@ fn start_or_resume(
     }
     let path = state_path(out_dir);
     if !path.exists() {
+        if let Some(init) = &config.init_from {
+            load_init(&mut varmap, init, &config.model)?;
+        }
         let state = TrainState {
             config: config.clone(),
-            epochs_done: 0,
+            epochs_done: config.skip_epochs,
             epoch_losses: Vec::new(),
         };
         return Ok((varmap, state));
@@ -630,6 +656,31 @@ fn start_or_resume(
     state.config = config.clone();
     varmap.load(model_dir(out_dir).join("model.safetensors"))?;
     Ok((varmap, state))
+}
+
+/// Loads the starting weights of `TrainConfig::init_from` after checking that they are a
+/// model of the configured shape.
+fn load_init(varmap: &mut VarMap, dir: &Path, expected: &Gpt2Config) -> Result<()> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).at(&config_path)?;
+    let found: Gpt2Config = serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: config_path.clone(),
+        detail: format!("not a model config: {e}"),
+    })?;
+    if &found != expected {
+        return Err(Error::BadFile {
+            path: config_path,
+            detail: format!(
+                "--init-from needs a model of the shape being trained: found {found:?}, \
+                 expected {expected:?} (match --d-model, --layers and --heads)"
+            ),
+        });
+    }
+    let weights = dir.join("model.safetensors");
+    varmap.load(&weights).map_err(|e| Error::Weights {
+        path: weights.clone(),
+        detail: format!("cannot start training from it: {e}"),
+    })
 }
 
 /// Copies the position embedding of the first position of each edge slot onto the slot's
@@ -852,6 +903,72 @@ mod tests {
         let loaded =
             super::super::checkpoint::load_hf_gpt2(dir.path().join("model"), &Device::Cpu).unwrap();
         assert_eq!(loaded.config, config.model);
+    }
+
+    #[test]
+    fn init_from_starts_at_the_given_weights_and_skips_their_epochs() {
+        let records = generate(24, 21);
+        let stage0 = tempfile::tempdir().unwrap();
+        let mut first = small(Method::Coconut);
+        first.max_stage = 0;
+        train_quietly(&first, &records, stage0.path()).unwrap();
+        let init = stage0.path().join("model");
+
+        let mut config = small(Method::Coconut);
+        config.init_from = Some(init.clone());
+        config.skip_epochs = config.epochs_per_stage;
+        let dir = tempfile::tempdir().unwrap();
+        let (varmap, state) = start_or_resume(&config, dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(state.epochs_done, 5);
+        let saved =
+            candle_core::safetensors::load(init.join("model.safetensors"), &Device::Cpu).unwrap();
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let diff = (var.as_tensor() - &saved[name]).unwrap().abs().unwrap();
+            let max: f32 = diff.max_all().unwrap().to_scalar().unwrap();
+            assert_eq!(max, 0.0, "{name} differs from the init model");
+        }
+
+        // Only stage 1 is trained, and it starts far below a random model's stage-1 loss.
+        let warm = train_quietly(&config, &records, dir.path()).unwrap();
+        assert_eq!(warm.epochs_done, 10);
+        assert_eq!(warm.epoch_losses.len(), 5);
+        let cold_dir = tempfile::tempdir().unwrap();
+        let cold = train_quietly(&small(Method::Coconut), &records, cold_dir.path()).unwrap();
+        assert!(
+            warm.epoch_losses[0] < cold.epoch_losses[0],
+            "warm {:?} cold {:?}",
+            warm.epoch_losses,
+            cold.epoch_losses
+        );
+    }
+
+    #[test]
+    fn init_from_refuses_a_model_of_another_shape_and_skipping_without_it() {
+        let records = generate(8, 21);
+        let stage0 = tempfile::tempdir().unwrap();
+        let mut first = small(Method::Coconut);
+        first.max_stage = 0;
+        first.epochs_per_stage = 1;
+        train_quietly(&first, &records, stage0.path()).unwrap();
+
+        let mut wider = small(Method::Coconut);
+        wider.model.n_embd = 64;
+        wider.init_from = Some(stage0.path().join("model"));
+        let dir = tempfile::tempdir().unwrap();
+        let msg = train_quietly(&wider, &records, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("config.json") && msg.contains("--d-model"),
+            "{msg}"
+        );
+
+        let mut skipping = small(Method::Coconut);
+        skipping.skip_epochs = 2;
+        let msg = train_quietly(&skipping, &records, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("--init-from"), "{msg}");
     }
 
     #[test]
