@@ -110,6 +110,10 @@ pub struct TrainArgs {
     /// Under frontier supervision, also read F_1 at the root's own position.
     #[arg(long)]
     pub root_read: bool,
+    /// Under frontier supervision, also read F_{k+1} at the pass of thought k (the root
+    /// read carried along the chain; the thoughts' content becomes a training target).
+    #[arg(long)]
+    pub thought_reads: bool,
     /// Start this layer's attention with W_K = W_Q ("mimetic" init): in layer 1 it starts
     /// the lookup's match of a node against the edges' sources.
     #[arg(long)]
@@ -163,6 +167,7 @@ impl TrainArgs {
         c.shared_edge_positions = self.shared_edge_positions;
         c.previous_token_recall = self.previous_token_recall;
         c.root_read = self.root_read;
+        c.thought_reads = self.thought_reads;
         c.mimetic_layer = self.mimetic_layer;
         c.init_from = self.init_from.clone();
         c.skip_epochs = self.skip_epochs;

@@ -236,27 +236,38 @@ pub struct Read<'a> {
     pub rows: Vec<&'a [u32]>,
 }
 
+/// The outputs of `forward_batch_reads`.
+pub struct ReadsOutput {
+    /// The prefix pass (`[batch, longest prefix, ...]`, prefixes left-padded).
+    pub prompt: Gpt2Output,
+    /// `thoughts[k - 1]` is the pass of thought k (`[batch, 1, ...]`); its hidden state is
+    /// thought k + 1.
+    pub thoughts: Vec<Gpt2Output>,
+    /// Each read's output, as `forward_batch_with_thoughts` returns its one.
+    pub reads: Vec<Gpt2Output>,
+}
+
 /// Teacher-forced latent mode with any number of reads, in order of `after`: the prefixes
 /// run once, the thoughts go on up to the last read, and each read sees the cache as it was
-/// after its thoughts. Returns the prefix pass's output (`[batch, longest prefix, ...]`,
-/// prefixes left-padded) and the output of each read, as `forward_batch_with_thoughts`
-/// returns its one.
+/// after its thoughts.
 pub fn forward_batch_reads(
     model: &Gpt2,
     prefixes: &[&[u32]],
     reads: &[Read],
     hooks: &mut Hooks,
-) -> Result<(Gpt2Output, Vec<Gpt2Output>)> {
+) -> Result<ReadsOutput> {
     if reads.windows(2).any(|w| w[1].after < w[0].after) {
         candle_core::bail!("reads must come in order of thoughts");
     }
     let b = prefixes.len();
     let mut chain = ThoughtChain::start(model, prefixes, hooks)?;
     let prompt = chain.last.clone();
+    let mut thoughts = Vec::new();
     let mut outs = Vec::with_capacity(reads.len());
     for read in reads {
         while chain.thoughts < read.after {
             chain.think(hooks)?;
+            thoughts.push(chain.last.clone());
         }
         let m = read.rows.len() / b.max(1);
         if m == 0 || m * b != read.rows.len() {
@@ -272,7 +283,11 @@ pub fn forward_batch_reads(
         };
         outs.push(branch.read(&read.rows, hooks)?);
     }
-    Ok((prompt, outs))
+    Ok(ReadsOutput {
+        prompt,
+        thoughts,
+        reads: outs,
+    })
 }
 
 /// A padded batch in latent mode: the prompts seen, the thoughts fed back so far.

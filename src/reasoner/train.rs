@@ -126,6 +126,13 @@ pub struct TrainConfig {
     /// own token, so the lookup needs no previous-token hop there.
     #[serde(default)]
     pub root_read: bool,
+    /// Under frontier supervision, also score each thought's own pass against the next
+    /// frontier: the pass of thought k (whose hidden state becomes thought k + 1) against
+    /// F_{k+1}. It is the root read carried along the chain: each hop's query is the
+    /// thought at its own position. It makes the thoughts' content a training target, so
+    /// a BFS analysis of such a model measures what was asked of it, not what emerged.
+    #[serde(default)]
+    pub thought_reads: bool,
     /// Start this layer's attention with W_K = W_Q (4x the usual scale): every head then
     /// begins by attending to keys that resemble its query (Trockman & Kolter 2023,
     /// "mimetic initialisation"). In layer 1 that is the lookup's match: a node against
@@ -164,6 +171,7 @@ impl TrainConfig {
             shared_edge_positions: false,
             previous_token_recall: false,
             root_read: false,
+            thought_reads: false,
             mimetic_layer: None,
             init_from: None,
             skip_epochs: 0,
@@ -180,6 +188,7 @@ impl TrainConfig {
         Aux {
             previous_token_recall: self.previous_token_recall,
             root_read: self.reads_frontiers() && self.root_read,
+            thought_reads: self.reads_frontiers() && self.thought_reads,
         }
     }
 
@@ -235,6 +244,8 @@ struct Aux {
     previous_token_recall: bool,
     /// The prompt's last position (the root) is also read against F_1.
     root_read: bool,
+    /// The pass of thought k is also read against F_{k+1}.
+    thought_reads: bool,
 }
 
 /// A training question: its encoding and, by depth, the tokens of the frontier nodes.
@@ -424,7 +435,8 @@ fn run_reads(
         });
     }
     all.extend(reads);
-    let (prompt, mut outs) = forward_batch_reads(model, &prefixes, &all, &mut Hooks::none())?;
+    let passes = forward_batch_reads(model, &prefixes, &all, &mut Hooks::none())?;
+    let (prompt, mut outs) = (passes.prompt, passes.reads);
     let mut extra = (Tensor::zeros((), DType::F32, model.device())?, 0);
     if aux.previous_token_recall {
         let (sum, n) = previous_token_loss(&prompt, &prefixes)?;
@@ -432,6 +444,10 @@ fn run_reads(
     }
     if aux.root_read {
         let (sum, n) = root_read_loss(&prompt, batch)?;
+        extra = ((extra.0 + sum)?, extra.1 + n);
+    }
+    if aux.thought_reads && !passes.thoughts.is_empty() {
+        let (sum, n) = thought_read_loss(&passes.thoughts, batch)?;
         extra = ((extra.0 + sum)?, extra.1 + n);
     }
     if m == 0 {
@@ -484,6 +500,29 @@ fn root_read_loss(prompt: &Gpt2Output, batch: &[&Example]) -> candle_core::Resul
         }
     }
     Ok((soft_nll(prompt, target)?, count))
+}
+
+/// Each thought's pass (`thoughts[k - 1]`, one position; at least one) scored against
+/// F_{k+1} while the question has that frontier: summed cross-entropy and the number of
+/// passes read.
+fn thought_read_loss(
+    thoughts: &[Gpt2Output],
+    batch: &[&Example],
+) -> candle_core::Result<(Tensor, usize)> {
+    let mut sums = Vec::with_capacity(thoughts.len());
+    let mut count = 0;
+    for (i, pass) in thoughts.iter().enumerate() {
+        let (b, _, v) = pass.logits.dims3()?;
+        let mut target = vec![0f32; b * v];
+        for (r, e) in batch.iter().enumerate() {
+            if let Some(frontier) = e.frontiers.get(i + 1) {
+                uniform_over(frontier, &mut target[r * v..(r + 1) * v]);
+                count += 1;
+            }
+        }
+        sums.push(soft_nll(pass, target)?);
+    }
+    Ok((Tensor::stack(&sums, 0)?.sum_all()?, count))
 }
 
 /// Adds the uniform distribution over `tokens` to one slot's target.
@@ -1294,6 +1333,73 @@ mod tests {
         // Only frontier supervision reads frontiers.
         config.supervision = Supervision::Path;
         assert!(!config.aux().root_read);
+    }
+
+    #[test]
+    fn thought_reads_score_each_thought_pass_against_the_next_frontier() {
+        let vocab = Vocab::prosqa();
+        let records = generate(3, 17);
+        let mut config = small(Method::Coconut);
+        config.supervision = Supervision::Frontier;
+        let varmap = random_varmap(&config.model, 5, &Device::Cpu).unwrap();
+        let model = model_of(&config, &varmap);
+        let questions: Vec<Question> = records
+            .iter()
+            .map(|r| Question::new(r, &vocab).unwrap())
+            .collect();
+        let stage = 2;
+        let loss = |config: &TrainConfig| {
+            let examples: Vec<Example> = questions
+                .iter()
+                .map(|q| example(q, config, stage))
+                .collect();
+            let refs: Vec<&Example> = examples.iter().collect();
+            let (sum, count) = frontier_batch_loss(&model, &refs, config.aux()).unwrap();
+            (sum.to_scalar::<f32>().unwrap(), count)
+        };
+        let (without, count_without) = loss(&config);
+        config.thought_reads = true;
+        let (with, count_with) = loss(&config);
+
+        // Reference: each question alone with its thoughts; the pass of thought k sits at
+        // position prompt_len - 1 + k. Frontiers by a breadth-first search of the edges.
+        let mut want = 0.0f32;
+        let mut reads = 0;
+        for (r, q) in records.iter().zip(&questions) {
+            let (_, logits) = unbatched_logits(&model, &q.enc.prompt, stage, &[EOT]);
+            let mut depth = vec![usize::MAX; r.idx_to_symbol.len()];
+            depth[r.root] = 0;
+            let mut queue = std::collections::VecDeque::from([r.root]);
+            while let Some(a) = queue.pop_front() {
+                for &[x, y] in &r.edges {
+                    if x == a && depth[y] == usize::MAX {
+                        depth[y] = depth[a] + 1;
+                        queue.push_back(y);
+                    }
+                }
+            }
+            for k in 1..=stage {
+                if k + 1 > depth[r.target] {
+                    continue;
+                }
+                let at = q.enc.prompt.len() - 1 + k;
+                let logp = candle_nn::ops::log_softmax(&logits.get(at).unwrap(), 0).unwrap();
+                let logp = logp.to_vec1::<f32>().unwrap();
+                let frontier: Vec<usize> = (0..depth.len())
+                    .filter(|&v| depth[v] == k + 1)
+                    .map(|v| vocab.id(&r.idx_to_symbol[v]).unwrap() as usize)
+                    .collect();
+                want -= frontier.iter().map(|&c| logp[c]).sum::<f32>() / frontier.len() as f32;
+                reads += 1;
+            }
+        }
+        assert!(reads > records.len(), "the check reads several thoughts");
+        assert_eq!(count_with, count_without + reads);
+        let got = with - without;
+        assert!((got - want).abs() < 1e-3 * want.abs(), "{got} vs {want}");
+        // Only frontier supervision reads frontiers.
+        config.supervision = Supervision::Path;
+        assert!(!config.aux().thought_reads);
     }
 
     #[test]
