@@ -112,3 +112,76 @@ print("layer 0, attention from each B to its A, by head:", np.round(to_source / 
 print("last layer, <eot> attention on [B of the root's edges, other Bs], by head:")
 print(np.round(lookup / len(records), 3))
 print(f"probability on the root's children after 0 thoughts: {np.mean(children_mass):.3f}")
+
+# %% [markdown]
+# ## Does the lookup carry through the thoughts?
+#
+# After k thoughts the search holds F_k, the nodes k hops from the root, and the next hop is
+# the same lookup with the thought as its query. Thought k is the hidden state (after
+# `ln_f`) of the pass before it, fed back as an input embedding. For k = 1, 2 this runs the
+# thoughts by recomputing the whole prefix (no cache) and measures:
+#
+# - how close thought k is to the sum of F_k's token embeddings (cosine; the tied
+#   embeddings make "holding F_k" mean exactly that direction);
+# - the last layer's attention on the `B`s of F_k's edges, from `<eot>` read after the
+#   thought and from the thought's own pass (whose output is thought k + 1);
+# - the probability both put on F_{k+1}.
+
+
+# %%
+def depths(record):
+    """Shortest distance from the root to every node it reaches (breadth-first)."""
+    d = {record["root"]: 0}
+    queue = [record["root"]]
+    while queue:
+        a = queue.pop(0)
+        for x, y in record["edges"]:
+            if x == a and y not in d:
+                d[y] = d[a] + 1
+                queue.append(y)
+    return d
+
+
+def softmax(z):
+    p = np.exp(z - z.max())
+    return p / p.sum()
+
+
+wte = weights["wte.weight"]
+hops = {k: {"cos": [], "eot_attn": [], "pass_attn": [], "eot_mass": [], "pass_mass": []} for k in (1, 2)}
+for r in records:
+    sym = r["idx_to_symbol"]
+    depth = depths(r)
+    embeds = wte[encode_prompt(r)]
+    b_at = [EDGES_START + 3 * e + 1 for e in range(len(r["edges"]))]
+    for k in (1, 2):
+        hidden, _ = gpt2_forward(weights, config, embeds)
+        thought = hidden[-1]
+        f_k = [ID[sym[v]] for v in depth if depth[v] == k]
+        f_next = [ID[sym[v]] for v in depth if depth[v] == k + 1]
+        s = wte[f_k].sum(0)
+        hops[k]["cos"].append(thought @ s / np.linalg.norm(thought) / np.linalg.norm(s))
+        embeds = np.vstack([embeds, thought[None]])
+        patterns = []
+        _, logits = gpt2_forward(weights, config, np.vstack([embeds, wte[[ID["<eot>"]]]]), patterns)
+        at_pass, at_eot = len(embeds) - 1, len(embeds)
+        f_k_b = [b for b, (a, _) in zip(b_at, r["edges"]) if depth.get(a) == k]
+        last = patterns[-1]
+        hops[k]["eot_attn"].append(last[:, at_eot, f_k_b].sum(-1))
+        hops[k]["pass_attn"].append(last[:, at_pass, f_k_b].sum(-1))
+        if f_next:
+            hops[k]["eot_mass"].append(softmax(logits[at_eot])[f_next].sum())
+            hops[k]["pass_mass"].append(softmax(logits[at_pass])[f_next].sum())
+
+# %% [markdown]
+# A search that works in superposition shows attention on F_k's `B`s near the root
+# lookup's (0.9 and more after stage 0) and most of the probability on F_{k+1}.
+
+# %%
+for k, s in hops.items():
+    print(
+        f"k={k}: cos(thought, sum of F_k embeddings) {np.mean(s['cos']):.2f}; "
+        f"last-layer attention on F_k's Bs by head: <eot> {np.round(np.mean(s['eot_attn'], 0), 2)}, "
+        f"thought pass {np.round(np.mean(s['pass_attn'], 0), 2)}; "
+        f"mass on F_(k+1): <eot> {np.mean(s['eot_mass']):.2f}, thought pass {np.mean(s['pass_mass']):.2f}"
+    )
