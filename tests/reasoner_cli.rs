@@ -1,5 +1,6 @@
 //! End-to-end tests of the reasoner commands: `record reasoner`, `sites reasoner` and
-//! `eval reasoner`, on a tiny random model saved in the shipped layout, so they do not
+//! `eval reasoner` and the refusals of `train reasoner`, on a tiny random model saved in
+//! the shipped layout, so they do not
 //! depend on the trained weights.
 
 use std::path::{Path, PathBuf};
@@ -265,4 +266,32 @@ fn a_broken_record_is_named_and_no_run_is_started() {
         );
         assert!(!run.exists(), "{command:?} started a run");
     }
+}
+
+#[test]
+fn a_warm_start_from_a_model_of_another_shape_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _, _) = fixture(dir.path());
+    let out_dir = dir.path().join("run");
+    let out = latentlens(&[
+        "train",
+        "reasoner",
+        "--fresh-data",
+        "--train-size",
+        "4",
+        "--init-from",
+        model.to_str().unwrap(),
+        "--skip-epochs",
+        "3",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("config.json") && err.contains("--d-model"),
+        "{err}"
+    );
+    assert!(!out_dir.join("train_state.json").exists());
+    assert!(!out_dir.join("model").exists());
 }
