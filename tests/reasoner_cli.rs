@@ -1,7 +1,6 @@
-//! End-to-end tests of the reasoner commands: `record reasoner`, `sites reasoner` and
-//! `eval reasoner` and the refusals of `train reasoner`, on a tiny random model saved in
-//! the shipped layout, so they do not
-//! depend on the trained weights.
+//! End-to-end tests of the reasoner commands (`record reasoner`, `sites reasoner`, `eval
+//! reasoner` and the refusals of `train reasoner`) on a tiny random model saved in the
+//! shipped layout, so they do not depend on the trained weights.
 
 use std::path::{Path, PathBuf};
 
