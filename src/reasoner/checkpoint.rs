@@ -32,16 +32,21 @@ fn weights_error(path: &Path, detail: impl Into<String>) -> Error {
     }
 }
 
+/// Reads the `config.json` of a model folder.
+pub fn read_config(dir: &Path) -> Result<Gpt2Config> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).at(&config_path)?;
+    serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: config_path,
+        detail: format!("not a GPT-2 config.json: {e}"),
+    })
+}
+
 /// Reads a Hugging Face GPT-2 folder: `config.json` and `model.safetensors`. Keys may carry
 /// the `transformer.` prefix (GPT2LMHeadModel) or not (the original `gpt2` upload).
 pub fn load_hf_gpt2(dir: impl AsRef<Path>, device: &Device) -> Result<LoadedGpt2> {
     let dir = dir.as_ref();
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).at(&config_path)?;
-    let config: Gpt2Config = serde_json::from_str(&text).map_err(|e| Error::BadFile {
-        path: config_path.clone(),
-        detail: format!("not a GPT-2 config.json: {e}"),
-    })?;
+    let config = read_config(dir)?;
     let weights = dir.join("model.safetensors");
     if !weights.exists() {
         return Err(weights_error(

@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::save_hf_gpt2;
+use super::checkpoint::{read_config, save_hf_gpt2};
 use super::coconut::{forward_batch_reads, Read};
 use super::format::QuestionFormat;
 use super::gpt2::{random_varmap, Gpt2, Gpt2Config, Gpt2Output};
@@ -700,15 +700,10 @@ fn start_or_resume(
 /// Loads the starting weights of `TrainConfig::init_from` after checking that they are a
 /// model of the configured shape.
 fn load_init(varmap: &mut VarMap, dir: &Path, expected: &Gpt2Config) -> Result<()> {
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).at(&config_path)?;
-    let found: Gpt2Config = serde_json::from_str(&text).map_err(|e| Error::BadFile {
-        path: config_path.clone(),
-        detail: format!("not a model config: {e}"),
-    })?;
+    let found = read_config(dir)?;
     if &found != expected {
         return Err(Error::BadFile {
-            path: config_path,
+            path: dir.join("config.json"),
             detail: format!(
                 "--init-from needs a model of the shape being trained: found {found:?}, \
                  expected {expected:?} (match --d-model, --layers and --heads)"
@@ -1246,26 +1241,45 @@ mod tests {
         );
     }
 
+    /// A frontier-supervised config, a random model (from `seed`) and the questions of
+    /// `records`: the setup of the auxiliary-objective tests.
+    fn frontier_setup(records: &[Record], seed: u64) -> (TrainConfig, Gpt2, Vec<Question>) {
+        let vocab = Vocab::prosqa();
+        let mut config = small(Method::Coconut);
+        config.supervision = Supervision::Frontier;
+        let varmap = random_varmap(&config.model, seed, &Device::Cpu).unwrap();
+        let model = model_of(&config, &varmap);
+        let questions = records
+            .iter()
+            .map(|r| Question::new(r, &vocab).unwrap())
+            .collect();
+        (config, model, questions)
+    }
+
+    /// `frontier_batch_loss` of all `questions` at `stage` as one batch: (sum, count).
+    fn frontier_loss(
+        model: &Gpt2,
+        questions: &[Question],
+        config: &TrainConfig,
+        stage: usize,
+    ) -> (f32, usize) {
+        let examples: Vec<Example> = questions
+            .iter()
+            .map(|q| example(q, config, stage))
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let (sum, count) = frontier_batch_loss(model, &refs, config.aux()).unwrap();
+        (sum.to_scalar::<f32>().unwrap(), count)
+    }
+
     #[test]
     fn previous_token_recall_scores_each_prompt_position_against_the_token_before_it() {
         let vocab = Vocab::prosqa();
         let records = generate(3, 9);
-        let mut config = small(Method::Coconut);
-        config.supervision = Supervision::Frontier;
-        let varmap = random_varmap(&config.model, 3, &Device::Cpu).unwrap();
-        let model = model_of(&config, &varmap);
-        let loss = |config: &TrainConfig| {
-            let examples: Vec<Example> = records
-                .iter()
-                .map(|r| example(&Question::new(r, &vocab).unwrap(), config, 1))
-                .collect();
-            let refs: Vec<&Example> = examples.iter().collect();
-            let (sum, count) = frontier_batch_loss(&model, &refs, config.aux()).unwrap();
-            (sum.to_scalar::<f32>().unwrap(), count)
-        };
-        let (without, count_without) = loss(&config);
+        let (mut config, model, questions) = frontier_setup(&records, 3);
+        let (without, count_without) = frontier_loss(&model, &questions, &config, 1);
         config.previous_token_recall = true;
-        let (with, count_with) = loss(&config);
+        let (with, count_with) = frontier_loss(&model, &questions, &config, 1);
 
         // Reference: each record's prompt alone, -mean over its positions i >= 1 of
         // log p(token i - 1) at position i.
@@ -1289,23 +1303,10 @@ mod tests {
     fn root_read_scores_the_root_position_against_the_first_frontier() {
         let vocab = Vocab::prosqa();
         let records = generate(3, 13);
-        let mut config = small(Method::Coconut);
-        config.supervision = Supervision::Frontier;
-        let varmap = random_varmap(&config.model, 4, &Device::Cpu).unwrap();
-        let model = model_of(&config, &varmap);
-        let questions: Vec<Question> = records
-            .iter()
-            .map(|r| Question::new(r, &vocab).unwrap())
-            .collect();
-        let loss = |config: &TrainConfig| {
-            let examples: Vec<Example> = questions.iter().map(|q| example(q, config, 1)).collect();
-            let refs: Vec<&Example> = examples.iter().collect();
-            let (sum, count) = frontier_batch_loss(&model, &refs, config.aux()).unwrap();
-            (sum.to_scalar::<f32>().unwrap(), count)
-        };
-        let (without, count_without) = loss(&config);
+        let (mut config, model, questions) = frontier_setup(&records, 4);
+        let (without, count_without) = frontier_loss(&model, &questions, &config, 1);
         config.root_read = true;
-        let (with, count_with) = loss(&config);
+        let (with, count_with) = frontier_loss(&model, &questions, &config, 1);
 
         // Reference: each prompt alone; at its last position (the root after `<bot>`),
         // -mean log p over the root's children, read from the edge list.
@@ -1339,27 +1340,11 @@ mod tests {
     fn thought_reads_score_each_thought_pass_against_the_next_frontier() {
         let vocab = Vocab::prosqa();
         let records = generate(3, 17);
-        let mut config = small(Method::Coconut);
-        config.supervision = Supervision::Frontier;
-        let varmap = random_varmap(&config.model, 5, &Device::Cpu).unwrap();
-        let model = model_of(&config, &varmap);
-        let questions: Vec<Question> = records
-            .iter()
-            .map(|r| Question::new(r, &vocab).unwrap())
-            .collect();
+        let (mut config, model, questions) = frontier_setup(&records, 5);
         let stage = 2;
-        let loss = |config: &TrainConfig| {
-            let examples: Vec<Example> = questions
-                .iter()
-                .map(|q| example(q, config, stage))
-                .collect();
-            let refs: Vec<&Example> = examples.iter().collect();
-            let (sum, count) = frontier_batch_loss(&model, &refs, config.aux()).unwrap();
-            (sum.to_scalar::<f32>().unwrap(), count)
-        };
-        let (without, count_without) = loss(&config);
+        let (without, count_without) = frontier_loss(&model, &questions, &config, stage);
         config.thought_reads = true;
-        let (with, count_with) = loss(&config);
+        let (with, count_with) = frontier_loss(&model, &questions, &config, stage);
 
         // Reference: each question alone with its thoughts; the pass of thought k sits at
         // position prompt_len - 1 + k. Frontiers by a breadth-first search of the edges.
