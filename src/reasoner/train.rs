@@ -219,7 +219,8 @@ pub struct TrainState {
     pub config: TrainConfig,
     /// Epochs finished.
     pub epochs_done: usize,
-    /// Mean loss of each finished epoch.
+    /// Mean loss of each epoch this run trained (epochs skipped after `init_from` have
+    /// none, so this may be shorter than `epochs_done`).
     pub epoch_losses: Vec<f32>,
 }
 
@@ -570,7 +571,6 @@ pub fn train(
             config.thoughts_per_step
         )));
     }
-    let vocab = Vocab::prosqa();
     if config.skip_epochs > 0 && config.init_from.is_none() {
         return Err(Error::Invalid(
             "--skip-epochs skips epochs that an --init-from model has done; give the model".into(),
@@ -583,6 +583,7 @@ pub fn train(
             config.total_epochs()
         )));
     }
+    let vocab = Vocab::prosqa();
     if config.model.vocab_size != vocab.len() {
         return Err(Error::Invalid(format!(
             "model vocab_size {} differs from the reasoner vocabulary ({})",
@@ -1065,6 +1066,31 @@ mod tests {
         (seq, out.logits.squeeze(0).unwrap())
     }
 
+    /// Shortest distance from the root to every node (`usize::MAX` if unreachable), by
+    /// relaxing the edge list until nothing changes: a reference independent of
+    /// `Question::new`'s search.
+    fn reference_depths(r: &Record) -> Vec<usize> {
+        let mut depth = vec![usize::MAX; r.idx_to_symbol.len()];
+        depth[r.root] = 0;
+        for _ in 0..depth.len() {
+            for &[a, b] in &r.edges {
+                if depth[a] != usize::MAX {
+                    depth[b] = depth[b].min(depth[a] + 1);
+                }
+            }
+        }
+        depth
+    }
+
+    /// The tokens of the nodes exactly `d` hops from the root.
+    fn reference_frontier(r: &Record, depth: &[usize], d: usize) -> Vec<usize> {
+        let vocab = Vocab::prosqa();
+        (0..depth.len())
+            .filter(|&v| depth[v] == d)
+            .map(|v| vocab.id(&r.idx_to_symbol[v]).unwrap() as usize)
+            .collect()
+    }
+
     #[test]
     fn frontier_supervision_reads_the_next_frontier_after_every_thought_then_the_answer() {
         let vocab = Vocab::prosqa();
@@ -1101,27 +1127,15 @@ mod tests {
         };
         let (mut want, mut want_count) = (0.0f32, 0);
         for (r, q) in records.iter().zip(&questions) {
-            let n = r.idx_to_symbol.len();
-            let mut depth = vec![usize::MAX; n];
-            depth[r.root] = 0;
-            for _ in 0..n {
-                for &[a, b] in &r.edges {
-                    if depth[a] != usize::MAX {
-                        depth[b] = depth[b].min(depth[a] + 1);
-                    }
-                }
-            }
+            let depth = reference_depths(r);
             let hops = depth[r.target];
             assert_eq!(hops, q.enc.steps.len());
             for k in 0..=stage.min(hops.saturating_sub(1)) {
-                let frontier: Vec<u32> = (0..n)
-                    .filter(|&v| depth[v] == k + 1)
-                    .map(|v| vocab.id(&r.idx_to_symbol[v]).unwrap())
-                    .collect();
+                let frontier = reference_frontier(r, &depth, k + 1);
                 assert!(!frontier.is_empty());
                 let lp = &logp_after(q, k, &[])[0];
                 let mean: f32 =
-                    frontier.iter().map(|&f| lp[f as usize]).sum::<f32>() / frontier.len() as f32;
+                    frontier.iter().map(|&f| lp[f]).sum::<f32>() / frontier.len() as f32;
                 want -= mean;
                 want_count += 1;
             }
@@ -1338,7 +1352,6 @@ mod tests {
 
     #[test]
     fn thought_reads_score_each_thought_pass_against_the_next_frontier() {
-        let vocab = Vocab::prosqa();
         let records = generate(3, 17);
         let (mut config, model, questions) = frontier_setup(&records, 5);
         let stage = 2;
@@ -1347,22 +1360,12 @@ mod tests {
         let (with, count_with) = frontier_loss(&model, &questions, &config, stage);
 
         // Reference: each question alone with its thoughts; the pass of thought k sits at
-        // position prompt_len - 1 + k. Frontiers by a breadth-first search of the edges.
+        // position prompt_len - 1 + k. Frontiers from `reference_depths`.
         let mut want = 0.0f32;
         let mut reads = 0;
         for (r, q) in records.iter().zip(&questions) {
             let (_, logits) = unbatched_logits(&model, &q.enc.prompt, stage, &[EOT]);
-            let mut depth = vec![usize::MAX; r.idx_to_symbol.len()];
-            depth[r.root] = 0;
-            let mut queue = std::collections::VecDeque::from([r.root]);
-            while let Some(a) = queue.pop_front() {
-                for &[x, y] in &r.edges {
-                    if x == a && depth[y] == usize::MAX {
-                        depth[y] = depth[a] + 1;
-                        queue.push_back(y);
-                    }
-                }
-            }
+            let depth = reference_depths(r);
             for k in 1..=stage {
                 if k + 1 > depth[r.target] {
                     continue;
@@ -1370,10 +1373,7 @@ mod tests {
                 let at = q.enc.prompt.len() - 1 + k;
                 let logp = candle_nn::ops::log_softmax(&logits.get(at).unwrap(), 0).unwrap();
                 let logp = logp.to_vec1::<f32>().unwrap();
-                let frontier: Vec<usize> = (0..depth.len())
-                    .filter(|&v| depth[v] == k + 1)
-                    .map(|v| vocab.id(&r.idx_to_symbol[v]).unwrap() as usize)
-                    .collect();
+                let frontier = reference_frontier(r, &depth, k + 1);
                 want -= frontier.iter().map(|&c| logp[c]).sum::<f32>() / frontier.len() as f32;
                 reads += 1;
             }
