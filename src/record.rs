@@ -8,11 +8,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use indicatif::ProgressBar;
+use crate::progress::Progress;
 use polars::prelude::DataFrame;
 
 use crate::sites::{Hooks, SiteInfo};
-use crate::store::{Run, SiteRecord, STATUS_COMPLETE};
+use crate::store::{Run, SiteDim, SiteRecord, STATUS_COMPLETE};
 use crate::taps::{Pool, Recorder, SiteLayout};
 use crate::{Error, Result};
 
@@ -36,6 +36,8 @@ pub struct RecordSummary {
     pub rows: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// The run was complete before this call: nothing was recorded.
+    pub already_complete: bool,
 }
 
 /// Largest chunk whose buffered rows stay under `budget_bytes`: `bytes_per_sample` is what
@@ -69,10 +71,24 @@ pub fn record(
     run: &mut Run,
     plan: &RecordPlan,
     forward: &mut dyn FnMut(&[u32], &mut Hooks) -> Result<DataFrame>,
-    bar: &ProgressBar,
+    bar: &dyn Progress,
     interrupted: &AtomicBool,
 ) -> Result<RecordSummary> {
     let started = Instant::now();
+    if run.manifest().status == STATUS_COMPLETE {
+        // Everything is on disk already (`Start::Complete`): report it, touch nothing.
+        let m = run.manifest();
+        bar.set_length(plan.samples as u64);
+        bar.set_position(plan.samples as u64);
+        return Ok(RecordSummary {
+            chunks: 0,
+            chunks_resumed: 0,
+            rows: m.rows.values().sum(),
+            bytes: 0,
+            seconds: 0.0,
+            already_complete: true,
+        });
+    }
     let site_names: Vec<&str> = plan.sites.iter().map(|s| s.name.as_str()).collect();
     let chunk = plan.chunk_samples.max(1);
     let chunks = plan.samples.div_ceil(chunk);
@@ -121,7 +137,7 @@ pub fn record(
         .iter()
         .map(|s| SiteRecord {
             name: s.name.clone(),
-            dims: s.dims.iter().map(|(n, d)| format!("{n}={d}")).collect(),
+            dims: s.dims.iter().map(|&(n, d)| SiteDim::new(n, d)).collect(),
             width: SiteLayout::new(s).width(plan.pool),
         })
         .collect();
@@ -141,6 +157,7 @@ pub fn record(
         rows: rows_total,
         bytes,
         seconds,
+        already_complete: false,
     })
 }
 
@@ -222,7 +239,14 @@ mod tests {
             }
             fake_forward(ids, h)
         };
-        let err = record(&mut run, &plan, &mut forward, &ProgressBar::hidden(), &stop).unwrap_err();
+        let err = record(
+            &mut run,
+            &plan,
+            &mut forward,
+            &crate::progress::Hidden,
+            &stop,
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Interrupted));
         assert!(run.part_done(&["once", "each"], 0));
         assert!(!run.part_done(&["once", "each"], 1));
@@ -232,7 +256,7 @@ mod tests {
             &mut run,
             &plan,
             &mut fake_forward,
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
             &AtomicBool::new(false),
         )
         .unwrap();

@@ -6,9 +6,9 @@
 //! the number of rows can be large and can arrive in batches: [`CkaAccumulator`] keeps
 //! `XᵀX`, `YᵀY`, `YᵀX` and the column sums, and centres at the end.
 
+use crate::progress::Progress;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef};
-use indicatif::ProgressBar;
 
 use crate::{Error, Result};
 
@@ -167,7 +167,7 @@ const KERNEL_BUDGET_BYTES: usize = 1 << 30;
 /// representation). Picks the cheaper of two exact routes: feature-space cross products
 /// (`n·d_i·d_j` per pair) or, for representations wider than they are tall, centred
 /// `n x n` Gram matrices computed once each (`n²` per pair).
-pub fn cka_matrix(reps: &[Representation<'_>], progress: &ProgressBar) -> Result<Vec<f64>> {
+pub fn cka_matrix(reps: &[Representation<'_>], progress: &dyn Progress) -> Result<Vec<f64>> {
     let m = reps.len();
     let n = reps.first().map_or(0, |r| r.rows());
     if n < 2 {
@@ -237,7 +237,7 @@ fn diagonal(norm: f64) -> f64 {
     }
 }
 
-fn by_features(reps: &[Representation<'_>], progress: &ProgressBar) -> Vec<f64> {
+fn by_features(reps: &[Representation<'_>], progress: &dyn Progress) -> Vec<f64> {
     let m = reps.len();
     let par = faer::get_global_parallelism();
     // Keep every centred copy when they fit, otherwise recentre per pair.
@@ -284,7 +284,7 @@ fn by_features(reps: &[Representation<'_>], progress: &ProgressBar) -> Vec<f64> 
 /// HSIC form: `<Kx, Ky>_F / (||Kx||_F ||Ky||_F)` with centred Grams `K = Xc Xcᵀ`. Every
 /// Gram is flattened into one column of an `n² x m` f32 matrix, so all the inner products
 /// are a single matrix product; the self norms stay in f64.
-fn by_kernels(reps: &[Representation<'_>], progress: &ProgressBar) -> Vec<f64> {
+fn by_kernels(reps: &[Representation<'_>], progress: &dyn Progress) -> Vec<f64> {
     let m = reps.len();
     let n = reps[0].rows();
     let par = faer::get_global_parallelism();
@@ -456,7 +456,7 @@ mod tests {
             Representation::new(&c, 2).unwrap(),
             Representation::new(&constant, 3).unwrap(),
         ];
-        let m = cka_matrix(&reps, &ProgressBar::hidden()).unwrap();
+        let m = cka_matrix(&reps, &crate::progress::Hidden).unwrap();
         for i in 0..3 {
             assert!((m[i * 4 + i] - 1.0).abs() < 1e-12);
             for j in 0..3 {
@@ -483,8 +483,8 @@ mod tests {
         ];
         assert!(kernel_route_is_cheaper(n, &reps));
         assert!(!kernel_route_is_cheaper(n, &reps[1..2]));
-        let a = by_kernels(&reps, &ProgressBar::hidden());
-        let b = by_features(&reps, &ProgressBar::hidden());
+        let a = by_kernels(&reps, &crate::progress::Hidden);
+        let b = by_features(&reps, &crate::progress::Hidden);
         for (k, (p, q)) in a.iter().zip(&b).enumerate() {
             assert!((p - q).abs() < 1e-6, "entry {k}: {p} vs {q}");
         }

@@ -4,7 +4,7 @@
 //! graph nodes for continuous thoughts, and decodability retention (a probe's score at B
 //! over its score at A, from the probe table).
 
-use indicatif::ProgressBar;
+use crate::progress::Progress;
 use serde::Serialize;
 
 pub use super::cka::Representation;
@@ -79,7 +79,7 @@ pub fn reconstruction_per_sample(
     reconstructed: &[f32],
     shape: ImageShape,
     data_range: f64,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<Vec<Reconstruction>> {
     let d = shape.numel();
     if d == 0 || original.len() != reconstructed.len() || !original.len().is_multiple_of(d) {
@@ -539,13 +539,13 @@ mod tests {
             .collect();
         let mut b = a.clone();
         b[144..].iter_mut().for_each(|v| *v += 0.1);
-        let rows = reconstruction_per_sample(&a, &b, shape, 2.0, &ProgressBar::hidden()).unwrap();
+        let rows = reconstruction_per_sample(&a, &b, shape, 2.0, &crate::progress::Hidden).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].ssim, 1.0);
         assert!((rows[1].mse - 0.01).abs() < 1e-6);
         assert!((rows[1].psnr - 26.0206).abs() < 1e-3);
         assert!(
-            reconstruction_per_sample(&a, &b[..144], shape, 2.0, &ProgressBar::hidden()).is_err()
+            reconstruction_per_sample(&a, &b[..144], shape, 2.0, &crate::progress::Hidden).is_err()
         );
     }
 

@@ -24,8 +24,8 @@
 
 use std::collections::HashMap;
 
+use crate::progress::Progress;
 use faer::MatRef;
-use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::Serialize;
@@ -474,7 +474,7 @@ pub fn probe(
     input: &ProbeInput<'_>,
     target: &Target,
     cfg: &ProbeConfig,
-    pb: &ProgressBar,
+    pb: &dyn Progress,
 ) -> crate::Result<ProbeResult> {
     let n = input.groups.len();
     if input.width == 0 || input.x.len() != n * input.width {
@@ -661,7 +661,7 @@ fn classify(
     raw_codes: &[u32],
     names: &[String],
     cfg: &ProbeConfig,
-    pb: &ProgressBar,
+    pb: &dyn Progress,
 ) -> crate::Result<ProbeResult> {
     // Classes present, in code order.
     let mut present: Vec<u32> = raw_codes.to_vec();
@@ -932,7 +932,7 @@ fn regress(
     data: &Prepared,
     y: &[f64],
     cfg: &ProbeConfig,
-    pb: &ProgressBar,
+    pb: &dyn Progress,
 ) -> crate::Result<ProbeResult> {
     let n_folds = data.ranges.len();
     // Targets: real, control, then each permutation; one pass gives all their X^T y.
@@ -1126,7 +1126,7 @@ mod tests {
             &input,
             &binary(y.clone()),
             &quick(9),
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
         )
         .unwrap();
         for name in ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] {
@@ -1146,7 +1146,7 @@ mod tests {
             &input,
             &binary(y.clone()),
             &quick(9),
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
         )
         .unwrap();
         assert_eq!(format!("{:?}", again.metrics), format!("{:?}", r.metrics));
@@ -1169,7 +1169,7 @@ mod tests {
             width: 8,
             groups: &groups,
         };
-        let r = probe(&input, &binary(y), &quick(19), &ProgressBar::hidden()).unwrap();
+        let r = probe(&input, &binary(y), &quick(19), &crate::progress::Hidden).unwrap();
         let acc = metric(&r, "accuracy");
         assert!(
             acc.ci_low <= bayes && bayes <= acc.ci_high + 0.005,
@@ -1213,7 +1213,7 @@ mod tests {
             width: d,
             groups: &groups,
         };
-        let r = probe(&input, &binary(y), &quick(0), &ProgressBar::hidden()).unwrap();
+        let r = probe(&input, &binary(y), &quick(0), &crate::progress::Hidden).unwrap();
         let acc = metric(&r, "accuracy");
         assert!(acc.value < 0.75 && acc.ci_low < 0.5, "{acc:?}");
         assert!(acc.p_value.is_nan());
@@ -1239,7 +1239,7 @@ mod tests {
                 width: 4,
                 groups: &groups,
             };
-            let res = probe(&input, &binary(y), &cfg, &ProgressBar::hidden()).unwrap();
+            let res = probe(&input, &binary(y), &cfg, &crate::progress::Hidden).unwrap();
             ps.push(metric(&res, "balanced_accuracy").p_value);
         }
         let mean = ps.iter().sum::<f64>() / ps.len() as f64;
@@ -1275,7 +1275,7 @@ mod tests {
             },
             &target,
             &quick(0),
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
         )
         .unwrap();
         assert_eq!(metric(&r, "accuracy").value, 1.0);
@@ -1316,7 +1316,7 @@ mod tests {
             },
             &Target::Continuous(y),
             &quick(9),
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
         )
         .unwrap();
         let r2 = metric(&r, "r2");
@@ -1375,7 +1375,7 @@ mod tests {
             &input,
             &binary(y.clone()),
             &quick(0),
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
         )
         .unwrap();
         assert!(metric(&r, "accuracy").value > 0.85, "{:?}", r.metrics);
@@ -1384,7 +1384,7 @@ mod tests {
             &input,
             &Target::Continuous(cont),
             &quick(0),
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
         )
         .unwrap();
         assert!(metric(&r, "r2").value > 0.95, "{:?}", r.metrics);
@@ -1403,7 +1403,7 @@ mod tests {
             &input,
             &binary(vec![1; 40]),
             &quick(0),
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
         )
         .unwrap_err()
         .to_string();
@@ -1418,7 +1418,7 @@ mod tests {
             &input,
             &binary(y.clone()),
             &quick(0),
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
         )
         .unwrap_err()
         .to_string();
@@ -1434,7 +1434,7 @@ mod tests {
             &input,
             &binary(y.clone()),
             &quick(0),
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
         )
         .unwrap_err()
         .to_string();
@@ -1448,7 +1448,7 @@ mod tests {
             drop_nonfinite: true,
             ..quick(0)
         };
-        let r = probe(&input, &binary(y), &cfg, &ProgressBar::hidden()).unwrap();
+        let r = probe(&input, &binary(y), &cfg, &crate::progress::Hidden).unwrap();
         assert_eq!((r.n_rows, r.dropped_rows), (38, 2));
     }
 
@@ -1498,7 +1498,7 @@ mod tests {
                 solver,
                 ..ProbeConfig::default()
             };
-            probe(&input, target, &cfg, &ProgressBar::hidden()).unwrap()
+            probe(&input, target, &cfg, &crate::progress::Hidden).unwrap()
         };
         (run(Solver::Full), run(Solver::RowSpace))
     }

@@ -19,13 +19,13 @@
 //! 50 the whole fit took a quarter of the time it took when it ran at umap-learn's speed
 //! (see `bench_umap`).
 
+use crate::progress::Progress;
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::matrix_free::eigen::{
     partial_self_adjoint_eigen, partial_self_adjoint_eigen_scratch, PartialEigenParams,
 };
 use faer::matrix_free::LinOp;
 use faer::{Col, Mat, MatMut, MatRef, Par, Side};
-use indicatif::ProgressBar;
 use rand::{Rng, RngCore};
 use serde::Serialize;
 
@@ -117,7 +117,7 @@ pub fn umap(
     rows: &[f32],
     width: usize,
     params: &UmapParams,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<Umap> {
     if width == 0 || !rows.len().is_multiple_of(width) {
         return Err(Error::Invalid(format!(
@@ -944,7 +944,7 @@ impl Layout<'_> {
     /// umap-learn's `optimize_layout_euclidean` with move_other = True, single-threaded.
     /// Eight lanes per instruction where the CPU has AVX2, else four (SSE2): the same
     /// operations in the same order, so the same embedding either way.
-    fn optimize(&self, emb: &mut [f32], rng: &mut XorShift, progress: &ProgressBar) {
+    fn optimize(&self, emb: &mut [f32], rng: &mut XorShift, progress: &dyn Progress) {
         #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
@@ -957,7 +957,7 @@ impl Layout<'_> {
     /// The whole epoch loop compiled for AVX2 (everything below is inlined into it).
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     #[target_feature(enable = "avx2")]
-    fn optimize_avx2(&self, emb: &mut [f32], rng: &mut XorShift, progress: &ProgressBar) {
+    fn optimize_avx2(&self, emb: &mut [f32], rng: &mut XorShift, progress: &dyn Progress) {
         self.optimize_in::<lanes::avx2::F8>(emb, rng, progress);
     }
 
@@ -966,7 +966,7 @@ impl Layout<'_> {
         &self,
         emb: &mut [f32],
         rng: &mut XorShift,
-        progress: &ProgressBar,
+        progress: &dyn Progress,
     ) {
         match self.dim {
             1 => self.optimize_fixed::<1, V>(emb.as_chunks_mut().0, rng, progress),
@@ -991,7 +991,7 @@ impl Layout<'_> {
         &self,
         emb: &mut [[f32; D]],
         rng: &mut XorShift,
-        progress: &ProgressBar,
+        progress: &dyn Progress,
     ) {
         let mut sgd = Sgd::<V>::new(self);
         let mut due = vec![0u32; self.heads.len()];
@@ -1787,7 +1787,7 @@ pub fn bench_umap(
     };
     let cpu0 = crate::analysis::pca::process_cpu_seconds();
     let t0 = std::time::Instant::now();
-    let fit = umap(&x, width, &params, &ProgressBar::hidden())?;
+    let fit = umap(&x, width, &params, &crate::progress::Hidden)?;
     let seconds = t0.elapsed().as_secs_f64();
     let cpu_seconds = cpu0
         .zip(crate::analysis::pca::process_cpu_seconds())
@@ -1960,7 +1960,7 @@ mod tests {
             .map(|c| std::array::from_fn(|d| 5.0 * c[d]))
             .collect();
         let mut rng = XorShift::new(9);
-        layout.optimize_fixed::<D, V>(&mut emb, &mut rng, &ProgressBar::hidden());
+        layout.optimize_fixed::<D, V>(&mut emb, &mut rng, &crate::progress::Hidden);
         assert!(emb.iter().flatten().all(|v| v.is_finite()));
         emb.iter().flatten().map(|v| v.to_bits()).collect()
     }
@@ -2079,7 +2079,7 @@ mod tests {
             seed: 1,
             ..Default::default()
         };
-        let fit = umap(&x, 10, &params, &ProgressBar::hidden()).unwrap();
+        let fit = umap(&x, 10, &params, &crate::progress::Hidden).unwrap();
         assert_eq!(fit.embedding.len(), 1200);
         assert!(fit.embedding.iter().all(|v| v.is_finite()));
         let t = crate::analysis::quality::trustworthiness(&x, 10, &fit.embedding, 2, 15).unwrap();
@@ -2087,7 +2087,7 @@ mod tests {
             (t - UMAP_LEARN_T15).abs() < 0.02,
             "trustworthiness {t} vs umap-learn {UMAP_LEARN_T15}"
         );
-        let again = umap(&x, 10, &params, &ProgressBar::hidden()).unwrap();
+        let again = umap(&x, 10, &params, &crate::progress::Hidden).unwrap();
         assert_eq!(fit.embedding, again.embedding);
     }
 
@@ -2100,12 +2100,12 @@ mod tests {
             max_points: 120,
             ..Default::default()
         };
-        let fit = umap(&x, 4, &params, &ProgressBar::hidden()).unwrap();
+        let fit = umap(&x, 4, &params, &crate::progress::Hidden).unwrap();
         assert_eq!(fit.sample_indices.len(), 120);
         assert_eq!(fit.embedding.len(), 240);
         assert_eq!(fit.n_input_rows, 300);
         assert!(
-            umap(&x[..40], 4, &params, &ProgressBar::hidden()).is_err(),
+            umap(&x[..40], 4, &params, &crate::progress::Hidden).is_err(),
             "10 points < 15 neighbours"
         );
     }

@@ -17,7 +17,7 @@ pub enum BenchCmd {
     /// Recording every site vs the same generation untapped, and record throughput.
     Record(BenchRecord),
     /// Our logistic probe vs scikit-learn on the same seeded data (see benches/).
-    Probe(super::probe::BenchProbeArgs),
+    Probe(super::bench_probe::BenchProbeArgs),
     /// PCA 20000x768 -> 50, streaming PCA memory, UMAP 5000x50: compare with
     /// benches/sklearn_pca.py and benches/umap_learn.py on the same generated data.
     Reduce(BenchReduce),
@@ -81,7 +81,7 @@ struct BenchReport {
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Record(args) => bench_record(&args),
-        BenchCmd::Probe(args) => super::probe::run_bench(&args),
+        BenchCmd::Probe(args) => super::bench_probe::run_bench(&args),
         BenchCmd::Reduce(args) => bench_reduce(&args),
         BenchCmd::Reasoner(args) => super::bench_reasoner::run(&args),
     }
@@ -91,15 +91,15 @@ fn bench_reduce(args: &BenchReduce) -> anyhow::Result<()> {
     use crate::analysis::{pca, umap};
     if !args.no_pca {
         let pca = pca::bench_pca(20_000, 768, 50, args.seed)?;
-        println!("pca: {}", serde_json::to_string(&pca)?);
+        crate::outln!("pca: {}", serde_json::to_string(&pca)?);
     }
     if args.streaming {
         let streaming = pca::bench_pca_streaming(1_000_000, 256, 65_536, args.seed)?;
-        println!("pca_streaming: {}", serde_json::to_string(&streaming)?);
+        crate::outln!("pca_streaming: {}", serde_json::to_string(&streaming)?);
     }
     if !args.no_umap {
         let umap = umap::bench_umap(5000, 50, 10, args.seed)?;
-        println!("umap: {}", serde_json::to_string(&umap)?);
+        crate::outln!("umap: {}", serde_json::to_string(&umap)?);
     }
     Ok(())
 }
@@ -190,17 +190,18 @@ fn bench_record(args: &BenchRecord) -> anyhow::Result<()> {
         mb_per_second: recorded_bytes as f64 / 1e6 / to_disk,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        crate::outln!(
             "generation of {} samples x {} DDIM steps: untapped {:.2} s, every site recorded {:.2} s, ratio {:.3}",
             report.samples, report.ddim_steps, report.untapped_seconds, report.recorded_seconds, report.overhead_ratio
         );
-        println!(
+        crate::outln!(
             "time spent copying rows: {:.3} s (untapped + copying = {:.3} x untapped)",
-            report.copy_seconds, report.copy_ratio
+            report.copy_seconds,
+            report.copy_ratio
         );
-        println!(
+        crate::outln!(
             "record to disk: {:.2} s, {:.1} samples/s, {:.1} MB/s of latents ({:.1} MB in memory, {:.1} MB as zstd Parquet)",
             report.to_disk_seconds,
             report.samples_per_second,

@@ -53,7 +53,7 @@ struct Report {
 }
 
 pub fn run(args: &BenchReasoner) -> anyhow::Result<()> {
-    let reasoner = args.source.load()?;
+    let reasoner = args.source.load(&super::common::device()?)?;
     let (model, format) = (&reasoner.loaded.model, reasoner.format.as_ref());
     let mut records = match &args.data {
         Some(p) => prosqa::load(p)?,
@@ -109,16 +109,18 @@ pub fn run(args: &BenchReasoner) -> anyhow::Result<()> {
         per_k,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{} questions, {:.0} prompt tokens on average; {:.0} thoughts/s with the KV cache",
-        report.questions, report.mean_prompt_tokens, report.thoughts_per_second
+        report.questions,
+        report.mean_prompt_tokens,
+        report.thoughts_per_second
     );
-    println!("thoughts  cached ms  recomputed ms  recomputed/cached");
+    crate::outln!("thoughts  cached ms  recomputed ms  recomputed/cached");
     for c in &report.per_k {
-        println!(
+        crate::outln!(
             "{:>8} {:>10.2} {:>14.2} {:>18.2}",
             c.thoughts,
             1e3 * c.cached_seconds,

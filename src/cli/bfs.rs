@@ -66,7 +66,7 @@ pub fn run(args: &BfsArgs) -> anyhow::Result<()> {
         "{} holds no questions",
         args.data.display()
     );
-    let reasoner = args.source.load()?;
+    let reasoner = args.source.load(&super::common::device()?)?;
     let format = reasoner.format.as_ref();
     let frontier: Vec<usize> = (0..=args.thoughts).map(|k| format.named_hop(k)).collect();
     let mut run = open_run(
@@ -92,7 +92,7 @@ pub fn run(args: &BfsArgs) -> anyhow::Result<()> {
 
     let written = write_outputs(&run, &questions, &frontier)?;
     for path in &written {
-        println!("wrote {}", path.display());
+        crate::outln!("wrote {}", path.display());
     }
     if run.manifest().kind == "bfs" {
         let m = run.manifest_mut();
@@ -242,7 +242,7 @@ fn print_summary(
 ) -> anyhow::Result<()> {
     let mass = mass_rows(questions, frontier)?;
     let counts = chain_counts(questions);
-    println!(
+    crate::outln!(
         "{} questions in {seconds:.1} s\n{:>3} {:>9} {:>11} {:>9} {:>8}  chains",
         questions.len(),
         "k",
@@ -258,7 +258,7 @@ fn print_summary(
             .filter(|(_, &n)| n > 0)
             .map(|(cat, n)| format!("{} {n}", cat.as_str()))
             .collect();
-        println!(
+        crate::outln!(
             "{:>3} {:>9.3} {:>11.3} {:>9.3} {:>8.3}  {}",
             r.step,
             r.frontier,

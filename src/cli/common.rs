@@ -32,6 +32,25 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// The terminal's progress bar is the library's [`Progress`](crate::progress::Progress).
+impl crate::progress::Progress for ProgressBar {
+    fn set_length(&self, len: u64) {
+        ProgressBar::set_length(self, len);
+    }
+    fn inc_length(&self, delta: u64) {
+        ProgressBar::inc_length(self, delta);
+    }
+    fn inc(&self, delta: u64) {
+        ProgressBar::inc(self, delta);
+    }
+    fn set_position(&self, pos: u64) {
+        ProgressBar::set_position(self, pos);
+    }
+    fn set_message(&self, what: &str) {
+        ProgressBar::set_message(self, what.to_string());
+    }
+}
+
 /// CPU, or the first CUDA device when built with `--features cuda` and one is present.
 pub fn device() -> anyhow::Result<Device> {
     Device::cuda_if_available(0).context("could not open the compute device")

@@ -40,7 +40,7 @@ pub fn run(cmd: DataCmd) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --out FILE to generate, or --summarize FILE"),
     };
-    println!("{}", summary(&records, &what));
+    crate::outln!("{}", summary(&records, &what));
     Ok(())
 }
 

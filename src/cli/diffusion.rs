@@ -102,12 +102,12 @@ fn options_for(part: Part, args: &TrainArgs) -> TrainOptions {
     o
 }
 
-fn report(s: &TrainSummary) {
+fn report(s: &TrainSummary) -> anyhow::Result<()> {
     let loss = s
         .final_loss
         .map(|l| format!("{l:.5}"))
         .unwrap_or_else(|| "-".into());
-    println!(
+    crate::outln!(
         "{}: {} steps (resumed from {}), final loss {loss}, {:.0} s -> {}",
         s.part.name(),
         s.steps,
@@ -115,6 +115,7 @@ fn report(s: &TrainSummary) {
         s.seconds,
         s.weights.display()
     );
+    Ok(())
 }
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
@@ -150,7 +151,7 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
             }
         };
         pb.finish_and_clear();
-        report(&summary);
+        report(&summary)?;
     }
     Ok(())
 }
@@ -171,19 +172,20 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     let r = evaluate(&model, &opts, &pb)?;
     pb.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("weights: {}", args.weights.display());
-        println!(
+        crate::outln!("weights: {}", args.weights.display());
+        crate::outln!(
             "VAE reconstruction PSNR ({} held-out images): {:.2} dB",
-            opts.n_reconstruct, r.vae_psnr_db
+            opts.n_reconstruct,
+            r.vae_psnr_db
         );
-        println!(
+        crate::outln!(
             "classifier accuracy ({} held-out shapes): {:.1}%",
             opts.n_classify,
             100.0 * r.classifier_accuracy
         );
-        println!(
+        crate::outln!(
             "generated images showing the requested shape ({}, {} DDIM steps, guidance {}): {:.1}%",
             opts.n_generate,
             opts.sample.steps,
@@ -191,9 +193,9 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
             100.0 * r.generated_accuracy
         );
         for (name, acc) in r.class_names.iter().zip(&r.generated_accuracy_per_class) {
-            println!("  {name}: {:.1}%", 100.0 * acc);
+            crate::outln!("  {name}: {:.1}%", 100.0 * acc);
         }
-        println!("({:.0} s)", r.seconds);
+        crate::outln!("({:.0} s)", r.seconds);
     }
     Ok(())
 }

@@ -146,12 +146,12 @@ fn decodability_retention(run: &Run, reference: &str) -> anyhow::Result<()> {
         "value" => rows.iter().map(|r| r.value).collect::<Vec<_>>(),
         "retention" => rows.iter().map(|r| r.retention).collect::<Vec<_>>(),
     )?;
-    println!(
+    crate::outln!(
         "wrote {}",
         run.write_table("retention", &mut table)?.display()
     );
     let svg = retention_svg(&rows, reference)?;
-    println!(
+    crate::outln!(
         "wrote {}",
         run.write_plot("infoloss-retention", &svg)?.display()
     );
@@ -349,7 +349,7 @@ fn reconstruction(run: &Run, args: &InfolossArgs, sites: &[String]) -> anyhow::R
     )?;
     let path = run.write_table("infoloss_summary", &mut table)?;
     eprintln!("wrote {}", path.display());
-    println!(
+    crate::outln!(
         "{from} -> {to} ({n} samples): SSIM {:.4} [{:.4}, {:.4}], PSNR {:.2} dB, MSE {:.5}, \
          compression {ratio:.1}x",
         summary.ssim.mean,
@@ -369,15 +369,7 @@ fn image_shape(run: &Run, site: &str) -> anyhow::Result<ImageShape> {
         .iter()
         .find(|s| s.name == site)
         .with_context(|| format!("site `{site}` is not in the run's manifest"))?;
-    let dims: Vec<usize> = record
-        .dims
-        .iter()
-        .map(|d| {
-            d.rsplit_once('=')
-                .and_then(|(_, n)| n.parse().ok())
-                .with_context(|| format!("site `{site}`: dimension `{d}` is not `name=size`"))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let dims: Vec<usize> = record.dims.iter().map(|d| d.size).collect();
     let shape = match dims[..] {
         [c, h, w] => ImageShape::new(c, h, w),
         [h, w] => ImageShape::new(1, h, w),
@@ -1185,7 +1177,13 @@ mod tests {
         let mut manifest = Manifest::new("test", serde_json::json!({}), 0, model);
         let site = |name: &str, dims: &[&str], width| SiteRecord {
             name: name.into(),
-            dims: dims.iter().map(|d| d.to_string()).collect(),
+            dims: dims
+                .iter()
+                .map(|d| {
+                    let (n, v) = d.split_once('=').unwrap();
+                    crate::store::SiteDim::new(n, v.parse().unwrap())
+                })
+                .collect(),
             width,
         };
         manifest.sites = vec![

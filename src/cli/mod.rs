@@ -5,12 +5,26 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Writes one line of user output to stdout and returns from the enclosing function with
+/// the I/O error when stdout is closed. `println!` panics on a closed pipe
+/// (`latentlens sites diffusion | head -1`); this ends the command instead, and [`main`]
+/// turns a broken pipe into a quiet exit 0, as ripgrep does.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(anyhow::Error::from)?
+    }};
+}
+
 pub mod bench;
+pub mod bench_probe;
 pub mod bench_reasoner;
 pub mod bfs;
 pub mod common;
 pub mod data;
 pub mod diffusion;
+pub mod experiment;
 pub mod infoloss;
 pub mod plot;
 pub mod probe;
@@ -29,6 +43,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run an experiment spec (probes/*.toml): record, analyse and write the report.
+    Run(experiment::RunArgs),
+    /// Remake a run's or an experiment's report.html and report.md from its tables.
+    Report(experiment::ReportArgs),
     /// Record a model's latents at every step into a run folder.
     #[command(subcommand)]
     Record(record::RecordCmd),
@@ -85,6 +103,8 @@ pub fn main() -> ExitCode {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => experiment::run(&args),
+        Command::Report(args) => experiment::report(&args),
         Command::Record(cmd) => record::run(cmd),
         Command::Sites(cmd) => record::run_sites(cmd),
         Command::Data(cmd) => data::run(cmd),
@@ -101,10 +121,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn report(err: anyhow::Error) -> ExitCode {
-    if let Some(io) = err.downcast_ref::<std::io::Error>() {
-        if io.kind() == std::io::ErrorKind::BrokenPipe {
-            return ExitCode::SUCCESS;
-        }
+    let broken_pipe = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return ExitCode::SUCCESS;
     }
     let interrupted = matches!(
         err.downcast_ref::<crate::Error>(),

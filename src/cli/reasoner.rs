@@ -10,17 +10,13 @@ use serde::Serialize;
 
 use super::common::{bar, interrupt_flag};
 use crate::data::prosqa;
-use crate::reasoner::bpe::Bpe;
-use crate::reasoner::checkpoint::{load_coconut, load_hf_gpt2, LoadedGpt2};
-use crate::reasoner::format::{BuiltinFormat, QuestionFormat};
-use crate::reasoner::gpt2_format::CoconutGpt2Format;
 use crate::reasoner::tokens::Vocab;
 use crate::reasoner::train::{
     evaluate, train, Accuracy, Method, Supervision, TrainConfig, TrainData, TrainState,
 };
 
 /// Where the shipped reasoners live, one folder per method.
-pub const DEFAULT_REASONER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/reasoner");
+pub const DEFAULT_REASONER_DIR: &str = crate::reasoner::source::BUILTIN_REASONER_DIR;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MethodArg {
@@ -184,109 +180,7 @@ impl TrainArgs {
     }
 }
 
-/// Where a reasoner comes from: the built-in model's folder, a Hugging Face GPT-2 folder, or
-/// a Coconut training checkpoint with the GPT-2 tokenizer it was trained with.
-#[derive(Debug, Clone, Args)]
-pub struct ReasonerSource {
-    /// Model folder (config.json + model.safetensors): a built-in reasoner, or a Hugging
-    /// Face GPT-2 trained on ProsQA (then give --tokenizer, or keep vocab.json + merges.txt
-    /// in the folder). Default: the shipped Coconut model.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// A Coconut checkpoint as the reference code saves it (PyTorch state dict, keys under
-    /// `base_causallm.`). Needs --tokenizer.
-    #[arg(long, conflicts_with = "model")]
-    pub checkpoint: Option<PathBuf>,
-    /// GPT-2 tokenizer folder (vocab.json + merges.txt) for --checkpoint or a GPT-2 --model.
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
-}
-
-/// A model and the format its tokens follow.
-pub struct Reasoner {
-    pub loaded: LoadedGpt2,
-    pub format: Box<dyn QuestionFormat>,
-    /// What the model was loaded from (for manifests and messages).
-    pub source: PathBuf,
-}
-
-impl ReasonerSource {
-    pub fn model_dir(&self) -> PathBuf {
-        self.model.clone().unwrap_or_else(|| {
-            Path::new(DEFAULT_REASONER_DIR)
-                .join("coconut")
-                .join("model")
-        })
-    }
-
-    pub fn load(&self) -> anyhow::Result<Reasoner> {
-        let device = super::common::device()?;
-        if let Some(ckpt) = &self.checkpoint {
-            let tokenizer = self.tokenizer.as_ref().with_context(|| {
-                format!(
-                    "{} is a Coconut checkpoint: give --tokenizer DIR with the GPT-2                      vocab.json and merges.txt it was trained with",
-                    ckpt.display()
-                )
-            })?;
-            let loaded = load_coconut(ckpt, None, &device)?;
-            let format = gpt2_format(tokenizer, &loaded, ckpt)?;
-            return Ok(Reasoner {
-                loaded,
-                format,
-                source: ckpt.clone(),
-            });
-        }
-        let dir = self.model_dir();
-        let loaded = load_hf_gpt2(&dir, &device).with_context(|| {
-            format!(
-                "loading the reasoner from {} (train one with `latentlens train reasoner`)",
-                dir.display()
-            )
-        })?;
-        let tokenizer = self
-            .tokenizer
-            .clone()
-            .or_else(|| Some(dir.clone()).filter(|d| d.join("vocab.json").exists()));
-        let format: Box<dyn QuestionFormat> = match tokenizer {
-            Some(t) => gpt2_format(&t, &loaded, &dir.join("model.safetensors"))?,
-            None => builtin_format(&loaded, &dir)?,
-        };
-        Ok(Reasoner {
-            loaded,
-            format,
-            source: dir,
-        })
-    }
-}
-
-fn gpt2_format(
-    tokenizer: &Path,
-    loaded: &LoadedGpt2,
-    weights: &Path,
-) -> anyhow::Result<Box<dyn QuestionFormat>> {
-    let format = CoconutGpt2Format::new(Bpe::from_dir(tokenizer)?)?;
-    format
-        .bpe()
-        .check_vocab(tokenizer, loaded.config.vocab_size, weights)?;
-    Ok(Box::new(format))
-}
-
-fn builtin_format(loaded: &LoadedGpt2, dir: &Path) -> anyhow::Result<Box<dyn QuestionFormat>> {
-    let format = BuiltinFormat::default();
-    let want = format.vocab().len();
-    if loaded.config.vocab_size != want {
-        return Err(crate::Error::VocabMismatch {
-            tokenizer: PathBuf::from("the built-in ProsQA vocabulary"),
-            tokens: want,
-            weights: dir.join("model.safetensors"),
-            rows: loaded.config.vocab_size,
-            hint: "a GPT-2 checkpoint needs its tokenizer: give --tokenizer DIR (vocab.json +                    merges.txt)"
-                .into(),
-        }
-        .into());
-    }
-    Ok(Box::new(format))
-}
+pub use crate::reasoner::source::{Reasoner, ReasonerSource};
 
 /// Answer accuracy and tokens generated on a ProsQA file, for each model given.
 #[derive(Debug, Args)]
@@ -327,7 +221,7 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     let state = train(&config, &records, &out, &pb, interrupt_flag());
     pb.finish_and_clear();
     let state = state.with_context(|| format!("training into {}", out.display()))?;
-    println!(
+    crate::outln!(
         "{}: {} epochs, last loss {:.4} -> {}",
         args.method.folder(),
         state.epochs_done,
@@ -401,7 +295,7 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
             Some(dir) => method_of(dir)?,
             None => Method::Coconut,
         };
-        let reasoner = source.load()?;
+        let reasoner = source.load(&super::common::device()?)?;
         let thoughts = if method == Method::Coconut {
             args.thoughts
         } else {
@@ -427,10 +321,10 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         });
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{} ({} questions)\n{:<10} {:>8} {:>10} {:>9}  by hops",
         args.data.display(),
         records.len(),
@@ -446,7 +340,7 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(h, (n, c))| format!("{h}:{:.0}%", 100.0 * *c as f64 / (*n).max(1) as f64))
             .collect();
-        println!(
+        crate::outln!(
             "{:<10} {:>8} {:>9.1}% {:>9.1}  {}",
             format!("{:?}", r.method),
             r.thoughts,

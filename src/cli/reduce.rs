@@ -175,7 +175,7 @@ fn run_pca(
         ("pca_projection", projection),
     ] {
         let path = run.write_table(name, &mut frames.concat()?)?;
-        println!("{}", path.display());
+        crate::outln!("{}", path.display());
     }
     Ok(())
 }
@@ -398,7 +398,7 @@ fn run_umap(
     }
     for (name, frames) in [("umap", tables), ("umap_quality", quality)] {
         let path = run.write_table(name, &mut frames.concat()?)?;
-        println!("{}", path.display());
+        crate::outln!("{}", path.display());
     }
     Ok(())
 }

@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
+use crate::progress::Progress;
 use candle_core::Tensor;
-use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::pipeline::{DiffusionModel, SampleOptions};
@@ -54,7 +54,7 @@ pub struct EvalReport {
 pub fn evaluate(
     model: &DiffusionModel,
     opts: &EvalOptions,
-    pb: &ProgressBar,
+    pb: &dyn Progress,
 ) -> crate::Result<EvalReport> {
     let classifier = model.classifier.as_ref().ok_or_else(|| {
         crate::Error::Invalid(
@@ -163,7 +163,7 @@ mod tests {
             },
             seed: 0,
         };
-        let r = evaluate(&model, &opts, &ProgressBar::hidden())?;
+        let r = evaluate(&model, &opts, &crate::progress::Hidden)?;
         // Second method: one batch of all six images, MSE in [0, 1] pixel units.
         let heldout = Shapes::new(32, HELDOUT_SEED);
         let (_, images) = heldout.batch(0..6, &model.device)?;

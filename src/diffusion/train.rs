@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::progress::Progress;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use indicatif::ProgressBar;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -262,7 +262,7 @@ fn save_varmap(varmap: &VarMap, path: &Path) -> crate::Result<()> {
 /// `checkpoint_every` seconds and at the end.
 fn run_loop(
     trainer: &mut Trainer,
-    pb: &ProgressBar,
+    pb: &dyn Progress,
     mut step_fn: impl FnMut(usize, &mut AdamW) -> crate::Result<f64>,
 ) -> crate::Result<TrainSummary> {
     std::fs::create_dir_all(&trainer.out).at(&trainer.out)?;
@@ -307,7 +307,7 @@ fn run_loop(
             recent.remove(0);
         }
         pb.set_position(step as u64 + 1);
-        pb.set_message(format!("loss {:.5}", mean(&recent).unwrap_or(f64::NAN)));
+        pb.set_message(&format!("loss {:.5}", mean(&recent).unwrap_or(f64::NAN)));
         if last_ckpt.elapsed() >= Duration::from_secs(opts.checkpoint_every) {
             trainer.checkpoint(step + 1, mean(&recent))?;
             last_ckpt = Instant::now();
@@ -354,7 +354,7 @@ pub fn train_vae(
     config: &DiffusionConfig,
     options: &TrainOptions,
     device: &Device,
-    pb: &ProgressBar,
+    pb: &dyn Progress,
 ) -> crate::Result<TrainSummary> {
     let varmap = VarMap::new();
     let vae = Vae::new(
@@ -413,7 +413,7 @@ pub fn finetune_vae_decoder(
     out: &Path,
     options: &TrainOptions,
     device: &Device,
-    pb: &ProgressBar,
+    pb: &dyn Progress,
 ) -> crate::Result<TrainSummary> {
     let config = read_config(&out.join(CONFIG_FILE))?;
     let mut varmap = VarMap::new();
@@ -482,7 +482,7 @@ pub fn train_unet(
     out: &Path,
     options: &TrainOptions,
     device: &Device,
-    pb: &ProgressBar,
+    pb: &dyn Progress,
 ) -> crate::Result<TrainSummary> {
     let config = read_config(&out.join(CONFIG_FILE))?;
     let vae_path = out.join(VAE_FILE);
@@ -546,7 +546,7 @@ pub fn train_classifier(
     config: &DiffusionConfig,
     options: &TrainOptions,
     device: &Device,
-    pb: &ProgressBar,
+    pb: &dyn Progress,
 ) -> crate::Result<TrainSummary> {
     let varmap = VarMap::new();
     let classifier = Classifier::new(
@@ -593,7 +593,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path();
         let dev = Device::Cpu;
-        let pb = ProgressBar::hidden();
+        let pb = crate::progress::Hidden;
         let config = tiny_config();
         let s = train_vae(out, &config, &quick(2), &dev, &pb)?;
         assert_eq!((s.steps, s.resumed_from), (2, 0));

@@ -13,5 +13,6 @@ pub mod format;
 pub mod fused;
 pub mod gpt2;
 pub mod gpt2_format;
+pub mod source;
 pub mod tokens;
 pub mod train;

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::progress::Progress;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -558,7 +558,7 @@ pub fn train(
     config: &TrainConfig,
     records: &[Record],
     out_dir: &Path,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
     stop: &AtomicBool,
 ) -> Result<TrainState> {
     if config.data == TrainData::Given && records.is_empty() {
@@ -642,7 +642,7 @@ pub fn train(
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_string_pretty(&state)?).at(&tmp)?;
         std::fs::rename(&tmp, &path).at(&path)?;
-        progress.set_message(format!("stage {stage} loss {loss:.4}"));
+        progress.set_message(&format!("stage {stage} loss {loss:.4}"));
     }
     Ok(state)
 }
@@ -766,7 +766,7 @@ struct EpochContext<'a> {
     config: &'a TrainConfig,
     model: &'a Gpt2,
     questions: &'a [Question],
-    progress: &'a ProgressBar,
+    progress: &'a dyn Progress,
     stop: &'a AtomicBool,
 }
 
@@ -855,7 +855,7 @@ pub fn evaluate(
     format: &dyn QuestionFormat,
     records: &[Record],
     n_thoughts: usize,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<Accuracy> {
     let mut acc = Accuracy::default();
     let tokens = format.latent_tokens();
@@ -892,7 +892,7 @@ mod tests {
             config,
             records,
             dir,
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
             &AtomicBool::new(false),
         )
     }
@@ -1458,7 +1458,7 @@ mod tests {
             &super::super::format::BuiltinFormat::default(),
             &records,
             2,
-            &ProgressBar::hidden(),
+            &crate::progress::Hidden,
         )
         .unwrap();
         assert_eq!(acc.total, 6);
@@ -1495,7 +1495,7 @@ mod tests {
                 &super::super::format::BuiltinFormat::default(),
                 &records,
                 thoughts,
-                &ProgressBar::hidden(),
+                &crate::progress::Hidden,
             )
             .unwrap();
             assert_eq!((acc.total, acc.correct), (2, 2), "{method:?}");

@@ -36,6 +36,68 @@ pub struct Manifest {
     pub timings: BTreeMap<String, f64>,
     /// `running` until every part is written, then `complete`.
     pub status: String,
+    /// The analyses whose tables are in `tables/`, one entry per analysis key.
+    #[serde(default)]
+    pub analyses: Vec<AnalysisRecord>,
+    /// The experiment spec (path and text) when `latentlens run` made this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+}
+
+/// What made one analysis's tables: enough to tell two `probes.parquet` apart and to know
+/// whether rerunning an experiment must recompute it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisRecord {
+    /// The analysis (`probe`, `reduce`, `infoloss`, `bfs`, ...).
+    pub analysis: String,
+    /// Tells several runs of one analysis apart (e.g. `probe` per label set); tables are
+    /// named after it.
+    pub key: String,
+    /// The resolved options, as the job saw them.
+    pub options: serde_json::Value,
+    pub seed: u64,
+    /// `latentlens 0.1.0`.
+    pub tool: String,
+    /// [`Manifest::identity`] of the run the analysis read.
+    pub input: String,
+    /// Tables (names under `tables/`) and plots (names under `plots/`) it wrote.
+    pub tables: Vec<String>,
+    pub plots: Vec<String>,
+    /// Samples the analysis used and the run held (they differ only with partial runs).
+    pub samples_used: u64,
+    pub seconds: f64,
+}
+
+impl AnalysisRecord {
+    /// Whether this record was made from the same inputs with the same options, so its
+    /// tables can be kept.
+    pub fn same_work(&self, other: &AnalysisRecord) -> bool {
+        self.analysis == other.analysis
+            && self.key == other.key
+            && self.options == other.options
+            && self.seed == other.seed
+            && self.input == other.input
+            && self.tool == other.tool
+    }
+
+    /// Key-value pairs for the Parquet metadata of its tables.
+    pub fn provenance(&self) -> Vec<(String, String)> {
+        vec![
+            ("latentlens.analysis".into(), self.analysis.clone()),
+            ("latentlens.analysis_key".into(), self.key.clone()),
+            (
+                "latentlens.analysis_options".into(),
+                self.options.to_string(),
+            ),
+            ("latentlens.analysis_seed".into(), self.seed.to_string()),
+            ("latentlens.analysis_tool".into(), self.tool.clone()),
+            ("latentlens.input_run".into(), self.input.clone()),
+            (
+                "latentlens.samples_used".into(),
+                self.samples_used.to_string(),
+            ),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,10 +116,51 @@ pub struct WeightFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiteRecord {
     pub name: String,
-    /// Per-sample dimensions as `name=size`, e.g. `["channel=4", "height=8", "width=8"]`.
-    pub dims: Vec<String>,
+    /// Per-sample dimensions, e.g. channel 4, height 8, width 8. Manifests written before
+    /// this was typed hold `"channel=4"` strings; they are read too.
+    #[serde(deserialize_with = "dims_typed_or_strings")]
+    pub dims: Vec<SiteDim>,
     /// Length of `x` in this site's rows.
     pub width: usize,
+}
+
+/// One named dimension of a site's per-sample tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteDim {
+    pub name: String,
+    pub size: usize,
+}
+
+impl SiteDim {
+    pub fn new(name: &str, size: usize) -> Self {
+        SiteDim {
+            name: name.to_string(),
+            size,
+        }
+    }
+}
+
+fn dims_typed_or_strings<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> std::result::Result<Vec<SiteDim>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Typed(SiteDim),
+        Text(String),
+    }
+    let raw: Vec<Either> = Vec::deserialize(de)?;
+    raw.into_iter()
+        .map(|d| match d {
+            Either::Typed(t) => Ok(t),
+            Either::Text(s) => s
+                .rsplit_once('=')
+                .and_then(|(n, v)| Some(SiteDim::new(n, v.parse().ok()?)))
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!("site dimension `{s}` is not name=size"))
+                }),
+        })
+        .collect()
 }
 
 pub const STATUS_RUNNING: &str = "running";
@@ -78,7 +181,30 @@ impl Manifest {
             samples: 0,
             timings: BTreeMap::new(),
             status: STATUS_RUNNING.to_string(),
+            analyses: Vec::new(),
+            spec: None,
         }
+    }
+
+    /// A short hash of what makes this run this run (kind, config, seed, weights): analyses
+    /// record it so their tables can be traced to the exact recording they read.
+    pub fn identity(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.kind.as_bytes());
+        h.update(self.config.to_string().as_bytes());
+        h.update(self.seed.to_le_bytes());
+        for w in &self.model.weights {
+            h.update(w.sha256.as_bytes());
+        }
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The analysis entry with this key, if any.
+    pub fn analysis(&self, key: &str) -> Option<&AnalysisRecord> {
+        self.analyses.iter().find(|a| a.key == key)
     }
 
     /// Whether `other` describes the same run (so rerunning it resumes this one).

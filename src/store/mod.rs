@@ -8,6 +8,7 @@
 
 pub mod latents;
 pub mod manifest;
+pub mod resolve;
 
 use std::fs;
 use std::io::Write;
@@ -16,7 +17,10 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 
 pub use latents::Latents;
-pub use manifest::{Manifest, ModelInfo, SiteRecord, WeightFile, STATUS_COMPLETE, STATUS_RUNNING};
+pub use manifest::{
+    AnalysisRecord, Manifest, ModelInfo, SiteDim, SiteRecord, WeightFile, STATUS_COMPLETE,
+    STATUS_RUNNING,
+};
 
 use crate::error::{IoContext, Result};
 use crate::Error;
@@ -36,7 +40,11 @@ pub struct Run {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     New,
+    /// An unfinished run of the same identity: its finished parts are kept.
     Resumed,
+    /// The same run, already complete: nothing is to be recorded and the folder, manifest
+    /// included, is left as it was.
+    Complete,
 }
 
 impl Run {
@@ -58,7 +66,7 @@ impl Run {
     }
 
     /// Starts the run described by `manifest` in `dir`, or resumes it if `dir` holds the
-    /// same run unfinished (or finished: then every part is already there). A folder that
+    /// same run unfinished, or opens it untouched if that run is complete. A folder that
     /// holds anything else is refused, so no earlier result is ever overwritten.
     pub fn create_or_resume(dir: &Path, manifest: Manifest) -> Result<(Run, Start)> {
         let start = if dir.join(MANIFEST).is_file() {
@@ -68,6 +76,13 @@ impl Run {
                     path: dir.to_path_buf(),
                     detail: format!("made by `{}`", existing.command.join(" ")),
                 });
+            }
+            if existing.status == STATUS_COMPLETE {
+                let run = Run {
+                    root: dir.to_path_buf(),
+                    manifest: existing,
+                };
+                return Ok((run, Start::Complete));
             }
             Start::Resumed
         } else {
@@ -249,6 +264,24 @@ impl Run {
         Ok(())
     }
 
+    /// The steps a site has rows for, read from the `step` column alone.
+    pub fn recorded_steps(&self, site: &str) -> Result<std::collections::BTreeSet<u16>> {
+        let mut steps = std::collections::BTreeSet::new();
+        for path in self.parts(site)? {
+            let file = fs::File::open(&path).at(&path)?;
+            let df = ParquetReader::new(file)
+                .with_columns(Some(vec!["step".into()]))
+                .finish()
+                .map_err(|e| Error::BadFile {
+                    path: path.clone(),
+                    detail: format!("no readable `step` column: {e}"),
+                })?;
+            let col = df.column("step")?.cast(&DataType::UInt16)?;
+            steps.extend(col.u16()?.iter().flatten());
+        }
+        Ok(steps)
+    }
+
     /// All rows of one site (optionally only `steps`), in (sample, step, position) order.
     pub fn read_latents(&self, site: &str, steps: Option<&[u16]>) -> Result<Latents> {
         let mut all: Option<Latents> = None;
@@ -262,6 +295,11 @@ impl Run {
         let mut all = all.unwrap_or_default();
         all.sort();
         Ok(all)
+    }
+
+    /// Whether the run has samples.parquet (a recording finished at least once).
+    pub fn has_samples(&self) -> bool {
+        self.root.join(SAMPLES).is_file()
     }
 
     /// samples.parquet: `sample` plus one column per ground-truth label.
@@ -309,6 +347,33 @@ impl Run {
         let path = self.root.join("tables").join(format!("{name}.parquet"));
         write_parquet(&path, df, self.manifest.provenance())?;
         Ok(path)
+    }
+
+    /// Writes one table of an analysis with the run's provenance and the analysis's own
+    /// (options, seed, version, input run) in its Parquet metadata.
+    pub fn write_analysis_table(
+        &self,
+        name: &str,
+        df: &mut DataFrame,
+        record: &AnalysisRecord,
+    ) -> Result<PathBuf> {
+        let path = self.root.join("tables").join(format!("{name}.parquet"));
+        let mut meta = self.manifest.provenance();
+        meta.extend(record.provenance());
+        write_parquet(&path, df, meta)?;
+        Ok(path)
+    }
+
+    /// Records a finished analysis in the manifest (replacing the entry with its key) and
+    /// writes the manifest; call it after every table and plot of the analysis is written,
+    /// so an entry always points at whole files.
+    pub fn finish_analysis(&mut self, record: AnalysisRecord) -> Result<()> {
+        let list = &mut self.manifest.analyses;
+        match list.iter_mut().find(|a| a.key == record.key) {
+            Some(slot) => *slot = record,
+            None => list.push(record),
+        }
+        self.write_manifest()
     }
 
     /// Writes `plots/<name>.svg` atomically.

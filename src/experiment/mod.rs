@@ -1,0 +1,458 @@
+//! Experiments: one TOML spec from model to report. `Spec::parse` reads it (unknown keys
+//! are errors, with the line); `plan` resolves all of it before any work and reports every
+//! mistake at once; `execute` records each run (resuming), runs each analysis whose inputs
+//! or options changed, and writes the report.
+//!
+//! ```toml
+//! title = "Shapes in the h-space"
+//! out = "reports/shapes"            # default: reports/<spec file name>
+//!
+//! [[run]]
+//! name = "diffusion"                # the run folder: <out>/diffusion
+//! [run.diffusion]                   # or [run.reasoner]: what `record` does, same keys as its flags
+//! samples = 64
+//! [[run.probe]]                     # analyses, same keys as their flags; any number of each
+//! labels = ["shape"]
+//! ```
+//!
+//! Relative paths in a spec are read from the current directory, like the same paths given
+//! as flags. Analyses run in a fixed order, bfs -> probe -> reduce -> infoloss, so a probe
+//! can use the tables bfs writes.
+
+mod locate;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::jobs::{self, probe, record_diffusion, record_reasoner, Ctx};
+use crate::progress::Progress;
+use crate::report::{self, Report};
+use crate::store::{resolve, Run, Start};
+use crate::{Error, Result};
+
+/// An experiment spec as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// The report's title.
+    pub title: String,
+    /// The report's opening paragraph: what question this experiment answers.
+    #[serde(default)]
+    pub description: String,
+    /// The experiment folder (default `reports/<spec file name>`).
+    pub out: Option<PathBuf>,
+    /// One entry per model recording.
+    #[serde(rename = "run")]
+    pub runs: Vec<RunSpec>,
+}
+
+/// One recording and the analyses of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// The run folder's name inside the experiment folder.
+    pub name: String,
+    /// Record the built-in (or a given) latent diffusion model.
+    pub diffusion: Option<record_diffusion::Options>,
+    /// Record a continuous-thought reasoner.
+    pub reasoner: Option<record_reasoner::Options>,
+    #[serde(default)]
+    pub probe: Vec<probe::Options>,
+}
+
+/// A spec file read and parsed.
+#[derive(Debug, Clone)]
+pub struct SpecFile {
+    pub path: PathBuf,
+    pub text: String,
+    pub spec: Spec,
+}
+
+impl SpecFile {
+    pub fn read(path: &Path) -> Result<SpecFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let spec = toml::from_str(&text).map_err(|e| Error::BadFile {
+            path: path.to_path_buf(),
+            detail: format!("not a valid experiment spec: {e}"),
+        })?;
+        Ok(SpecFile {
+            path: path.to_path_buf(),
+            text,
+            spec,
+        })
+    }
+
+    /// The experiment folder.
+    pub fn out_dir(&self) -> PathBuf {
+        self.spec.out.clone().unwrap_or_else(|| {
+            let stem = self
+                .path
+                .file_stem()
+                .map_or("experiment".into(), |s| s.to_string_lossy().to_string());
+            Path::new("reports").join(stem)
+        })
+    }
+}
+
+/// What one run of the experiment will record.
+pub enum Recording {
+    Diffusion(Box<record_diffusion::Plan>),
+    Reasoner(Box<record_reasoner::Plan>),
+}
+
+impl Recording {
+    fn site_names(&self) -> Vec<String> {
+        let sites = match self {
+            Recording::Diffusion(p) => &p.sites,
+            Recording::Reasoner(p) => &p.sites,
+        };
+        sites.iter().map(|s| s.name.clone()).collect()
+    }
+
+    fn samples(&self) -> u64 {
+        match self {
+            Recording::Diffusion(p) => p.config["samples"].as_u64().unwrap_or(0),
+            Recording::Reasoner(p) => p.records.len() as u64,
+        }
+    }
+
+    /// The columns samples.parquet will hold (besides `sample`).
+    fn label_columns(&self) -> Vec<String> {
+        match self {
+            Recording::Diffusion(p) => record_diffusion::label_columns(p)
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            Recording::Reasoner(_) => record_reasoner::LABEL_COLUMNS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// A run of the experiment, resolved.
+pub struct RunPlan {
+    pub name: String,
+    pub dir: PathBuf,
+    pub recording: Recording,
+    pub spec: RunSpec,
+}
+
+/// The whole experiment, resolved before any work.
+pub struct Plan {
+    pub file: SpecFile,
+    pub out: PathBuf,
+    pub runs: Vec<RunPlan>,
+}
+
+impl Plan {
+    /// A readable description of what `execute` will do (`--dry-run`).
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "experiment `{}` from {} into {}\n",
+            self.file.spec.title,
+            self.file.path.display(),
+            self.out.display()
+        );
+        for r in &self.runs {
+            let kind = match r.recording {
+                Recording::Diffusion(_) => "diffusion",
+                Recording::Reasoner(_) => "reasoner",
+            };
+            s.push_str(&format!(
+                "  run `{}` ({}): record {} samples at {} sites -> {}\n",
+                r.name,
+                kind,
+                r.recording.samples(),
+                r.recording.site_names().len(),
+                r.dir.display()
+            ));
+            for p in &r.spec.probe {
+                s.push_str(&format!(
+                    "    probe {} at sites {} steps {}\n",
+                    p.labels.join(", "),
+                    if p.sites.is_empty() {
+                        "all".into()
+                    } else {
+                        p.sites.join(",")
+                    },
+                    p.steps
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "  report -> {}\n",
+            self.out.join("report.html").display()
+        ));
+        s
+    }
+}
+
+/// Resolves the spec: loads every model, checks every option, site, step and label. All
+/// problems are gathered and returned as one error naming the spec file, line and key.
+pub fn plan(file: SpecFile, device: &Device) -> Result<Plan> {
+    let mut problems = Vec::new();
+    let spec = &file.spec;
+    if spec.runs.is_empty() {
+        problems.push(locate::problem(
+            &file.text,
+            &[],
+            "the spec has no [[run]]; add one with [run.diffusion] or [run.reasoner]",
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let out = file.out_dir();
+    let mut runs = Vec::new();
+    for (i, run) in spec.runs.iter().enumerate() {
+        let index = i.to_string();
+        let at = |path: &[&str], msg: String| {
+            let mut full = vec!["run", index.as_str()];
+            full.extend_from_slice(path);
+            locate::problem(&file.text, &full, &format!("run `{}`: {msg}", run.name))
+        };
+        if !names.insert(run.name.clone()) || run.name.is_empty() || run.name.contains(['/', '\\'])
+        {
+            problems.push(at(
+                &["name"],
+                "run names must be unique, non-empty folder names".into(),
+            ));
+        }
+        let recording = match (&run.diffusion, &run.reasoner) {
+            (Some(d), None) => record_diffusion::plan(d, device)
+                .map(|p| Recording::Diffusion(Box::new(p)))
+                .map_err(|e| at(&["diffusion"], e.to_string())),
+            (None, Some(r)) => record_reasoner::plan(r, device)
+                .map(|p| Recording::Reasoner(Box::new(p)))
+                .map_err(|e| at(&["reasoner"], e.to_string())),
+            _ => Err(at(
+                &[],
+                "give exactly one of [run.diffusion] and [run.reasoner]".into(),
+            )),
+        };
+        let recording = match recording {
+            Ok(r) => r,
+            Err(p) => {
+                problems.push(p);
+                continue;
+            }
+        };
+        problems.extend(check_analyses(&file.text, i, run, &recording));
+        runs.push(RunPlan {
+            name: run.name.clone(),
+            dir: out.join(&run.name),
+            recording,
+            spec: run.clone(),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: {} problem{} (nothing was written):\n  {}",
+            file.path.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("\n  ")
+        )));
+    }
+    Ok(Plan { file, out, runs })
+}
+
+/// Checks what each analysis reads against what the recording will write.
+fn check_analyses(text: &str, i: usize, run: &RunSpec, recording: &Recording) -> Vec<String> {
+    let mut problems = Vec::new();
+    let sites = recording.site_names();
+    let labels = recording.label_columns();
+    for (j, p) in run.probe.iter().enumerate() {
+        let at = |key: &str, msg: String| {
+            locate::problem(
+                text,
+                &["run", &i.to_string(), "probe", &j.to_string(), key],
+                &format!("run `{}`, probe {}: {msg}", run.name, j + 1),
+            )
+        };
+        if let Err(e) = check_sites(&p.sites, &sites) {
+            problems.push(at("sites", e));
+        }
+        if p.labels.is_empty() {
+            problems.push(at("labels", "give at least one label".into()));
+        }
+        for l in &p.labels {
+            let column = l.rsplit(':').next().unwrap_or(l);
+            if !l.contains(':') && !labels.iter().any(|c| c == column) {
+                problems.push(at(
+                    "labels",
+                    format!(
+                        "label `{l}` is not a column this recording writes; it writes {}",
+                        labels.join(", ")
+                    ),
+                ));
+            }
+        }
+        if p.folds < 2 {
+            problems.push(at(
+                "folds",
+                format!("folds = {} must be at least 2", p.folds),
+            ));
+        }
+        if let Err(e) = crate::steps::parse_steps(&p.steps, 0, u16::MAX) {
+            problems.push(at("steps", e.to_string()));
+        }
+    }
+    problems
+}
+
+fn check_sites(patterns: &[String], sites: &[String]) -> std::result::Result<(), String> {
+    let patterns = resolve::split_patterns(patterns).map_err(|e| e.to_string())?;
+    for p in patterns {
+        if !sites.iter().any(|s| p.matches(s)) {
+            return Err(format!(
+                "site `{}` is not recorded by this run; it records {}",
+                p.as_str(),
+                sites.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Receives the experiment's progress: one stage at a time.
+pub trait Stages {
+    /// A stage starts; work inside it reports to the returned progress.
+    fn begin(&self, stage: &str) -> Box<dyn Progress + '_>;
+    /// The stage ended with `outcome` (e.g. `done in 3.1 s`, `kept`).
+    fn end(&self, stage: &str, outcome: &str);
+}
+
+/// What `execute` did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub recorded: Vec<String>,
+    pub analyses_run: Vec<String>,
+    pub analyses_kept: Vec<String>,
+    pub report_html: PathBuf,
+    pub report_md: PathBuf,
+}
+
+/// Stages of a plan, for sizing an overall progress bar.
+pub fn stage_count(plan: &Plan) -> usize {
+    plan.runs
+        .iter()
+        .map(|r| 1 + r.spec.probe.len())
+        .sum::<usize>()
+        + 1
+}
+
+/// Records, analyses and reports. Every stage resumes: a finished recording is kept, an
+/// analysis with the same inputs and options is kept, so rerunning the same spec after an
+/// interruption does only what is missing.
+pub fn execute(
+    plan: &Plan,
+    stages: &dyn Stages,
+    interrupted: &std::sync::atomic::AtomicBool,
+) -> Result<Summary> {
+    let mut summary = Summary::default();
+    let mut run_reports = Vec::new();
+    for r in &plan.runs {
+        let stage = format!("{}: record", r.name);
+        let progress = stages.begin(&stage);
+        let ctx = Ctx::new(progress.as_ref(), interrupted);
+        let started = Instant::now();
+        let (mut run, start) = match &r.recording {
+            Recording::Diffusion(p) => {
+                record_diffusion::run(&r.dir, p, &ctx).map(|(a, b, _)| (a, b))?
+            }
+            Recording::Reasoner(p) => {
+                record_reasoner::run(&r.dir, p, &ctx).map(|(a, b, _)| (a, b))?
+            }
+        };
+        store_spec(&mut run, &plan.file)?;
+        drop(progress);
+        stages.end(&stage, &outcome(start, started));
+        if start != Start::Complete {
+            summary.recorded.push(r.name.clone());
+        }
+        for opts in &r.spec.probe {
+            let p = probe::plan(&run, opts)?;
+            let job = |run: &Run, ctx: &Ctx| probe::run(run, &p, ctx);
+            analyse(
+                &mut run,
+                &r.name,
+                &p.identity,
+                job,
+                stages,
+                interrupted,
+                &mut summary,
+            )?;
+        }
+        run_reports.push(report::run_report(&run, &r.name)?);
+    }
+    let stage = "report";
+    let _p = stages.begin(stage);
+    let report = Report {
+        title: plan.file.spec.title.clone(),
+        description: plan.file.spec.description.clone(),
+        spec: Some(plan.file.text.clone()),
+        runs: run_reports,
+    };
+    std::fs::create_dir_all(&plan.out).map_err(|e| Error::io(&plan.out, e))?;
+    let (html, md) = report::write(&report, &plan.out)?;
+    stages.end(stage, &format!("{}", html.display()));
+    summary.report_html = html;
+    summary.report_md = md;
+    Ok(summary)
+}
+
+/// Keeps an analysis when the run already holds it with the same inputs and options;
+/// otherwise runs and writes it.
+fn analyse(
+    run: &mut Run,
+    run_name: &str,
+    identity: &jobs::Identity,
+    job: impl FnOnce(&Run, &Ctx) -> Result<jobs::Output>,
+    stages: &dyn Stages,
+    interrupted: &std::sync::atomic::AtomicBool,
+    summary: &mut Summary,
+) -> Result<()> {
+    let stage = format!("{run_name}: {}", identity.key);
+    if identity.is_done(run) {
+        stages.end(&stage, "kept (same inputs and options)");
+        summary.analyses_kept.push(stage);
+        return Ok(());
+    }
+    let progress = stages.begin(&stage);
+    let started = Instant::now();
+    let out = job(run, &Ctx::new(progress.as_ref(), interrupted))?;
+    drop(progress);
+    jobs::write(run, identity, out, started)?;
+    stages.end(
+        &stage,
+        &format!("done in {:.1} s", started.elapsed().as_secs_f64()),
+    );
+    summary.analyses_run.push(stage);
+    Ok(())
+}
+
+fn outcome(start: Start, started: Instant) -> String {
+    match start {
+        Start::Complete => "kept (already recorded)".into(),
+        Start::Resumed => format!("resumed, done in {:.1} s", started.elapsed().as_secs_f64()),
+        Start::New => format!("done in {:.1} s", started.elapsed().as_secs_f64()),
+    }
+}
+
+/// The spec goes into the run's manifest, so a run says which experiment made it.
+fn store_spec(run: &mut Run, file: &SpecFile) -> Result<()> {
+    let value = serde_json::json!({
+        "path": file.path,
+        "text": file.text,
+    });
+    if run.manifest().spec.as_ref() != Some(&value) {
+        run.manifest_mut().spec = Some(value);
+        run.write_manifest()?;
+    }
+    Ok(())
+}
