@@ -8,6 +8,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod analysis;
+pub mod audit;
 #[allow(clippy::print_stderr)]
 pub mod cli;
 pub mod data;

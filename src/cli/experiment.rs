@@ -14,15 +14,22 @@ use crate::store::Run;
 
 /// Run an experiment spec: record, analyse, report. Rerunning resumes.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:
+#[command(
+    after_help = "Exit codes: 0 done (every audit rule passed or warned), 3 an audit rule failed, 4 an audit rule could not be evaluated, 1 bad input, 130 interrupted (rerun to resume).
+
+Examples:
   latentlens run probes/quickstart.toml
-  latentlens run probes/shape-factors.toml --dry-run")]
+  latentlens run probes/shape-factors.toml --dry-run"
+)]
 pub struct RunArgs {
     /// The experiment spec (TOML), e.g. probes/quickstart.toml.
     pub spec: PathBuf,
     /// Print the resolved plan and stop; nothing is written.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write the experiment here instead of the spec's `out` (default reports/<spec name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Remake report.html and report.md from a run's (or an experiment's) tables.
@@ -40,12 +47,15 @@ pub struct ReportArgs {
     pub title: Option<String>,
 }
 
-pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let file = SpecFile::read(&args.spec)?;
+pub fn run(args: &RunArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut file = SpecFile::read(&args.spec)?;
+    if let Some(out) = &args.out {
+        file.spec.out = Some(out.clone());
+    }
     let plan = experiment::plan(file, &common::device()?)?;
     if args.dry_run {
         crate::outln!("{}", plan.describe().trim_end());
-        return Ok(());
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let bars = Bars::new(experiment::stage_count(&plan) as u64);
     let summary = experiment::execute(&plan, &bars, common::interrupt_flag())?;
@@ -56,9 +66,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         summary.analyses_run.len(),
         summary.analyses_kept.len()
     );
+    if !summary.verdicts.is_empty() {
+        crate::outln!("audit:");
+        for (run, j) in &summary.verdicts {
+            crate::outln!(
+                "  {:<6} {run}: {}\n         {}",
+                j.verdict.as_str().to_uppercase(),
+                j.rule,
+                j.detail
+            );
+        }
+    }
     crate::outln!("report: {}", summary.report_html.display());
     crate::outln!("        {}", summary.report_md.display());
-    Ok(())
+    Ok(std::process::ExitCode::from(summary.exit_code()))
 }
 
 pub fn report(args: &ReportArgs) -> anyhow::Result<()> {

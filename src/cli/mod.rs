@@ -17,6 +17,7 @@ macro_rules! outln {
     }};
 }
 
+pub mod audit;
 pub mod bench;
 pub mod bench_probe;
 pub mod bench_reasoner;
@@ -35,7 +36,13 @@ pub mod reduce;
 
 /// Look inside the latent spaces of generative models.
 #[derive(Debug, Parser)]
-#[command(name = "latentlens", version, about, propagate_version = true)]
+#[command(
+    name = "latentlens",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 an audit rule failed, 4 an audit rule could not be evaluated, 130 interrupted (rerun the same command to resume)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -45,6 +52,8 @@ pub struct Cli {
 pub enum Command {
     /// Run an experiment spec (probes/*.toml): record, analyse and write the report.
     Run(experiment::RunArgs),
+    /// Judge a run against audit rules; the exit code gates a deployment (see --help).
+    Audit(audit::AuditArgs),
     /// Remake a run's or an experiment's report.html and report.md from its tables.
     Report(experiment::ReportArgs),
     /// Record a model's latents at every step into a run folder.
@@ -92,18 +101,20 @@ pub enum EvalCommand {
     Reasoner(reasoner::EvalArgs),
 }
 
-/// Exit codes: 0 success, 1 error, 2 usage error (clap), 130 interrupted.
+/// Exit codes: 0 success, 1 error, 2 usage error (clap), 3 an audit rule failed, 4 an
+/// audit rule could not be evaluated, 130 interrupted.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => report(err),
     }
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Run(args) => experiment::run(&args),
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = match cli.command {
+        Command::Run(args) => return experiment::run(&args),
+        Command::Audit(args) => return audit::run(&args),
         Command::Report(args) => experiment::report(&args),
         Command::Record(cmd) => record::run(cmd),
         Command::Sites(cmd) => record::run_sites(cmd),
@@ -117,7 +128,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Infoloss(args) => infoloss::run(args),
         Command::Bfs(args) => bfs::run(&args),
         Command::Bench(cmd) => bench::run(cmd),
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 fn report(err: anyhow::Error) -> ExitCode {

@@ -28,6 +28,7 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::audit;
 use crate::jobs::{self, probe, record_diffusion, record_reasoner, Ctx};
 use crate::progress::Progress;
 use crate::report::{self, Report};
@@ -62,6 +63,9 @@ pub struct RunSpec {
     pub reasoner: Option<record_reasoner::Options>,
     #[serde(default)]
     pub probe: Vec<probe::Options>,
+    /// Audit rules judged on this run after its analyses (`[[run.audit]]`).
+    #[serde(default)]
+    pub audit: Vec<audit::Rule>,
 }
 
 /// A spec file read and parsed.
@@ -302,6 +306,56 @@ fn check_analyses(text: &str, i: usize, run: &RunSpec, recording: &Recording) ->
             problems.push(at("steps", e.to_string()));
         }
     }
+    for (j, rule) in run.audit.iter().enumerate() {
+        let at = |key: &str, msg: String| {
+            locate::problem(
+                text,
+                &["run", &i.to_string(), "audit", &j.to_string(), key],
+                &format!(
+                    "run `{}`, audit rule {} ({}): {msg}",
+                    run.name,
+                    j + 1,
+                    rule.display_name()
+                ),
+            )
+        };
+        for p in rule.problems() {
+            problems.push(at("kind", p));
+        }
+        if let Err(e) = check_sites(&rule.sites, &sites) {
+            problems.push(at("sites", e));
+        }
+        let probed = || {
+            run.probe
+                .iter()
+                .flat_map(|p| p.labels.iter().map(|l| l.rsplit(':').next().unwrap_or(l)))
+        };
+        match rule.kind {
+            audit::RuleKind::Decodable => {
+                if let Some(label) = &rule.label {
+                    if !probed().any(|l| l == label) {
+                        problems.push(at(
+                            "label",
+                            format!("label `{label}` is not probed in this run; add it to a [[run.probe]]"),
+                        ));
+                    }
+                }
+            }
+            audit::RuleKind::Accuracy | audit::RuleKind::Finite => {}
+            audit::RuleKind::Reconstruction => problems.push(at(
+                "kind",
+                "needs an infoloss analysis, which this version cannot declare in a spec yet; \
+                 use `latentlens audit --run DIR --rules FILE` after `latentlens infoloss`"
+                    .into(),
+            )),
+            audit::RuleKind::FrontierMass => problems.push(at(
+                "kind",
+                "needs a bfs analysis, which this version cannot declare in a spec yet; use \
+                 `latentlens audit --run DIR --rules FILE` after `latentlens bfs`"
+                    .into(),
+            )),
+        }
+    }
     problems
 }
 
@@ -335,6 +389,16 @@ pub struct Summary {
     pub analyses_kept: Vec<String>,
     pub report_html: PathBuf,
     pub report_md: PathBuf,
+    /// Every audit verdict, with its run's name.
+    pub verdicts: Vec<(String, audit::Judged)>,
+}
+
+impl Summary {
+    /// The audit exit code over every run (0 when no rule was declared).
+    pub fn exit_code(&self) -> u8 {
+        let judged: Vec<audit::Judged> = self.verdicts.iter().map(|(_, j)| j.clone()).collect();
+        audit::exit_code(&judged)
+    }
 }
 
 /// Stages of a plan, for sizing an overall progress bar.
@@ -387,6 +451,16 @@ pub fn execute(
                 interrupted,
                 &mut summary,
             )?;
+        }
+        if !r.spec.audit.is_empty() {
+            let stage = format!("{}: audit", r.name);
+            let _p = stages.begin(&stage);
+            let judged = audit::audit(&run, &r.spec.audit)?;
+            let code = audit::exit_code(&judged);
+            stages.end(&stage, &format!("{} rules, exit code {code}", judged.len()));
+            summary
+                .verdicts
+                .extend(judged.into_iter().map(|j| (r.name.clone(), j)));
         }
         run_reports.push(report::run_report(&run, &r.name)?);
     }

@@ -6,7 +6,7 @@
 //! figures by relative path. Each analysis contributes a [`Section`] through its job
 //! module's `report` function; the summary at the top gathers their findings.
 
-mod html;
+pub mod html;
 
 use std::path::{Path, PathBuf};
 
@@ -92,7 +92,15 @@ pub fn run_report(run: &Run, name: &str) -> Result<RunReport> {
         root: run.root().to_path_buf(),
         provenance: provenance(run),
         sections,
-        verdicts: Vec::new(),
+        verdicts: crate::audit::output::read(run)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|j| Verdict {
+                rule: j.rule,
+                verdict: j.verdict.as_str().into(),
+                detail: j.detail,
+            })
+            .collect(),
     })
 }
 
