@@ -50,6 +50,9 @@ pub enum Error {
 
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+
+    #[error(transparent)]
+    Plot(#[from] crate::plots::PlotError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::Run;
 use crate::{Error, Result};
 
-pub use evaluate::evaluate;
+pub use evaluate::{evaluate, wilson};
 
 /// Exit code when every rule passed or warned.
 pub const EXIT_PASS: u8 = 0;

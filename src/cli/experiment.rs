@@ -52,13 +52,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<std::process::ExitCode> {
     if let Some(out) = &args.out {
         file.spec.out = Some(out.clone());
     }
-    let plan = experiment::plan(file, &common::device()?)?;
+    let device = common::device()?;
+    let plan = experiment::plan(file, &device)?;
     if args.dry_run {
         crate::outln!("{}", plan.describe().trim_end());
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let bars = Bars::new(experiment::stage_count(&plan) as u64);
-    let summary = experiment::execute(&plan, &bars, common::interrupt_flag())?;
+    let summary = experiment::execute(&plan, &bars, common::interrupt_flag(), &device)?;
     bars.finish();
     crate::outln!(
         "recorded {} run(s), ran {} analysis(es), kept {} unchanged",

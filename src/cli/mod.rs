@@ -33,6 +33,7 @@ pub mod reasoner;
 pub mod record;
 pub mod record_reasoner;
 pub mod reduce;
+pub mod steer;
 
 /// Look inside the latent spaces of generative models.
 #[derive(Debug, Parser)]
@@ -80,6 +81,8 @@ pub enum Command {
     /// Breadth-first search in continuous thoughts: node values, frontier mass and decoded
     /// chains after k = 0..K thoughts (Coconut paper, section 5).
     Bfs(bfs::BfsArgs),
+    /// Steer the diffusion model along a probe direction; dose-response against a random one.
+    Steer(steer::SteerArgs),
     /// Measure speed: recording overhead and throughput.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -127,6 +130,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reduce(args) => reduce::run(&args),
         Command::Infoloss(args) => infoloss::run(args),
         Command::Bfs(args) => bfs::run(&args),
+        Command::Steer(args) => steer::run(&args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     done.map(|()| ExitCode::SUCCESS)

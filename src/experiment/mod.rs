@@ -29,7 +29,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::audit;
-use crate::jobs::{self, probe, record_diffusion, record_reasoner, Ctx};
+use crate::jobs::{self, probe, record_diffusion, record_reasoner, steer, Ctx};
 use crate::progress::Progress;
 use crate::report::{self, Report};
 use crate::store::{resolve, Run, Start};
@@ -63,6 +63,9 @@ pub struct RunSpec {
     pub reasoner: Option<record_reasoner::Options>,
     #[serde(default)]
     pub probe: Vec<probe::Options>,
+    /// Steering along a probe's direction (diffusion runs; after the probes).
+    #[serde(default)]
+    pub steer: Vec<steer::Options>,
     /// Audit rules judged on this run after its analyses (`[[run.audit]]`).
     #[serde(default)]
     pub audit: Vec<audit::Rule>,
@@ -306,6 +309,25 @@ fn check_analyses(text: &str, i: usize, run: &RunSpec, recording: &Recording) ->
             problems.push(at("steps", e.to_string()));
         }
     }
+    for (j, st) in run.steer.iter().enumerate() {
+        let at = |key: &str, msg: String| {
+            locate::problem(
+                text,
+                &["run", &i.to_string(), "steer", &j.to_string(), key],
+                &format!("run `{}`, steer {}: {msg}", run.name, j + 1),
+            )
+        };
+        if !matches!(recording, Recording::Diffusion(_)) {
+            problems.push(at("site", "steering needs a diffusion run".into()));
+        }
+        if !sites.contains(&st.site) {
+            problems.push(at("site", format!("site `{}` is not recorded by this run; it records {}", st.site, sites.join(", "))));
+        }
+        let probed = run.probe.iter().any(|p| p.labels.contains(&st.label));
+        if st.direction == steer::DirectionSource::Probe && !probed {
+            problems.push(at("label", format!("the probe direction needs a [[run.probe]] of `{}`", st.label)));
+        }
+    }
     for (j, rule) in run.audit.iter().enumerate() {
         let at = |key: &str, msg: String| {
             locate::problem(
@@ -417,6 +439,7 @@ pub fn execute(
     plan: &Plan,
     stages: &dyn Stages,
     interrupted: &std::sync::atomic::AtomicBool,
+    device: &Device,
 ) -> Result<Summary> {
     let mut summary = Summary::default();
     let mut run_reports = Vec::new();
@@ -451,6 +474,11 @@ pub fn execute(
                 interrupted,
                 &mut summary,
             )?;
+        }
+        for opts in &r.spec.steer {
+            let p = steer::plan(&run, opts, device)?;
+            let job = |run: &Run, ctx: &Ctx| steer::run(run, &p, ctx);
+            analyse(&mut run, &r.name, &p.identity, job, stages, interrupted, &mut summary)?;
         }
         if !r.spec.audit.is_empty() {
             let stage = format!("{}: audit", r.name);
