@@ -601,6 +601,7 @@ pub fn bench_matrix(rows: usize, width: usize, seed: u64) -> Vec<f32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::print_stdout)] // ignored benchmarks report their figures
 mod tests {
     use super::*;
 

@@ -1808,6 +1808,7 @@ pub fn bench_umap(
 }
 
 #[cfg(test)]
+#[allow(clippy::print_stdout)] // ignored benchmarks report their figures
 mod tests {
     use super::*;
 

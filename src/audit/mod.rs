@@ -308,7 +308,7 @@ pub fn read_rules(path: &std::path::Path) -> Result<Vec<Rule>> {
     if !problems.is_empty() {
         return Err(Error::BadFile {
             path: path.to_path_buf(),
-            detail: format!("{}", problems.join("\n  ")),
+            detail: problems.join("\n  "),
         });
     }
     Ok(file.rules)

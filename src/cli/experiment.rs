@@ -116,9 +116,12 @@ fn folder_name(p: &Path) -> String {
     )
 }
 
+/// Runs with the names the report gives them.
+type NamedRuns = Vec<(String, Run)>;
+
 /// The runs a report covers: the folder itself when it is a run, else its run subfolders
 /// (in name order). The spec stored in a run's manifest gives the title.
-fn runs_in(dir: &Path) -> anyhow::Result<(Vec<(String, Run)>, Option<SpecFile>)> {
+fn runs_in(dir: &Path) -> anyhow::Result<(NamedRuns, Option<SpecFile>)> {
     if dir.join("manifest.json").is_file() {
         let run = Run::open(dir)?;
         let spec = stored_spec(&run);

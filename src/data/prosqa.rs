@@ -705,6 +705,7 @@ fn write_record(
 }
 
 #[cfg(test)]
+#[allow(clippy::print_stderr)] // ignored benchmarks report their figures
 mod tests {
     use super::*;
 

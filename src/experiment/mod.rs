@@ -321,11 +321,24 @@ fn check_analyses(text: &str, i: usize, run: &RunSpec, recording: &Recording) ->
             problems.push(at("site", "steering needs a diffusion run".into()));
         }
         if !sites.contains(&st.site) {
-            problems.push(at("site", format!("site `{}` is not recorded by this run; it records {}", st.site, sites.join(", "))));
+            problems.push(at(
+                "site",
+                format!(
+                    "site `{}` is not recorded by this run; it records {}",
+                    st.site,
+                    sites.join(", ")
+                ),
+            ));
         }
         let probed = run.probe.iter().any(|p| p.labels.contains(&st.label));
         if st.direction == steer::DirectionSource::Probe && !probed {
-            problems.push(at("label", format!("the probe direction needs a [[run.probe]] of `{}`", st.label)));
+            problems.push(at(
+                "label",
+                format!(
+                    "the probe direction needs a [[run.probe]] of `{}`",
+                    st.label
+                ),
+            ));
         }
     }
     for (j, rule) in run.audit.iter().enumerate() {
@@ -478,7 +491,15 @@ pub fn execute(
         for opts in &r.spec.steer {
             let p = steer::plan(&run, opts, device)?;
             let job = |run: &Run, ctx: &Ctx| steer::run(run, &p, ctx);
-            analyse(&mut run, &r.name, &p.identity, job, stages, interrupted, &mut summary)?;
+            analyse(
+                &mut run,
+                &r.name,
+                &p.identity,
+                job,
+                stages,
+                interrupted,
+                &mut summary,
+            )?;
         }
         if !r.spec.audit.is_empty() {
             let stage = format!("{}: audit", r.name);

@@ -110,7 +110,9 @@ pub fn plan(run: &Run, opts: &Options, device: &Device) -> Result<Plan> {
         )));
     }
     if opts.alphas.is_empty() || opts.alphas.iter().any(|a| !a.is_finite()) || opts.samples == 0 {
-        return Err(Error::Invalid("steer needs finite alphas and at least one sample".into()));
+        return Err(Error::Invalid(
+            "steer needs finite alphas and at least one sample".into(),
+        ));
     }
     let model_dir = m
         .model
@@ -132,7 +134,12 @@ pub fn plan(run: &Run, opts: &Options, device: &Device) -> Result<Plan> {
         .find(|s| s.name == opts.site && s.per_step)
         .ok_or_else(|| Error::UnknownSite {
             name: opts.site.clone(),
-            valid: model.sites().into_iter().filter(|s| s.per_step).map(|s| s.name).collect(),
+            valid: model
+                .sites()
+                .into_iter()
+                .filter(|s| s.per_step)
+                .map(|s| s.name)
+                .collect(),
         })?;
     let target = SHAPE_NAMES
         .iter()
@@ -144,7 +151,9 @@ pub fn plan(run: &Run, opts: &Options, device: &Device) -> Result<Plan> {
                 SHAPE_NAMES.join(", ")
             ))
         })? as u32;
-    let others: Vec<u32> = (0..model.config.n_classes() as u32).filter(|&c| c != target).collect();
+    let others: Vec<u32> = (0..model.config.n_classes() as u32)
+        .filter(|&c| c != target)
+        .collect();
     let recorded = run.recorded_steps(&opts.site)?;
     let direction_step = match opts.direction_step {
         Some(s) => resolve::steps(&s.to_string(), &recorded)?[0],
@@ -156,7 +165,14 @@ pub fn plan(run: &Run, opts: &Options, device: &Device) -> Result<Plan> {
     };
     let latents = run.read_latents(&opts.site, None)?;
     let scale = (0..latents.len())
-        .map(|r| latents.row(r).iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt())
+        .map(|r| {
+            latents
+                .row(r)
+                .iter()
+                .map(|v| (*v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
         .sum::<f64>()
         / latents.len().max(1) as f64;
     let direction = shaped_unit(&raw, &site, device)?;
@@ -200,11 +216,16 @@ fn probe_direction(run: &Run, opts: &Options, step: u16) -> Result<Vec<f32>> {
     }
     let rows = weight_rows(&run.table("probe_weights")?)?;
     // `shape` holds class indices, `shape_name` names: either names the target.
-    let index = SHAPE_NAMES.iter().position(|&n| n == opts.target).map(|i| i.to_string());
+    let index = SHAPE_NAMES
+        .iter()
+        .position(|&n| n == opts.target)
+        .map(|i| i.to_string());
     let is_target = |o: &str| o == opts.target || Some(o) == index.as_deref();
     let row = rows
         .iter()
-        .find(|r| r.site == opts.site && r.step == step && r.label == opts.label && is_target(&r.output))
+        .find(|r| {
+            r.site == opts.site && r.step == step && r.label == opts.label && is_target(&r.output)
+        })
         .ok_or_else(|| {
             Error::Invalid(format!(
                 "no probe weights for `{}` = `{}` at `{}`, step {step}; probed there: {}",
@@ -228,10 +249,18 @@ fn class_mean_direction(run: &Run, opts: &Options, step: u16) -> Result<Vec<f32>
     let names = label.class_names();
     let t = names.iter().position(|n| *n == opts.target).or_else(|| {
         // `shape` holds class indices: the target's index names it.
-        SHAPE_NAMES.iter().position(|&n| n == opts.target).and_then(|i| names.iter().position(|n| *n == i.to_string()))
+        SHAPE_NAMES
+            .iter()
+            .position(|&n| n == opts.target)
+            .and_then(|i| names.iter().position(|n| *n == i.to_string()))
     });
     let t = t.ok_or_else(|| {
-        Error::Invalid(format!("`{}` has no class `{}`; its classes: {}", opts.label, opts.target, names.join(", ")))
+        Error::Invalid(format!(
+            "`{}` has no class `{}`; its classes: {}",
+            opts.label,
+            opts.target,
+            names.join(", ")
+        ))
     })? as u32;
     let latents = run.read_latents(&opts.site, Some(&[step]))?;
     let (mut on, mut off) = (vec![0f64; latents.width], vec![0f64; latents.width]);
@@ -256,7 +285,11 @@ fn class_mean_direction(run: &Run, opts: &Options, step: u16) -> Result<Vec<f32>
             opts.target
         )));
     }
-    Ok(on.iter().zip(&off).map(|(a, b)| (a / n_on as f64 - b / n_off as f64) as f32).collect())
+    Ok(on
+        .iter()
+        .zip(&off)
+        .map(|(a, b)| (a / n_on as f64 - b / n_off as f64) as f32)
+        .collect())
 }
 
 /// A direction of the site's full per-sample width, or of its channel count (recorded
@@ -267,7 +300,9 @@ fn shaped_unit(v: &[f32], site: &SiteInfo, device: &Device) -> Result<Tensor> {
         v.to_vec()
     } else if Some(&v.len()) == dims.first() {
         let per = site.numel() / v.len();
-        v.iter().flat_map(|&c| std::iter::repeat(c).take(per)).collect()
+        v.iter()
+            .flat_map(|&c| std::iter::repeat_n(c, per))
+            .collect()
     } else {
         return Err(Error::Invalid(format!(
             "a direction of width {} does not fit site `{}` (per-sample shape {}; width {} \
@@ -281,7 +316,10 @@ fn shaped_unit(v: &[f32], site: &SiteInfo, device: &Device) -> Result<Tensor> {
     };
     let norm = full.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     if !(norm.is_finite() && norm > 0.0) {
-        return Err(Error::Invalid(format!("the direction at `{}` is zero or not finite", site.name)));
+        return Err(Error::Invalid(format!(
+            "the direction at `{}` is zero or not finite",
+            site.name
+        )));
     }
     let unit: Vec<f32> = full.iter().map(|x| (*x as f64 / norm) as f32).collect();
     Ok(Tensor::from_vec(unit, dims, device)?)
@@ -318,25 +356,45 @@ struct Cell {
 
 pub fn run(_run: &Run, plan: &Plan, ctx: &Ctx) -> Result<Output> {
     let o = &plan.options;
-    ctx.progress.set_length(2 * o.alphas.len() as u64 * o.samples as u64);
+    ctx.progress
+        .set_length(2 * o.alphas.len() as u64 * o.samples as u64);
     let mut cells = Vec::new();
     let mut examples: Vec<(f64, Vec<Tensor>)> = Vec::new();
-    for (name, dir) in [(direction_name(o.direction), &plan.direction), ("random", &plan.random)] {
+    for (name, dir) in [
+        (direction_name(o.direction), &plan.direction),
+        ("random", &plan.random),
+    ] {
         for &alpha in &o.alphas {
             ctx.progress.set_message(&format!("{name} alpha {alpha}"));
             let (hits, images) = generate(plan, dir, alpha, ctx)?;
             if name != "random" {
                 examples.push((alpha, images));
             }
-            cells.push(Cell { direction: name, alpha, hits, n: o.samples });
+            cells.push(Cell {
+                direction: name,
+                alpha,
+                hits,
+                n: o.samples,
+            });
         }
     }
     let table = frame(plan, &cells)?;
     let mut plots_out = vec![("steer-dose".to_string(), dose_figure(plan, &cells)?)];
-    plots_out.push(("steer-examples".to_string(), plots::images::grid(
-        &format!("Steering `{}` towards `{}` ({} direction): the same seeds at each alpha", o.site, o.target, direction_name(o.direction)),
-        &examples.iter().map(|(a, imgs)| (format!("alpha {a}"), imgs.clone())).collect::<Vec<_>>(),
-    )?));
+    plots_out.push((
+        "steer-examples".to_string(),
+        plots::images::grid(
+            &format!(
+                "Steering `{}` towards `{}` ({} direction): the same seeds at each alpha",
+                o.site,
+                o.target,
+                direction_name(o.direction)
+            ),
+            &examples
+                .iter()
+                .map(|(a, imgs)| (format!("alpha {a}"), imgs.clone()))
+                .collect::<Vec<_>>(),
+        )?,
+    ));
     Ok(Output {
         tables: vec![("steer".into(), table)],
         plots: plots_out,
@@ -356,15 +414,33 @@ fn direction_name(d: DirectionSource) -> &'static str {
 fn generate(plan: &Plan, dir: &Tensor, alpha: f64, ctx: &Ctx) -> Result<(u32, Vec<Tensor>)> {
     let o = &plan.options;
     let delta = (dir * (alpha * plan.scale))?;
-    let sample = SampleOptions { steps: o.ddim_steps, eta: 0.0, guidance: o.guidance };
-    let classifier = plan.model.classifier.as_ref().ok_or_else(|| Error::Invalid("no classifier".into()))?;
+    let sample = SampleOptions {
+        steps: o.ddim_steps,
+        eta: 0.0,
+        guidance: o.guidance,
+    };
+    let classifier = plan
+        .model
+        .classifier
+        .as_ref()
+        .ok_or_else(|| Error::Invalid("no classifier".into()))?;
     let (mut hits, mut kept) = (0u32, Vec::new());
     let ids: Vec<u32> = (0..o.samples).collect();
     for batch in ids.chunks(o.batch_size.max(1) as usize) {
         ctx.check()?;
-        let classes: Vec<u32> = batch.iter().map(|&i| plan.others[i as usize % plan.others.len()]).collect();
-        let seeds: Vec<u64> = batch.iter().map(|&i| crate::rng::mix(&[o.seed, i as u64])).collect();
-        let mut tap = SteerSteps { site: &plan.site.name, delta: delta.clone(), steps: plan.steps.as_ref() };
+        let classes: Vec<u32> = batch
+            .iter()
+            .map(|&i| plan.others[i as usize % plan.others.len()])
+            .collect();
+        let seeds: Vec<u64> = batch
+            .iter()
+            .map(|&i| crate::rng::mix(&[o.seed, i as u64]))
+            .collect();
+        let mut tap = SteerSteps {
+            site: &plan.site.name,
+            delta: delta.clone(),
+            steps: plan.steps.as_ref(),
+        };
         let mut hooks = Hooks::none().with(&mut tap);
         let images = plan.model.generate(&classes, &seeds, &sample, &mut hooks)?;
         let predicted = classifier.predict(&images)?;
@@ -380,7 +456,10 @@ fn generate(plan: &Plan, dir: &Tensor, alpha: f64, ctx: &Ctx) -> Result<(u32, Ve
 }
 
 fn frame(plan: &Plan, cells: &[Cell]) -> Result<DataFrame> {
-    let ci: Vec<(f64, f64)> = cells.iter().map(|c| wilson(c.hits as f64, c.n as f64)).collect();
+    let ci: Vec<(f64, f64)> = cells
+        .iter()
+        .map(|c| wilson(c.hits as f64, c.n as f64))
+        .collect();
     Ok(df!(
         "site" => vec![plan.site.name.clone(); cells.len()],
         "target" => vec![plan.options.target.clone(); cells.len()],
@@ -403,7 +482,10 @@ fn dose_figure(plan: &Plan, cells: &[Cell]) -> Result<String> {
             let mine: Vec<&Cell> = cells.iter().filter(|c| c.direction == name).collect();
             plots::Series {
                 name: format!("{name} direction"),
-                points: mine.iter().map(|c| (c.alpha, c.hits as f64 / c.n.max(1) as f64)).collect(),
+                points: mine
+                    .iter()
+                    .map(|c| (c.alpha, c.hits as f64 / c.n.max(1) as f64))
+                    .collect(),
                 band: mine
                     .iter()
                     .map(|c| {
@@ -433,13 +515,31 @@ fn dose_figure(plan: &Plan, cells: &[Cell]) -> Result<String> {
 pub fn report(run: &Run, record: &AnalysisRecord) -> Result<Section> {
     let df = run.table("steer")?;
     let text = |c: &str| -> Result<Vec<String>> {
-        Ok(df.column(c)?.str()?.iter().map(|v| v.unwrap_or_default().to_string()).collect())
+        Ok(df
+            .column(c)?
+            .str()?
+            .iter()
+            .map(|v| v.unwrap_or_default().to_string())
+            .collect())
     };
     let num = |c: &str| -> Result<Vec<f64>> {
-        Ok(df.column(c)?.cast(&DataType::Float64)?.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+        Ok(df
+            .column(c)?
+            .cast(&DataType::Float64)?
+            .f64()?
+            .iter()
+            .map(|v| v.unwrap_or(f64::NAN))
+            .collect())
     };
     let (dir, site, target) = (text("direction")?, text("site")?, text("target")?);
-    let (alpha, rate, lo, hi, hits, n) = (num("alpha")?, num("rate")?, num("ci_low")?, num("ci_high")?, num("hits")?, num("generations")?);
+    let (alpha, rate, lo, hi, hits, n) = (
+        num("alpha")?,
+        num("rate")?,
+        num("ci_low")?,
+        num("ci_high")?,
+        num("hits")?,
+        num("generations")?,
+    );
     let mut section = Section {
         title: format!("Steering: {}", record.key.trim_start_matches("steer:")),
         note: "Generations from noise conditioned on the other classes, with alpha x (the site's \
@@ -451,7 +551,9 @@ pub fn report(run: &Run, record: &AnalysisRecord) -> Result<Section> {
     };
     let mut table = Table {
         caption: "dose-response".into(),
-        header: ["direction", "alpha", "hits / generations", "rate", "95% CI"].map(String::from).to_vec(),
+        header: ["direction", "alpha", "hits / generations", "rate", "95% CI"]
+            .map(String::from)
+            .to_vec(),
         rows: Vec::new(),
     };
     for i in 0..df.height() {

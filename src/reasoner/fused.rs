@@ -524,6 +524,7 @@ impl CustomOp2 for GeluGrad {
 }
 
 #[cfg(test)]
+#[allow(clippy::print_stderr)] // ignored benchmarks report their figures
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};

@@ -32,6 +32,7 @@ figcaption { color: var(--muted); font-size: 0.85rem; }
 .verdict-fail, .verdict-error { color: #cf222e; font-weight: 600; }
 pre { background: #f6f8fa; padding: 12px; overflow-x: auto; font-size: 0.85rem; }
 dl.prov { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; font-size: 0.85rem; }
+code { font-size: 0.9em; background: #f6f8fa; padding: 0 3px; border-radius: 3px; }
 dl.prov dt { color: var(--muted); } dl.prov dd { margin: 0; word-break: break-all; }
 @media print { body { max-width: none; padding: 0; } figure, table { break-inside: avoid; }
   nav { display: none; } }
@@ -48,6 +49,20 @@ pub fn escape(text: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
             c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escaped text in which `code` spans (backtick pairs, as findings name sites and labels)
+/// become `<code>` elements.
+pub fn rich(text: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in text.split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push_str(&format!("<code>{}</code>", escape(part)));
+        } else {
+            out.push_str(&escape(part));
         }
     }
     out
@@ -79,14 +94,14 @@ pub fn render(report: &Report) -> Result<String> {
          <title>{}</title><style>{CSS}</style></head><body>\n",
         escape(&report.title)
     );
-    let _ = write!(h, "<h1>{}</h1>\n", escape(&report.title));
+    let _ = writeln!(h, "<h1>{}</h1>", escape(&report.title));
     if !report.description.is_empty() {
-        let _ = write!(h, "<p class=\"lead\">{}</p>\n", escape(&report.description));
+        let _ = writeln!(h, "<p class=\"lead\">{}</p>", escape(&report.description));
     }
     nav(&mut h, report);
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<h2 id=\"summary\">Summary of findings</h2>\n<ul class=\"findings\">\n"
+        "<h2 id=\"summary\">Summary of findings</h2>\n<ul class=\"findings\">"
     );
     let findings = report.findings();
     if findings.is_empty() {
@@ -98,7 +113,7 @@ pub fn render(report: &Report) -> Result<String> {
         } else {
             String::new()
         };
-        let _ = writeln!(h, "<li>{prefix}{}</li>", escape(f));
+        let _ = writeln!(h, "<li>{prefix}{}</li>", rich(f));
     }
     h.push_str("</ul>\n");
     verdicts(&mut h, report);
@@ -154,9 +169,9 @@ fn verdicts(h: &mut String, report: &Report) {
 
 fn run_html(h: &mut String, run: &RunReport, several: bool) -> Result<()> {
     if several {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<h2 id=\"{}\">Run `{}`</h2>\n",
+            "<h2 id=\"{}\">Run `{}`</h2>",
             anchor(&run.name),
             escape(&run.name)
         );
@@ -170,22 +185,22 @@ fn run_html(h: &mut String, run: &RunReport, several: bool) -> Result<()> {
 fn section_html(h: &mut String, run: &RunReport, s: &Section, several: bool) -> Result<()> {
     let tag = if several { "h3" } else { "h2" };
     let id = anchor(&format!("{}-{}", run.name, s.title));
-    let _ = write!(h, "<{tag} id=\"{id}\">{}</{tag}>\n", escape(&s.title));
+    let _ = writeln!(h, "<{tag} id=\"{id}\">{}</{tag}>", escape(&s.title));
     if !s.note.is_empty() {
-        let _ = write!(h, "<p>{}</p>\n", escape(&s.note));
+        let _ = writeln!(h, "<p>{}</p>", rich(&s.note));
     }
     if !s.findings.is_empty() {
         h.push_str("<ul class=\"findings\">");
         for f in &s.findings {
-            let _ = write!(h, "<li>{}</li>", escape(f));
+            let _ = write!(h, "<li>{}</li>", rich(f));
         }
         h.push_str("</ul>\n");
     }
     for plot in &s.plots {
         let svg = inline_svg(&run.root, plot)?;
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<figure>{svg}<figcaption>plots/{}.svg</figcaption></figure>\n",
+            "<figure>{svg}<figcaption>plots/{}.svg</figcaption></figure>",
             escape(plot)
         );
     }
@@ -231,7 +246,7 @@ fn provenance_html(h: &mut String, report: &Report) {
         h.push_str("</dl>\n");
     }
     if let Some(spec) = &report.spec {
-        let _ = write!(h, "<h3>Experiment spec</h3>\n<pre>{}</pre>\n", escape(spec));
+        let _ = writeln!(h, "<h3>Experiment spec</h3>\n<pre>{}</pre>", escape(spec));
     }
 }
 
@@ -355,5 +370,6 @@ mod tests {
         assert!(is_number("0.93") && is_number("[0.90, 0.95]") && is_number("-1"));
         assert!(!is_number("latent"));
         assert_eq!(anchor("run: Probe x"), "run--probe-x");
+        assert_eq!(rich("at `a<b>` now"), "at <code>a&lt;b&gt;</code> now");
     }
 }
