@@ -16,10 +16,14 @@ use crate::store::Run;
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   latentlens run probes/quickstart.toml
-  latentlens run probes/shape-factors.toml --dry-run")]
+  latentlens run probes/shape-factors.toml --dry-run
+  latentlens run probes/quickstart.toml --out /tmp/quickstart")]
 pub struct RunArgs {
     /// The experiment spec (TOML), e.g. probes/quickstart.toml.
     pub spec: PathBuf,
+    /// The experiment folder, instead of the spec's `out` (default reports/<spec name>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Print the resolved plan and stop; nothing is written.
     #[arg(long)]
     pub dry_run: bool,
@@ -41,7 +45,10 @@ pub struct ReportArgs {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let file = SpecFile::read(&args.spec)?;
+    let mut file = SpecFile::read(&args.spec)?;
+    if let Some(out) = &args.out {
+        file.spec.out = Some(out.clone());
+    }
     let plan = experiment::plan(file, &common::device()?)?;
     if args.dry_run {
         crate::outln!("{}", plan.describe().trim_end());
