@@ -475,3 +475,129 @@ fn markdown_plots_are_the_svg_images_under_plots() {
         "# t\n![a](run/plots/a.svg)\n\ntext ![inline](x.svg)\n![b](r/plots/b.svg)\n![c](c.png)\n";
     assert_eq!(plots_in_markdown(md).len(), 2);
 }
+
+// ---------------------------------------------------------------------------------------
+// The notebooks
+// ---------------------------------------------------------------------------------------
+
+/// Every notebook and the quickstart run it is executed against. A notebook missing here
+/// fails `every_notebook_is_executed_in_ci`, so none is left out of CI by accident.
+const NOTEBOOKS: [(&str, &str); 3] = [
+    ("explore_diffusion.ipynb", "diffusion"),
+    ("reasoner_thoughts.ipynb", "reasoner"),
+    ("reasoner_lookup_circuit.ipynb", "reasoner"),
+];
+
+fn notebook_files() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(Path::new(ROOT).join("notebooks"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".ipynb"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_notebook_is_executed_in_ci() {
+    let mut listed: Vec<String> = NOTEBOOKS.iter().map(|(n, _)| n.to_string()).collect();
+    listed.sort();
+    assert_eq!(
+        notebook_files(),
+        listed,
+        "add the notebook to NOTEBOOKS with its run"
+    );
+}
+
+/// Notebooks are committed without outputs: diffs stay readable and no stale numbers ship.
+#[test]
+fn notebooks_are_stored_without_outputs() {
+    for name in notebook_files() {
+        let path = Path::new(ROOT).join("notebooks").join(&name);
+        let nb: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{name} is not JSON: {e}"));
+        assert_eq!(nb["nbformat"], 4, "{name}: not an nbformat 4 notebook");
+        for cell in nb["cells"].as_array().expect("cells") {
+            if cell["cell_type"] == "code" {
+                assert_eq!(
+                    cell["outputs"],
+                    json!([]),
+                    "{name}: a cell keeps its outputs"
+                );
+                assert!(
+                    cell["execution_count"].is_null(),
+                    "{name}: a cell keeps its count"
+                );
+            }
+        }
+    }
+}
+
+/// Executes every notebook headless (nbconvert) against the quickstart run, with the
+/// Python that `LATENTLENS_NOTEBOOK_PYTHON` names (a venv with notebooks/requirements.txt,
+/// made by `.ci/run`).
+#[test]
+fn notebooks_run_on_the_quickstart() {
+    let Some(python) = std::env::var_os("LATENTLENS_NOTEBOOK_PYTHON") else {
+        warn(
+            "skipping the notebooks: LATENTLENS_NOTEBOOK_PYTHON is not set (point it at a \
+             python with notebooks/requirements.txt installed; `.ci/run` makes one)",
+        );
+        return;
+    };
+    let python = PathBuf::from(python);
+    assert!(
+        python.is_file(),
+        "LATENTLENS_NOTEBOOK_PYTHON={} is not a file",
+        python.display()
+    );
+    let out = quickstart();
+    let executed = work_dir().join("notebooks");
+    std::fs::create_dir_all(&executed).unwrap();
+    // In parallel: the machine's cores share the kernels' numpy work.
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = NOTEBOOKS
+            .iter()
+            .map(|&(name, run)| {
+                let (python, executed) = (&python, &executed);
+                let run = out.join(run);
+                scope.spawn(move || execute_notebook(python, name, &run, executed))
+            })
+            .collect();
+        let failures: Vec<String> = runs
+            .into_iter()
+            .filter_map(|h| h.join().expect("the notebook thread").err())
+            .collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    });
+}
+
+/// Runs one notebook through nbconvert with `LATENTLENS_RUN=run`; the executed copy lands
+/// in `executed`.
+fn execute_notebook(python: &Path, name: &str, run: &Path, executed: &Path) -> Result<(), String> {
+    let res = Command::new(python)
+        .args(["-m", "nbconvert", "--to", "notebook", "--execute"])
+        .arg("--ExecutePreprocessor.timeout=600")
+        .arg("--output-dir")
+        .arg(executed)
+        .arg(Path::new("notebooks").join(name))
+        .env("LATENTLENS_RUN", run)
+        .env("MPLBACKEND", "Agg")
+        .current_dir(ROOT)
+        .output()
+        .map_err(|e| format!("{}: {e}", python.display()))?;
+    if !res.status.success() {
+        return Err(format!(
+            "notebook {name} failed on {}:\n{}",
+            run.display(),
+            String::from_utf8_lossy(&res.stderr)
+        ));
+    }
+    if !executed.join(name).is_file() {
+        return Err(format!(
+            "{name}: no executed copy in {}",
+            executed.display()
+        ));
+    }
+    Ok(())
+}
