@@ -375,8 +375,8 @@ fn plots_in_markdown(md: &str) -> Vec<String> {
 fn quickstart_report_renders_in_chromium_without_errors_or_requests() {
     let Some(chromium) = chromium() else {
         warn(
-            "skipping the browser check of the report: no Chromium at /usr/bin/chromium \
-             (install it with `apt-get install chromium`, or point LATENTLENS_CHROMIUM at one)",
+            "skipping the browser check of the report: no Chromium at /usr/bin/chromium or \
+             $LATENTLENS_CHROMIUM (install it with `apt-get install chromium`)",
         );
         return;
     };
@@ -429,7 +429,7 @@ fn quickstart_report_renders_in_chromium_without_errors_or_requests() {
 #[test]
 fn a_broken_page_fails_the_browser_check() {
     let Some(chromium) = chromium() else {
-        warn("skipping the browser check's own test: no Chromium at /usr/bin/chromium");
+        warn("skipping the browser check's own test: no Chromium (see the report's test)");
         return;
     };
     let dir = work_dir().join("browser-broken");
