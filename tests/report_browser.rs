@@ -601,3 +601,32 @@ fn execute_notebook(python: &Path, name: &str, run: &Path, executed: &Path) -> R
     }
     Ok(())
 }
+
+/// `run --out DIR` (what these tests use) moves the whole experiment into DIR, and
+/// `--dry-run` with it writes nothing.
+#[test]
+fn run_out_overrides_the_spec_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("elsewhere");
+    let res = Command::new(env!("CARGO_BIN_EXE_latentlens"))
+        .args(["run", "probes/quickstart.toml", "--dry-run", "--out"])
+        .arg(&out)
+        .current_dir(ROOT)
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    for line in [
+        format!("into {}", out.display()),
+        format!("-> {}", out.join("diffusion").display()),
+        format!("report -> {}", out.join("report.html").display()),
+    ] {
+        assert!(stdout.contains(&line), "the plan lacks `{line}`:\n{stdout}");
+    }
+    assert!(!stdout.contains("reports/quickstart"), "{stdout}");
+    assert!(!out.exists(), "--dry-run wrote {}", out.display());
+}
