@@ -19,17 +19,18 @@ use crate::store::Run;
 
 Examples:
   latentlens run probes/quickstart.toml
-  latentlens run probes/shape-factors.toml --dry-run"
+  latentlens run probes/quickstart.toml --dry-run
+  latentlens run probes/quickstart.toml --out /tmp/quickstart"
 )]
 pub struct RunArgs {
     /// The experiment spec (TOML), e.g. probes/quickstart.toml.
     pub spec: PathBuf,
+    /// The experiment folder, instead of the spec's `out` (default reports/<spec name>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Print the resolved plan and stop; nothing is written.
     #[arg(long)]
     pub dry_run: bool,
-    /// Write the experiment here instead of the spec's `out` (default reports/<spec name>).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
 }
 
 /// Remake report.html and report.md from a run's (or an experiment's) tables.
