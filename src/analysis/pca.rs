@@ -962,7 +962,11 @@ mod wide_tests {
         assert!(fit.eigenvalues[23] < 1e-9 * fit.eigenvalues[0]);
         assert!(fit.eigenvalues[24..].iter().all(|&l| l == 0.0));
         let sum: f64 = fit.eigenvalues.iter().sum();
-        assert!((sum - fit.total_variance).abs() < 1e-9 * sum, "{sum} vs {}", fit.total_variance);
+        assert!(
+            (sum - fit.total_variance).abs() < 1e-9 * sum,
+            "{sum} vs {}",
+            fit.total_variance
+        );
         // Orthonormal components.
         for a in 0..10 {
             for b in 0..10 {
@@ -977,7 +981,10 @@ mod wide_tests {
         let measured = fit.reconstruction_mse(&x, d).unwrap();
         for (k, m) in measured.iter().enumerate() {
             let closed = fit.reconstruction_mse_closed_form(k);
-            assert!((m - closed).abs() < 1e-4 * (1.0 + closed), "k={k}: {m} vs {closed}");
+            assert!(
+                (m - closed).abs() < 1e-4 * (1.0 + closed),
+                "k={k}: {m} vs {closed}"
+            );
         }
     }
 
@@ -1010,7 +1017,9 @@ mod wide_tests {
         // More components than the rank: the completion is still orthonormal.
         let few = wide(5, 40, 2, 9);
         let fit = PcaFit::fit(&few, 40, 6).unwrap();
-        assert!(fit.eigenvalues[2..].iter().all(|&l| l < 1e-9 * fit.eigenvalues[0]));
+        assert!(fit.eigenvalues[2..]
+            .iter()
+            .all(|&l| l < 1e-9 * fit.eigenvalues[0]));
         for a in 0..6 {
             let norm: f64 = fit.component(a).iter().map(|&v| (v as f64).powi(2)).sum();
             assert!((norm - 1.0).abs() < 1e-5, "component {a}: {norm}");

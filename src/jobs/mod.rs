@@ -14,6 +14,7 @@
 pub mod probe;
 pub mod record_diffusion;
 pub mod record_reasoner;
+pub mod reduce;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,6 +116,7 @@ impl Identity {
 pub fn report_section(run: &Run, record: &AnalysisRecord) -> Result<Option<Section>> {
     Ok(match record.analysis.as_str() {
         "probe" => Some(probe::report(run, record)?),
+        "reduce" => Some(reduce::report(run, record)?),
         _ => None,
     })
 }

@@ -6,6 +6,7 @@
 //! small functions that turn table rows into one of these; nothing here knows a run folder.
 
 pub mod probe;
+pub mod reduce;
 
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
