@@ -11,6 +11,7 @@
 //!   records the analysis in the manifest last. An error before that leaves the folder as
 //!   it was.
 
+pub mod infoloss;
 pub mod probe;
 pub mod record_diffusion;
 pub mod record_reasoner;
@@ -117,6 +118,7 @@ pub fn report_section(run: &Run, record: &AnalysisRecord) -> Result<Option<Secti
     Ok(match record.analysis.as_str() {
         "probe" => Some(probe::report(run, record)?),
         "reduce" => Some(reduce::report(run, record)?),
+        "infoloss" => Some(infoloss::report(run, record)?),
         _ => None,
     })
 }
