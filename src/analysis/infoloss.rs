@@ -226,11 +226,23 @@ impl Default for MiOptions {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MiEstimate {
     pub estimator: Estimator,
+    /// The estimate, clamped to `bound_nats` when it exceeded it.
     pub mi_nats: f64,
+    /// What the estimator returned, before clamping.
+    pub raw_nats: f64,
+    /// The label's entropy, the most any representation can tell about it (categorical
+    /// labels only).
+    pub bound_nats: Option<f64>,
+    /// Whether `raw_nats` exceeded `bound_nats` and was clamped: the estimate is then
+    /// not to be trusted (for the Gaussian one, classes tighter than a Gaussian).
+    pub clamped: bool,
     /// Rows the estimate used (after subsampling).
     pub n: usize,
     /// Principal components it used.
     pub components: usize,
+    /// k the kNN estimator used (`None` for the Gaussian one). Ross's estimator lowers k
+    /// to a class's size - 1 in small classes; this is the smallest k it used.
+    pub neighbours: Option<usize>,
 }
 
 /// A representation's rows projected on its top principal components, row-major
@@ -318,20 +330,34 @@ pub fn mutual_information_from_scores(
     // The kNN estimators use a max-norm, so give every axis unit variance (as
     // scikit-learn does) and break exact ties with a seeded 1e-10 jitter.
     let zs = jitter(&standardise_columns(z, k), opts.seed, 1);
-    let ksg = match label {
+    let (ksg, k_used) = match label {
         Label::Continuous(y) => {
             let ys = jitter(&standardise_columns(y, 1), opts.seed, 2);
-            mi::ksg(&zs, k, &ys, opts.neighbours)?
+            (mi::ksg(&zs, k, &ys, opts.neighbours)?, opts.neighbours)
         }
-        Label::Categorical(c) => mi::mixed_ksg(&zs, k, c, opts.neighbours)?,
+        Label::Categorical(c) => (
+            mi::mixed_ksg(&zs, k, c, opts.neighbours)?,
+            mi::mixed_ksg_neighbours(c, opts.neighbours),
+        ),
     };
-    let est = |estimator, mi_nats| MiEstimate {
-        estimator,
-        mi_nats,
-        n,
-        components: k,
+    let bound = label.entropy_nats();
+    let est = |estimator, raw: f64, neighbours| {
+        let clamped = bound.is_some_and(|b| raw > b);
+        MiEstimate {
+            estimator,
+            mi_nats: if clamped { bound.unwrap_or(raw) } else { raw },
+            raw_nats: raw,
+            bound_nats: bound,
+            clamped,
+            n,
+            components: k,
+            neighbours,
+        }
     };
-    Ok([est(Estimator::Gaussian, gaussian), est(Estimator::Ksg, ksg)])
+    Ok([
+        est(Estimator::Gaussian, gaussian, None),
+        est(Estimator::Ksg, ksg, Some(k_used)),
+    ])
 }
 
 fn standardise_columns(z: &[f64], width: usize) -> Vec<f64> {
@@ -606,6 +632,51 @@ mod tests {
         };
         let [_, ksg] = mutual_information(rep, &Label::Categorical(c), &opts).unwrap();
         assert!((ksg.mi_nats - 2f64.ln()).abs() < 0.05, "{ksg:?}");
+    }
+
+    #[test]
+    fn a_gaussian_estimate_above_the_label_entropy_is_clamped_and_flagged() {
+        // Three tight, far-apart classes: the Gaussian stand-in for H(Z) is far above the
+        // true one, so the raw estimate exceeds ln 3, which no MI can.
+        let n = 600;
+        let g = rng::gaussian(8, 0, n * 2);
+        let c: Vec<u32> = (0..n).map(|i| (i % 3) as u32).collect();
+        let x: Vec<f32> = (0..n * 2)
+            .map(|k| 50.0 * c[k / 2] as f32 * (k % 2) as f32 + 0.01 * g[k])
+            .collect();
+        let opts = MiOptions {
+            components: 2,
+            ..Default::default()
+        };
+        let rep = Representation::new(&x, 2).unwrap();
+        let [gauss, ksg] = mutual_information(rep, &Label::Categorical(c.clone()), &opts).unwrap();
+        let bound = Label::Categorical(c.clone()).entropy_nats().unwrap();
+        assert!((bound - 3f64.ln()).abs() < 1e-12);
+        assert!(gauss.raw_nats > bound + 1.0, "{gauss:?}");
+        assert!(gauss.clamped);
+        assert_eq!((gauss.mi_nats, gauss.bound_nats), (bound, Some(bound)));
+        assert!(ksg.mi_nats <= bound && ksg.neighbours == Some(3), "{ksg:?}");
+        // A continuous label has no bound and is never clamped.
+        let y: Vec<f64> = (0..n).map(|i| x[i * 2 + 1] as f64).collect();
+        let [g2, _] = mutual_information(rep, &Label::Continuous(y), &opts).unwrap();
+        assert!(!g2.clamped && g2.bound_nats.is_none() && g2.mi_nats == g2.raw_nats);
+    }
+
+    #[test]
+    fn ksg_records_the_neighbours_it_used_in_small_classes() {
+        // A class of 3 rows leaves 2 same-class neighbours: k = 5 becomes 2, and says so.
+        let n = 40;
+        let g = rng::gaussian(2, 0, n);
+        let x: Vec<f32> = g.clone();
+        let c: Vec<u32> = (0..n).map(|i| u32::from(i < 3)).collect();
+        let opts = MiOptions {
+            components: 1,
+            neighbours: 5,
+            ..Default::default()
+        };
+        let rep = Representation::new(&x, 1).unwrap();
+        let [_, ksg] = mutual_information(rep, &Label::Categorical(c), &opts).unwrap();
+        assert_eq!(ksg.neighbours, Some(2));
     }
 
     #[test]

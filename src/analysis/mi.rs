@@ -283,6 +283,18 @@ pub fn mixed_ksg(z: &[f64], width: usize, labels: &[u32], k: usize) -> Result<f6
     Ok(digamma(nf) + (sum_k - sum_nc - sum_m) / nf)
 }
 
+/// The smallest k [`mixed_ksg`] uses with `labels` when asked for `k`: a class of m rows
+/// has only m - 1 same-class neighbours, so its k is lowered to that (classes of one row
+/// are left out). Reported beside the estimate so the lowering is never silent.
+pub fn mixed_ksg_neighbours(labels: &[u32], k: usize) -> usize {
+    group_by_label(labels)
+        .iter()
+        .filter(|(_, idx)| idx.len() > 1)
+        .map(|(_, idx)| k.min(idx.len() - 1))
+        .min()
+        .unwrap_or(k)
+}
+
 /// Above this size (of the smaller side) the top components come from a randomized
 /// subspace iteration instead of a full eigendecomposition.
 const EXACT_PCA_LIMIT: usize = 128;

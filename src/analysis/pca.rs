@@ -4,6 +4,13 @@
 //!
 //! Ratios are fractions of the TOTAL variance (trace of the covariance), as scikit-learn
 //! reports them, not fractions of the kept components' variance (linfa's convention).
+//!
+//! Wide inputs with fewer rows than columns (an `image` site of 3072 pixels over a few
+//! dozen samples, many of them constant) have a covariance of rank < rows: its width x
+//! width eigendecomposition has thousands of zero eigenvalues and did not converge. For
+//! them the accumulator keeps the rows (at most width x width values, the size of the
+//! Gram it holds anyway) and decomposes the rows x rows Gram matrix instead, whose
+//! non-zero eigenvalues are the same (the SVD of the centred rows).
 
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par, Side};
@@ -31,6 +38,9 @@ pub struct PcaAccumulator {
     gram: Mat<f64>,
     chunk: Vec<f32>,
     chunk_gram: Mat<f32>,
+    /// The shifted rows, kept while there are fewer rows than columns (then the fit goes
+    /// through the rows x rows Gram matrix); dropped once rows reach the width.
+    wide_rows: Option<Vec<f32>>,
 }
 
 impl PcaAccumulator {
@@ -46,6 +56,7 @@ impl PcaAccumulator {
             gram: Mat::zeros(width, width),
             chunk: Vec::new(),
             chunk_gram: Mat::zeros(width, width),
+            wide_rows: Some(Vec::new()),
         })
     }
 
@@ -84,8 +95,14 @@ impl PcaAccumulator {
         for start in (0..n).step_by(CHUNK_ROWS) {
             let end = (start + CHUNK_ROWS).min(n);
             self.push_chunk(&rows[start * width..end * width]);
+            if let Some(kept) = self.wide_rows.as_mut() {
+                kept.extend_from_slice(&self.chunk);
+            }
         }
         self.count += n as u64;
+        if self.count >= width as u64 {
+            self.wide_rows = None;
+        }
         Ok(())
     }
 
@@ -167,6 +184,12 @@ impl PcaAccumulator {
                 "PCA: --components must be in 1..={d} (the width), got {n_components}"
             )));
         }
+        if let (Some(rows), true) = (self.wide_rows.as_deref(), self.count >= 2) {
+            let n = self.count as f64;
+            let shift = self.shift.as_deref().unwrap_or(&[]);
+            let mean = self.sum.iter().zip(shift).map(|(s, &b)| s / n + b as f64);
+            return self.finish_wide(rows, mean.collect(), n_components);
+        }
         let (cov, mean) = self.covariance()?;
         let total_variance: f64 = (0..d).map(|i| cov[(i, i)]).sum();
         let (eigenvalues, vectors) = if d <= F64_EIGH_MAX_WIDTH {
@@ -179,6 +202,67 @@ impl PcaAccumulator {
             let sign = sign_of_largest(vectors.as_ref(), c);
             for j in 0..d {
                 components[c * d + j] = (sign * vectors[(j, c)]) as f32;
+            }
+        }
+        Ok(PcaFit {
+            width: d,
+            n_samples: self.count,
+            mean,
+            components,
+            eigenvalues,
+            total_variance,
+        })
+    }
+
+    /// The fit of n < width rows from the n x n Gram matrix of the centred rows Xc:
+    /// Xc Xc^T = U L U^T gives the covariance eigenvalues L / (n - 1) (the other
+    /// width - n are 0) and components Xc^T u / sqrt(l). Directions past the rank (zero
+    /// variance, any orthonormal completion is as good) come from a QR completion.
+    fn finish_wide(&self, rows: &[f32], mean: Vec<f64>, k: usize) -> Result<PcaFit> {
+        let d = self.width;
+        let n = rows.len() / d;
+        let shift = self.shift.as_deref().unwrap_or(&[]);
+        // `mean` is the data mean; the kept rows are shifted, so centre by mean - shift.
+        let centre: Vec<f64> = mean.iter().zip(shift).map(|(m, &s)| m - s as f64).collect();
+        let xc = Mat::<f64>::from_fn(n, d, |i, j| rows[i * d + j] as f64 - centre[j]);
+        let gram = &xc * xc.transpose();
+        let evd = gram.self_adjoint_eigen(Side::Lower).map_err(evd_error)?;
+        let (u, s) = (evd.U(), evd.S());
+        let scale = n as f64 - 1.0;
+        // faer sorts ascending.
+        let top: Vec<f64> = (0..n).rev().map(|i| s[i].max(0.0)).collect();
+        let mut eigenvalues: Vec<f64> = top.iter().map(|l| l / scale).collect();
+        eigenvalues.resize(d, 0.0);
+        let total_variance = (0..n).map(|i| gram[(i, i)]).sum::<f64>() / scale;
+        // Directions whose variance is rounding noise are left to the completion.
+        let tol = top[0] * 1e-12 * n as f64;
+        let rank = top.iter().take(k).take_while(|&&l| l > tol).count();
+        let mut basis = Mat::<f64>::zeros(d, k);
+        for c in 0..rank {
+            let uc = Mat::<f64>::from_fn(n, 1, |i, _| u[(i, n - 1 - c)]);
+            let v = xc.transpose() * &uc;
+            let norm = top[c].sqrt();
+            for j in 0..d {
+                basis[(j, c)] = v[(j, 0)] / norm;
+            }
+        }
+        if rank < k {
+            // Unit vectors on the axes least used by the kept directions, orthonormalised
+            // against them (QR keeps the first `rank` columns up to sign).
+            let mut weight: Vec<(f64, usize)> = (0..d)
+                .map(|j| ((0..rank).map(|c| basis[(j, c)].powi(2)).sum(), j))
+                .collect();
+            weight.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for (c, &(_, j)) in (rank..k).zip(&weight) {
+                basis[(j, c)] = 1.0;
+            }
+            basis = basis.qr().compute_thin_Q();
+        }
+        let mut components = vec![0.0f32; k * d];
+        for c in 0..k {
+            let sign = sign_of_largest(basis.as_ref(), c);
+            for j in 0..d {
+                components[c * d + j] = (sign * basis[(j, c)]) as f32;
             }
         }
         Ok(PcaFit {
@@ -840,5 +924,106 @@ mod tests {
     fn bench_20000x768_to_50() {
         let r = bench_pca(20000, 768, 50, 0).unwrap();
         println!("{}", serde_json::to_string_pretty(&r).unwrap());
+    }
+}
+
+#[cfg(test)]
+mod wide_tests {
+    use super::*;
+
+    /// `rows` x `width` data of rank `rank` plus constant columns (an image site over a
+    /// few samples: most pixels are background).
+    fn wide(rows: usize, width: usize, rank: usize, seed: u64) -> Vec<f32> {
+        let g = crate::rng::gaussian(seed, 0, rows * rank + rank * width);
+        let (l, w) = g.split_at(rows * rank);
+        (0..rows)
+            .flat_map(|i| (0..width).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                if j % 3 == 0 {
+                    // Constant background pixel.
+                    -1.0
+                } else {
+                    (0..rank)
+                        .map(|r| l[i * rank + r] * w[r * width + j] / (1.0 + r as f32))
+                        .sum::<f32>()
+                        + 5.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wide_rank_deficient_input_fits_through_the_gram_matrix() {
+        // The `image` site case: 3072 columns, 24 rows, a third of them constant.
+        let (n, d) = (24, 3072);
+        let x = wide(n, d, 30, 7);
+        let fit = PcaFit::fit(&x, d, 10).unwrap();
+        assert_eq!(fit.eigenvalues.len(), d);
+        // Rank <= n - 1 = 23: every eigenvalue past it is 0 (the 24th up to rounding).
+        assert!(fit.eigenvalues[23] < 1e-9 * fit.eigenvalues[0]);
+        assert!(fit.eigenvalues[24..].iter().all(|&l| l == 0.0));
+        let sum: f64 = fit.eigenvalues.iter().sum();
+        assert!(
+            (sum - fit.total_variance).abs() < 1e-9 * sum,
+            "{sum} vs {}",
+            fit.total_variance
+        );
+        // Orthonormal components.
+        for a in 0..10 {
+            for b in 0..10 {
+                let dot: f64 = (0..d)
+                    .map(|j| fit.component(a)[j] as f64 * fit.component(b)[j] as f64)
+                    .sum();
+                let want = if a == b { 1.0 } else { 0.0 };
+                assert!((dot - want).abs() < 1e-5, "{a}.{b} = {dot}");
+            }
+        }
+        // The measured reconstruction error agrees with the eigenvalues'.
+        let measured = fit.reconstruction_mse(&x, d).unwrap();
+        for (k, m) in measured.iter().enumerate() {
+            let closed = fit.reconstruction_mse_closed_form(k);
+            assert!(
+                (m - closed).abs() < 1e-4 * (1.0 + closed),
+                "k={k}: {m} vs {closed}"
+            );
+        }
+    }
+
+    #[test]
+    fn gram_and_covariance_eigenvalues_agree() {
+        // Second method: the f64 eigendecomposition of the covariance itself, small enough
+        // to converge here (60 rows x 150 columns, rank-deficient).
+        let (n, d) = (60, 150);
+        let x = wide(n, d, 80, 3);
+        let fit = PcaFit::fit(&x, d, 8).unwrap();
+        let mean: Vec<f64> = (0..d)
+            .map(|j| (0..n).map(|i| x[i * d + j] as f64).sum::<f64>() / n as f64)
+            .collect();
+        let cov = Mat::<f64>::from_fn(d, d, |a, b| {
+            (0..n)
+                .map(|i| (x[i * d + a] as f64 - mean[a]) * (x[i * d + b] as f64 - mean[b]))
+                .sum::<f64>()
+                / (n as f64 - 1.0)
+        });
+        let (reference, vectors) = top_eigen_f64(&cov, 8).unwrap();
+        for (a, b) in fit.eigenvalues.iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-9 * reference[0], "{a} vs {b}");
+        }
+        for c in 0..8 {
+            let dot: f64 = (0..d)
+                .map(|j| fit.component(c)[j] as f64 * vectors[(j, c)])
+                .sum();
+            assert!((dot.abs() - 1.0).abs() < 1e-5, "component {c}: {dot}");
+        }
+        // More components than the rank: the completion is still orthonormal.
+        let few = wide(5, 40, 2, 9);
+        let fit = PcaFit::fit(&few, 40, 6).unwrap();
+        assert!(fit.eigenvalues[2..]
+            .iter()
+            .all(|&l| l < 1e-9 * fit.eigenvalues[0]));
+        for a in 0..6 {
+            let norm: f64 = fit.component(a).iter().map(|&v| (v as f64).powi(2)).sum();
+            assert!((norm - 1.0).abs() < 1e-5, "component {a}: {norm}");
+        }
     }
 }

@@ -11,9 +11,11 @@
 //!   records the analysis in the manifest last. An error before that leaves the folder as
 //!   it was.
 
+pub mod infoloss;
 pub mod probe;
 pub mod record_diffusion;
 pub mod record_reasoner;
+pub mod reduce;
 pub mod steer;
 
 use std::path::PathBuf;
@@ -117,6 +119,8 @@ pub fn report_section(run: &Run, record: &AnalysisRecord) -> Result<Option<Secti
     Ok(match record.analysis.as_str() {
         "probe" => Some(probe::report(run, record)?),
         "steer" => Some(steer::report(run, record)?),
+        "reduce" => Some(reduce::report(run, record)?),
+        "infoloss" => Some(infoloss::report(run, record)?),
         _ => None,
     })
 }

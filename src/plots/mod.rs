@@ -6,7 +6,9 @@
 //! small functions that turn table rows into one of these; nothing here knows a run folder.
 
 pub mod images;
+pub mod infoloss;
 pub mod probe;
+pub mod reduce;
 
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
