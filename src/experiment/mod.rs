@@ -29,7 +29,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::audit;
-use crate::jobs::{self, probe, record_diffusion, record_reasoner, steer, Ctx};
+use crate::jobs::{self, infoloss, probe, record_diffusion, record_reasoner, reduce, steer, Ctx};
 use crate::progress::Progress;
 use crate::report::{self, Report};
 use crate::store::{resolve, Run, Start};
@@ -63,6 +63,10 @@ pub struct RunSpec {
     pub reasoner: Option<record_reasoner::Options>,
     #[serde(default)]
     pub probe: Vec<probe::Options>,
+    #[serde(default)]
+    pub reduce: Vec<reduce::Options>,
+    #[serde(default)]
+    pub infoloss: Vec<infoloss::Options>,
     /// Steering along a probe's direction (diffusion runs; after the probes).
     #[serde(default)]
     pub steer: Vec<steer::Options>,
@@ -309,6 +313,21 @@ fn check_analyses(text: &str, i: usize, run: &RunSpec, recording: &Recording) ->
             problems.push(at("steps", e.to_string()));
         }
     }
+    for (kind, j, patterns) in run
+        .reduce
+        .iter()
+        .enumerate()
+        .map(|(j, o)| ("reduce", j, &o.sites))
+        .chain(run.infoloss.iter().enumerate().map(|(j, o)| ("infoloss", j, &o.sites)))
+    {
+        if let Err(e) = check_sites(patterns, &sites) {
+            problems.push(locate::problem(
+                text,
+                &["run", &i.to_string(), kind, &j.to_string(), "sites"],
+                &format!("run `{}`, {kind} {}: {e}", run.name, j + 1),
+            ));
+        }
+    }
     for (j, st) in run.steer.iter().enumerate() {
         let at = |key: &str, msg: String| {
             locate::problem(
@@ -377,12 +396,11 @@ fn check_analyses(text: &str, i: usize, run: &RunSpec, recording: &Recording) ->
                 }
             }
             audit::RuleKind::Accuracy | audit::RuleKind::Finite => {}
-            audit::RuleKind::Reconstruction => problems.push(at(
-                "kind",
-                "needs an infoloss analysis, which this version cannot declare in a spec yet; \
-                 use `latentlens audit --run DIR --rules FILE` after `latentlens infoloss`"
-                    .into(),
-            )),
+            audit::RuleKind::Reconstruction => {
+                if run.infoloss.is_empty() {
+                    problems.push(at("kind", "needs an [[run.infoloss]] analysis in this run".into()));
+                }
+            }
             audit::RuleKind::FrontierMass => problems.push(at(
                 "kind",
                 "needs a bfs analysis, which this version cannot declare in a spec yet; use \
@@ -487,6 +505,16 @@ pub fn execute(
                 interrupted,
                 &mut summary,
             )?;
+        }
+        for opts in &r.spec.reduce {
+            let p = reduce::plan(&run, opts)?;
+            let job = |run: &Run, ctx: &Ctx| reduce::run(run, &p, ctx);
+            analyse(&mut run, &r.name, &p.identity, job, stages, interrupted, &mut summary)?;
+        }
+        for opts in &r.spec.infoloss {
+            let p = infoloss::plan(&run, opts)?;
+            let job = |run: &Run, ctx: &Ctx| infoloss::run(run, &p, ctx);
+            analyse(&mut run, &r.name, &p.identity, job, stages, interrupted, &mut summary)?;
         }
         for opts in &r.spec.steer {
             let p = steer::plan(&run, opts, device)?;
