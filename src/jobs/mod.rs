@@ -11,6 +11,7 @@
 //!   records the analysis in the manifest last. An error before that leaves the folder as
 //!   it was.
 
+pub mod bfs;
 pub mod probe;
 pub mod record_diffusion;
 pub mod record_reasoner;
@@ -115,6 +116,7 @@ impl Identity {
 pub fn report_section(run: &Run, record: &AnalysisRecord) -> Result<Option<Section>> {
     Ok(match record.analysis.as_str() {
         "probe" => Some(probe::report(run, record)?),
+        "bfs" => Some(bfs::report(run, record)?),
         _ => None,
     })
 }
