@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::record_reasoner::{questions_of, MAX_THOUGHTS};
+use super::record_reasoner::{self, questions_of, MAX_THOUGHTS};
 use super::{Ctx, Identity, Output};
 use crate::analysis::bfs::{
     chain_shares, chain_text, chains_table, classify_chain, height_rows, height_summaries,
@@ -104,7 +104,7 @@ pub fn plan(run: &Run, opts: &Options, device: &Device) -> Result<Plan> {
     }
     let records = questions(run, opts)?;
     let source = if is_empty(&opts.source) {
-        source_of(run)?
+        source_in(&run.manifest().config, &run.root().display().to_string())?
     } else {
         opts.source.clone()
     };
@@ -156,16 +156,21 @@ fn is_empty(source: &ReasonerSource) -> bool {
 
 /// The run's questions: from its manifest, or from `opts.data` when the run names none.
 fn questions(run: &Run, opts: &Options) -> Result<Vec<Record>> {
-    let config = &run.manifest().config;
+    let what = run.root().display().to_string();
+    questions_in(&run.manifest().config, &what, opts)
+}
+
+/// The questions a reasoner run's `config` names (`data` or `generate`), checked against
+/// `opts.data`; `opts.data` itself when the config names none. `what` names the run.
+fn questions_in(config: &serde_json::Value, what: &str, opts: &Options) -> Result<Vec<Record>> {
     let recorded_on = config.get("data").and_then(|d| d.as_str());
     let generated = config.get("generate").is_some_and(|g| !g.is_null());
     match (&opts.data, recorded_on) {
-        (Some(data), Some(recorded)) => check_same_data(run, Path::new(recorded), data)?,
+        (Some(data), Some(recorded)) => check_same_data(what, Path::new(recorded), data)?,
         (Some(data), None) if generated => {
             return Err(Error::Invalid(format!(
-                "{} holds generated questions (`generate` in its manifest), not {}: its \
+                "{what} holds generated questions (`generate` in its manifest), not {}: its \
                  `sample` ids would not match; leave out --data, or give a new --run folder",
-                run.root().display(),
                 data.display()
             )))
         }
@@ -174,8 +179,7 @@ fn questions(run: &Run, opts: &Options) -> Result<Vec<Record>> {
     }
     if recorded_on.is_none() && !generated {
         return Err(Error::Invalid(format!(
-            "{}'s manifest names no ProsQA questions (`data` or `generate`); give --data FILE",
-            run.root().display()
+            "{what}'s manifest names no ProsQA questions (`data` or `generate`); give --data FILE"
         )));
     }
     questions_of(config)
@@ -183,13 +187,12 @@ fn questions(run: &Run, opts: &Options) -> Result<Vec<Record>> {
 
 /// A run that names its data file must have been made on `data`: `sample` is the index
 /// of a question in that file, and the tables are joined on it.
-fn check_same_data(run: &Run, recorded: &Path, data: &Path) -> Result<()> {
+fn check_same_data(what: &str, recorded: &Path, data: &Path) -> Result<()> {
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     if canonical(recorded) != canonical(data) {
         return Err(Error::Invalid(format!(
-            "{} was recorded on {}, not on {}: its `sample` ids would not match; pass the \
+            "{what} was recorded on {}, not on {}: its `sample` ids would not match; pass the \
              same --data (or none) or a new --run folder",
-            run.root().display(),
             recorded.display(),
             data.display()
         )));
@@ -199,8 +202,7 @@ fn check_same_data(run: &Run, recorded: &Path, data: &Path) -> Result<()> {
 
 /// The model a run was recorded with: its `source`, or (runs from before `source` was
 /// kept) the `model` folder it names.
-fn source_of(run: &Run) -> Result<ReasonerSource> {
-    let config = &run.manifest().config;
+fn source_in(config: &serde_json::Value, what: &str) -> Result<ReasonerSource> {
     if let Some(source) = config.get("source").filter(|s| !s.is_null()) {
         return Ok(serde_json::from_value(source.clone())?);
     }
@@ -210,11 +212,28 @@ fn source_of(run: &Run) -> Result<ReasonerSource> {
             ..ReasonerSource::default()
         }),
         _ => Err(Error::Invalid(format!(
-            "{}'s manifest does not say which reasoner made it; give --model DIR or \
-             --checkpoint FILE --tokenizer DIR",
-            run.root().display()
+            "{what}'s manifest does not say which reasoner made it; give --model DIR or \
+             --checkpoint FILE --tokenizer DIR"
         ))),
     }
+}
+
+/// Resolves bfs for the run a reasoner recording will make, before it is recorded (an
+/// experiment checks every analysis before any work). The plan is the one [`plan`] makes
+/// on the finished run.
+pub fn plan_for_recording(
+    recording: &record_reasoner::Plan,
+    opts: &Options,
+    device: &Device,
+) -> Result<Plan> {
+    let what = "the reasoner recording";
+    let records = questions_in(&recording.config, what, opts)?;
+    let source = if is_empty(&opts.source) {
+        source_in(&recording.config, what)?
+    } else {
+        opts.source.clone()
+    };
+    resolve(records, &source, opts, device)
 }
 
 /// Loads the model and checks every question against it, before any work.
@@ -879,9 +898,19 @@ mod tests {
             ..record_reasoner::Options::default()
         };
         let rec_plan = record_reasoner::plan(&rec, &Device::Cpu).unwrap();
+        // Planned before the recording exists (as an experiment does), then on the run.
+        let before = plan_for_recording(&rec_plan, &options(None, None, 2), &Device::Cpu).unwrap();
         let stop = AtomicBool::new(false);
         let dir = tmp.path().join("reasoner");
         record_reasoner::run(&dir, &rec_plan, &Ctx::new(&Hidden, &stop)).unwrap();
+        let after = plan(
+            &Run::open(&dir).unwrap(),
+            &options(None, None, 2),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(before.identity.options, after.identity.options);
+        assert_eq!(before.records, after.records);
 
         let used = |run: &Run| {
             run.manifest().analysis("bfs").unwrap().options["resolved"]["model"]["id"]
