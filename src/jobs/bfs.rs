@@ -510,7 +510,7 @@ fn frontier_name(frontier: &[usize], k: u16) -> String {
 }
 
 fn ci(i: &Interval) -> String {
-    format!("95% CI [{:.2}, {:.2}]", i.low, i.high)
+    format!("95% CI [{:.2}, {:.2}]", i.low + 0.0, i.high + 0.0)
 }
 
 fn after(k: u16) -> String {
@@ -642,7 +642,15 @@ fn per_k_table(mass: &[MassSummary], shares: &[ChainShare], frontier: &[usize]) 
         .to_vec(),
         rows: Vec::new(),
     };
-    let with_ci = |i: &Interval| format!("{:.3} [{:.3}, {:.3}]", i.mean, i.low, i.high);
+    // `+ 0.0` prints an entropy of -0 (no mass to spread) as 0.
+    let with_ci = |i: &Interval| {
+        format!(
+            "{:.3} [{:.3}, {:.3}]",
+            i.mean + 0.0,
+            i.low + 0.0,
+            i.high + 0.0
+        )
+    };
     for m in mass {
         let mut kinds: Vec<&ChainShare> = shares
             .iter()
