@@ -570,6 +570,273 @@ pub fn chain_counts(questions: &[QuestionBranches]) -> Vec<[u32; 6]> {
     counts
 }
 
+// ------------------------------------------------- summaries with intervals, from tables
+
+/// Bootstrap resamples of every interval below; questions are resampled with replacement.
+pub const BOOTSTRAP_RESAMPLES: usize = 1000;
+/// Fixed, so the report remade from the tables gives the same intervals.
+pub const BOOTSTRAP_SEED: u64 = 0;
+
+/// A mean with its 95% interval: the percentile bootstrap over questions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// The mean of `values` and its bootstrap interval; `groups[q]` holds the indices of the
+/// values of question q (one each for a per-question number, several for pooled nodes).
+/// `None` when there are no values.
+pub fn interval(values: &[f64], groups: &[Vec<usize>]) -> Option<Interval> {
+    if values.is_empty() || groups.is_empty() {
+        return None;
+    }
+    let mean_of = |rows: &[usize]| rows.iter().map(|&i| values[i]).sum::<f64>() / rows.len() as f64;
+    let all: Vec<usize> = groups.iter().flatten().copied().collect();
+    let (low, high) = crate::analysis::metrics::bootstrap_ci(
+        groups,
+        BOOTSTRAP_RESAMPLES,
+        BOOTSTRAP_SEED,
+        &|rows| {
+            if rows.is_empty() {
+                f64::NAN
+            } else {
+                mean_of(rows)
+            }
+        },
+    );
+    Some(Interval {
+        mean: mean_of(&all),
+        low,
+        high,
+    })
+}
+
+/// The interval of one number per question.
+fn per_question(values: &[f64]) -> Option<Interval> {
+    let groups: Vec<Vec<usize>> = (0..values.len()).map(|i| vec![i]).collect();
+    interval(values, &groups)
+}
+
+/// A row of `bfs_nodes`, read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub sample: u32,
+    pub step: u16,
+    pub depth: Option<u32>,
+    pub height_min: u32,
+    pub reaches_target: bool,
+    pub in_frontier: bool,
+    pub value: f64,
+}
+
+/// Reads `bfs_nodes` (the columns [`nodes_table`] writes).
+pub fn node_rows(df: &DataFrame) -> Result<Vec<NodeRow>> {
+    use polars::prelude::DataType;
+    let col = |name: &str, dtype: &DataType| -> Result<polars::prelude::Column> {
+        Ok(df.column(name)?.cast(dtype)?)
+    };
+    let sample = col("sample", &DataType::UInt32)?;
+    let step = col("step", &DataType::UInt16)?;
+    let depth = col("depth", &DataType::UInt32)?;
+    let height = col("height_min", &DataType::UInt32)?;
+    let reaches = col("reaches_target", &DataType::Boolean)?;
+    let frontier = col("in_frontier", &DataType::Boolean)?;
+    let value = col("value", &DataType::Float64)?;
+    let (sample, step, depth, height) = (sample.u32()?, step.u16()?, depth.u32()?, height.u32()?);
+    let (reaches, frontier, value) = (reaches.bool()?, frontier.bool()?, value.f64()?);
+    Ok((0..df.height())
+        .map(|i| NodeRow {
+            sample: sample.get(i).unwrap_or(0),
+            step: step.get(i).unwrap_or(0),
+            depth: depth.get(i),
+            height_min: height.get(i).unwrap_or(0),
+            reaches_target: reaches.get(i).unwrap_or(false),
+            in_frontier: frontier.get(i).unwrap_or(false),
+            value: value.get(i).unwrap_or(f64::NAN),
+        })
+        .collect())
+}
+
+/// One question's next-step mass after `step` thoughts (what `bfs_mass` averages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuestionMass {
+    pub step: u16,
+    pub sample: u32,
+    pub frontier: f64,
+    pub reachable: f64,
+    /// On any node of the graph.
+    pub graph: f64,
+    pub entropy: Option<f64>,
+}
+
+/// Per (step, question) masses from `bfs_nodes` rows, sorted by step then sample.
+pub fn question_masses(rows: &[NodeRow]) -> Vec<QuestionMass> {
+    use std::collections::BTreeMap;
+    let mut by: BTreeMap<(u16, u32), Vec<&NodeRow>> = BTreeMap::new();
+    for r in rows {
+        by.entry((r.step, r.sample)).or_default().push(r);
+    }
+    by.into_iter()
+        .map(|((step, sample), nodes)| {
+            let frontier: Vec<f64> = nodes
+                .iter()
+                .filter(|n| n.in_frontier)
+                .map(|n| n.value)
+                .collect();
+            QuestionMass {
+                step,
+                sample,
+                frontier: frontier.iter().sum(),
+                reachable: nodes
+                    .iter()
+                    .filter(|n| n.depth.is_some())
+                    .map(|n| n.value)
+                    .sum(),
+                graph: nodes.iter().map(|n| n.value).sum(),
+                entropy: branch_entropy(&frontier),
+            }
+        })
+        .collect()
+}
+
+/// `bfs_mass` with 95% intervals: one row per k.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MassSummary {
+    pub step: u16,
+    pub questions: usize,
+    pub frontier: Interval,
+    pub reachable: Interval,
+    pub other_nodes: Interval,
+    pub non_node: Interval,
+    /// Over the questions whose frontier holds mass; `None` when none does.
+    pub branch_entropy: Option<Interval>,
+    pub entropy_questions: usize,
+}
+
+pub fn mass_summaries(masses: &[QuestionMass]) -> Vec<MassSummary> {
+    let steps: std::collections::BTreeSet<u16> = masses.iter().map(|m| m.step).collect();
+    steps
+        .into_iter()
+        .filter_map(|step| {
+            let mine: Vec<&QuestionMass> = masses.iter().filter(|m| m.step == step).collect();
+            let of = |f: &dyn Fn(&QuestionMass) -> f64| {
+                per_question(&mine.iter().map(|m| f(m)).collect::<Vec<_>>())
+            };
+            let entropies: Vec<f64> = mine.iter().filter_map(|m| m.entropy).collect();
+            Some(MassSummary {
+                step,
+                questions: mine.len(),
+                frontier: of(&|m| m.frontier)?,
+                reachable: of(&|m| m.reachable)?,
+                other_nodes: of(&|m| m.graph - m.frontier)?,
+                non_node: of(&|m| 1.0 - m.graph)?,
+                branch_entropy: per_question(&entropies),
+                entropy_questions: entropies.len(),
+            })
+        })
+        .collect()
+}
+
+/// Mean value of the frontier nodes of one height (shortest distance to a leaf) and target
+/// reachability after `step` thoughts (a `bfs_height` row with `height_kind = min`), with
+/// its interval: nodes pooled, questions resampled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeightSummary {
+    pub step: u16,
+    pub height: u32,
+    pub reaches_target: bool,
+    pub value: Interval,
+    pub nodes: usize,
+    pub questions: usize,
+}
+
+/// Height summaries at `steps` (all steps when empty), sorted as `bfs_height`: by step,
+/// height, then reachability.
+pub fn height_summaries(rows: &[NodeRow], steps: &[usize]) -> Vec<HeightSummary> {
+    use std::collections::BTreeMap;
+    let mut bins: BTreeMap<(u16, u32, bool), BTreeMap<u32, Vec<f64>>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.in_frontier) {
+        if !steps.is_empty() && !steps.contains(&(r.step as usize)) {
+            continue;
+        }
+        bins.entry((r.step, r.height_min, r.reaches_target))
+            .or_default()
+            .entry(r.sample)
+            .or_default()
+            .push(r.value);
+    }
+    bins.into_iter()
+        .filter_map(|((step, height, reaches_target), by_question)| {
+            let mut values = Vec::new();
+            let mut groups = Vec::new();
+            for v in by_question.values() {
+                groups.push((values.len()..values.len() + v.len()).collect());
+                values.extend_from_slice(v);
+            }
+            Some(HeightSummary {
+                step,
+                height,
+                reaches_target,
+                nodes: values.len(),
+                questions: groups.len(),
+                value: interval(&values, &groups)?,
+            })
+        })
+        .collect()
+}
+
+/// The share of questions whose greedy continuation after `step` thoughts falls in
+/// `category`, with its interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainShare {
+    pub step: u16,
+    pub category: ChainCategory,
+    pub count: usize,
+    pub questions: usize,
+    pub share: Interval,
+}
+
+/// Reads `bfs_chains` into per-step shares of every category (in `ChainCategory::ALL`
+/// order, zero shares included).
+pub fn chain_shares(chains: &DataFrame) -> Result<Vec<ChainShare>> {
+    use polars::prelude::DataType;
+    let step = chains.column("step")?.cast(&DataType::UInt16)?;
+    let category = chains.column("category")?.cast(&DataType::String)?;
+    let (step, category) = (step.u16()?, category.str()?);
+    let mut by_step: std::collections::BTreeMap<u16, Vec<ChainCategory>> = Default::default();
+    for i in 0..chains.height() {
+        let name = category.get(i).unwrap_or_default();
+        let c = ChainCategory::ALL
+            .into_iter()
+            .find(|c| c.as_str() == name)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "bfs_chains row {i}: category `{name}` is not one of {}",
+                    ChainCategory::ALL.map(ChainCategory::as_str).join(", ")
+                ))
+            })?;
+        by_step.entry(step.get(i).unwrap_or(0)).or_default().push(c);
+    }
+    let mut out = Vec::new();
+    for (step, cats) in by_step {
+        for c in ChainCategory::ALL {
+            let hits: Vec<f64> = cats.iter().map(|&x| f64::from(u8::from(x == c))).collect();
+            if let Some(share) = per_question(&hits) {
+                out.push(ChainShare {
+                    step,
+                    category: c,
+                    count: cats.iter().filter(|&&x| x == c).count(),
+                    questions: cats.len(),
+                    share,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,6 +1034,100 @@ mod tests {
         assert!((at0[0] - 0.6).abs() < 1e-12 && (at0[1] - 0.8).abs() < 1e-12);
         assert!((at0[2] - 0.8).abs() < 1e-12);
         assert!(top.iter().all(|r| r.percentile == 100.0));
+    }
+
+    /// Questions with varied values after 0 and 1 thoughts, and their continuations.
+    fn varied_questions() -> Vec<QuestionBranches> {
+        (0..12u32)
+            .map(|i| {
+                let x = 0.05 * (i % 5) as f64;
+                let mut v0 = vec![0.0; 9];
+                v0[2] = 0.5 - x;
+                v0[3] = x;
+                v0[8] = 0.1;
+                let mut v1 = vec![0.0; 9];
+                v1[4] = 0.2 + x;
+                v1[5] = 0.1;
+                v1[6] = 0.3 - x;
+                let mut q = branches(vec![v0, v1]);
+                q.sample = i;
+                let category = if i % 3 == 0 {
+                    ChainCategory::CorrectLabel
+                } else {
+                    ChainCategory::Hallucination
+                };
+                q.chains = (0..2)
+                    .map(|_| DecodedChain {
+                        category,
+                        text: String::new(),
+                        tokens: vec![1],
+                    })
+                    .collect();
+                q
+            })
+            .collect()
+    }
+
+    #[test]
+    fn summaries_read_from_the_tables_agree_with_the_tables() {
+        let qs = varied_questions();
+        let rows = node_rows(&nodes_table(&qs, &AHEAD).unwrap()).unwrap();
+        let summaries = mass_summaries(&question_masses(&rows));
+        let mass = mass_rows(&qs, &AHEAD).unwrap();
+        assert_eq!(summaries.len(), mass.len());
+        for (s, m) in summaries.iter().zip(&mass) {
+            assert_eq!((s.step, s.questions), (m.step, m.questions as usize));
+            for (i, want) in [
+                (s.frontier, m.frontier),
+                (s.reachable, m.reachable),
+                (s.other_nodes, m.other_nodes),
+                (s.non_node, m.non_node),
+                (s.branch_entropy.unwrap(), m.branch_entropy.unwrap()),
+            ] {
+                assert!((i.mean - want).abs() < 1e-12, "{i:?} vs {want}");
+                assert!(i.low <= i.mean && i.mean <= i.high, "{i:?}");
+            }
+            assert_eq!(s.entropy_questions, m.entropy_questions as usize);
+        }
+        // Frontier mass varies across questions after 1 thought: a real interval.
+        assert!(summaries[1].frontier.high - summaries[1].frontier.low > 0.0);
+        // Reachable and non-node mass are the same in every question: a point interval.
+        assert_eq!(summaries[0].non_node.low, summaries[0].non_node.high);
+
+        let heights = height_summaries(&rows, &[1]);
+        let table = height_rows(&qs, &AHEAD, &[1]).unwrap();
+        let min: Vec<&HeightRow> = table
+            .iter()
+            .filter(|r| r.height_kind == HeightKind::Min)
+            .collect();
+        assert_eq!(heights.len(), min.len());
+        for (h, t) in heights.iter().zip(&min) {
+            // Sorted alike: by step, height, then reachability.
+            assert_eq!(
+                (h.step, h.height, h.reaches_target, h.nodes),
+                (t.step, t.height, t.reaches_target, t.nodes as usize)
+            );
+            assert!((h.value.mean - t.mean_value).abs() < 1e-12);
+            assert_eq!(h.questions, 12);
+        }
+
+        let shares = chain_shares(&chains_table(&qs).unwrap()).unwrap();
+        let counts = chain_counts(&qs);
+        assert_eq!(shares.len(), 2 * ChainCategory::ALL.len());
+        for s in &shares {
+            let i = ChainCategory::ALL
+                .iter()
+                .position(|&c| c == s.category)
+                .unwrap();
+            assert_eq!(s.count as u32, counts[s.step as usize][i]);
+            assert!((s.share.mean - s.count as f64 / 12.0).abs() < 1e-12);
+        }
+        let labels = shares
+            .iter()
+            .find(|s| s.step == 1 && s.category == ChainCategory::CorrectLabel)
+            .unwrap();
+        assert_eq!(labels.count, 4);
+        assert!(labels.share.low < 1.0 / 3.0 && labels.share.high > 1.0 / 3.0);
     }
 
     #[test]

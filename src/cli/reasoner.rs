@@ -6,14 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use serde::Serialize;
 
 use super::common::{bar, interrupt_flag};
 use crate::data::prosqa;
+use crate::reasoner::eval;
 use crate::reasoner::tokens::Vocab;
-use crate::reasoner::train::{
-    evaluate, train, Accuracy, Method, Supervision, TrainConfig, TrainData, TrainState,
-};
+use crate::reasoner::train::{train, Method, Supervision, TrainConfig, TrainData};
 
 /// Where the shipped reasoners live, one folder per method.
 pub const DEFAULT_REASONER_DIR: &str = crate::reasoner::source::BUILTIN_REASONER_DIR;
@@ -35,11 +33,7 @@ impl MethodArg {
     }
 
     fn folder(self) -> &'static str {
-        match self {
-            MethodArg::Coconut => "coconut",
-            MethodArg::Cot => "cot",
-            MethodArg::NoCot => "no-cot",
-        }
+        eval::method_folder(self.method())
     }
 }
 
@@ -231,45 +225,15 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One model's line of the accuracy table.
-#[derive(Debug, Serialize)]
-pub struct EvalRow {
-    pub model: PathBuf,
-    pub method: Method,
-    pub thoughts: usize,
-    pub accuracy: f64,
-    pub mean_tokens: f64,
-    pub detail: Accuracy,
-}
-
-/// The method a model folder was trained with, from the `train_state.json` beside it.
-fn method_of(model_dir: &Path) -> anyhow::Result<Method> {
-    let state = model_dir
-        .parent()
-        .map(|p| p.join("train_state.json"))
-        .filter(|p| p.exists());
-    let Some(path) = state else {
-        return Ok(Method::Coconut);
-    };
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    let state: TrainState = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a training state", path.display()))?;
-    Ok(state.config.method)
-}
-
 pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     let mut records = prosqa::load(&args.data)?;
     if let Some(n) = args.limit {
         records.truncate(n);
     }
     let models: Vec<PathBuf> = if args.models.is_empty() {
-        [MethodArg::Cot, MethodArg::NoCot, MethodArg::Coconut]
-            .iter()
-            .map(|m| {
-                Path::new(DEFAULT_REASONER_DIR)
-                    .join(m.folder())
-                    .join("model")
-            })
+        [Method::Cot, Method::NoCot, Method::Coconut]
+            .into_iter()
+            .map(eval::builtin_model)
             .collect()
     } else {
         args.models.clone()
@@ -289,36 +253,13 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
             })
             .collect(),
     };
+    let device = super::common::device()?;
     let mut rows = Vec::new();
     for source in &sources {
-        let method = match &source.model {
-            Some(dir) => method_of(dir)?,
-            None => Method::Coconut,
-        };
-        let reasoner = source.load(&super::common::device()?)?;
-        let thoughts = if method == Method::Coconut {
-            args.thoughts
-        } else {
-            0
-        };
         let pb = bar(0, "eval");
-        let acc = evaluate(
-            &reasoner.loaded.model,
-            reasoner.format.as_ref(),
-            &records,
-            thoughts,
-            &pb,
-        );
+        let row = eval::accuracy(source, &records, args.thoughts, &device, &pb);
         pb.finish_and_clear();
-        let acc = acc?;
-        rows.push(EvalRow {
-            model: reasoner.source,
-            method,
-            thoughts,
-            accuracy: acc.rate(),
-            mean_tokens: acc.mean_generated(),
-            detail: acc,
-        });
+        rows.push(row?);
     }
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&rows)?);
@@ -335,10 +276,9 @@ pub fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     );
     for r in &rows {
         let hops: Vec<String> = r
-            .detail
             .by_hops
             .iter()
-            .map(|(h, (n, c))| format!("{h}:{:.0}%", 100.0 * *c as f64 / (*n).max(1) as f64))
+            .map(|h| format!("{}:{:.0}%", h.hops, 100.0 * h.accuracy))
             .collect();
         crate::outln!(
             "{:<10} {:>8} {:>9.1}% {:>9.1}  {}",

@@ -12,6 +12,7 @@
 //!   it was.
 
 pub mod infoloss;
+pub mod bfs;
 pub mod probe;
 pub mod record_diffusion;
 pub mod record_reasoner;
@@ -121,6 +122,7 @@ pub fn report_section(run: &Run, record: &AnalysisRecord) -> Result<Option<Secti
         "steer" => Some(steer::report(run, record)?),
         "reduce" => Some(reduce::report(run, record)?),
         "infoloss" => Some(infoloss::report(run, record)?),
+        "bfs" => Some(bfs::report(run, record)?),
         _ => None,
     })
 }

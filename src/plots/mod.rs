@@ -7,6 +7,7 @@
 
 pub mod images;
 pub mod infoloss;
+pub mod bfs;
 pub mod probe;
 pub mod reduce;
 

@@ -67,6 +67,36 @@ pub fn branch_thoughts(
     Ok(branches)
 }
 
+/// Checks, without running the model, that `branch_thoughts(.., record, max_thoughts, ..)`
+/// can run: every token the format uses is a row of the model's embedding, and the prompt,
+/// the thoughts, `<eot>`, the step opening and the longest node name fit the model's
+/// context. Jobs call it for every question before any work.
+pub fn check_question(
+    model: &Gpt2,
+    format: &dyn QuestionFormat,
+    record: &Record,
+    max_thoughts: usize,
+) -> Result<()> {
+    let prompt = format.prompt(record)?;
+    let node_tokens = (0..record.idx_to_symbol.len())
+        .map(|v| format.node_tokens(record, v))
+        .collect::<Result<Vec<_>>>()?;
+    check_vocabulary(model, format, &prompt, &node_tokens)?;
+    // The last token of a node name is scored, never fed: it needs no position.
+    let longest_name = node_tokens.iter().map(Vec::len).max().unwrap_or(1);
+    let needed = prompt.len() + max_thoughts + 1 + format.step_opening().len() + longest_name - 1;
+    let context = model.config().n_positions;
+    if needed > context {
+        return Err(Error::Invalid(format!(
+            "the prompt ({} tokens), {max_thoughts} thoughts, `<eot>` and the longest node \
+             name need {needed} positions, more than the model's context of {context}; use \
+             fewer thoughts",
+            prompt.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Every token id the format uses must be a row of the model's embedding.
 fn check_vocabulary(
     model: &Gpt2,
@@ -419,5 +449,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("vocabulary has 10 tokens"), "{err}");
+        let err = check_question(&model, &BuiltinFormat::default(), record, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vocabulary has 10 tokens"), "{err}");
+    }
+
+    #[test]
+    fn a_question_that_outgrows_the_context_is_refused_before_running() {
+        let model = tiny_builtin(0);
+        let format = BuiltinFormat::default();
+        let record = &generate(1, 1)[0];
+        check_question(&model, &format, record, 6).unwrap();
+        let prompt = format.prompt(record).unwrap().len();
+        // Prompt + thoughts + `<eot>` fill the 256 positions exactly (one-token names).
+        check_question(&model, &format, record, 255 - prompt).unwrap();
+        let err = check_question(&model, &format, record, 256 - prompt)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("context of 256"), "{err}");
     }
 }

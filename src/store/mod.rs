@@ -48,6 +48,11 @@ pub enum Start {
 }
 
 impl Run {
+    /// Whether `dir` holds a run (its manifest), for commands that open or create one.
+    pub fn is_run(dir: &Path) -> bool {
+        dir.join(MANIFEST).is_file()
+    }
+
     /// Opens an existing run folder.
     pub fn open(dir: &Path) -> Result<Run> {
         let path = dir.join(MANIFEST);
