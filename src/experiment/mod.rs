@@ -29,7 +29,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::audit;
-use crate::jobs::{self, infoloss, probe, record_diffusion, record_reasoner, reduce, steer, Ctx};
+use crate::jobs::{self, bfs, infoloss, probe, record_diffusion, record_reasoner, reduce, steer, Ctx};
 use crate::progress::Progress;
 use crate::report::{self, Report};
 use crate::store::{resolve, Run, Start};
@@ -61,6 +61,10 @@ pub struct RunSpec {
     pub diffusion: Option<record_diffusion::Options>,
     /// Record a continuous-thought reasoner.
     pub reasoner: Option<record_reasoner::Options>,
+    /// The BFS analysis of continuous thoughts (reasoner runs; before the probes, so that
+    /// they can probe `bfs_nodes:in_frontier`).
+    #[serde(default)]
+    pub bfs: Vec<bfs::Options>,
     #[serde(default)]
     pub probe: Vec<probe::Options>,
     #[serde(default)]
@@ -252,7 +256,7 @@ pub fn plan(file: SpecFile, device: &Device) -> Result<Plan> {
                 continue;
             }
         };
-        problems.extend(check_analyses(&file.text, i, run, &recording));
+        problems.extend(check_analyses(&file.text, i, run, &recording, device));
         runs.push(RunPlan {
             name: run.name.clone(),
             dir: out.join(&run.name),
@@ -273,7 +277,13 @@ pub fn plan(file: SpecFile, device: &Device) -> Result<Plan> {
 }
 
 /// Checks what each analysis reads against what the recording will write.
-fn check_analyses(text: &str, i: usize, run: &RunSpec, recording: &Recording) -> Vec<String> {
+fn check_analyses(
+    text: &str,
+    i: usize,
+    run: &RunSpec,
+    recording: &Recording,
+    device: &Device,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let sites = recording.site_names();
     let labels = recording.label_columns();
@@ -326,6 +336,23 @@ fn check_analyses(text: &str, i: usize, run: &RunSpec, recording: &Recording) ->
                 &["run", &i.to_string(), kind, &j.to_string(), "sites"],
                 &format!("run `{}`, {kind} {}: {e}", run.name, j + 1),
             ));
+        }
+    }
+    for (j, b) in run.bfs.iter().enumerate() {
+        let at = |msg: String| {
+            locate::problem(
+                text,
+                &["run", &i.to_string(), "bfs", &j.to_string()],
+                &format!("run `{}`, bfs {}: {msg}", run.name, j + 1),
+            )
+        };
+        match recording {
+            Recording::Reasoner(p) => {
+                if let Err(e) = bfs::plan_for_recording(p, b, device) {
+                    problems.push(at(e.to_string()));
+                }
+            }
+            Recording::Diffusion(_) => problems.push(at("bfs needs a reasoner run".into())),
         }
     }
     for (j, st) in run.steer.iter().enumerate() {
@@ -401,12 +428,11 @@ fn check_analyses(text: &str, i: usize, run: &RunSpec, recording: &Recording) ->
                     problems.push(at("kind", "needs an [[run.infoloss]] analysis in this run".into()));
                 }
             }
-            audit::RuleKind::FrontierMass => problems.push(at(
-                "kind",
-                "needs a bfs analysis, which this version cannot declare in a spec yet; use \
-                 `latentlens audit --run DIR --rules FILE` after `latentlens bfs`"
-                    .into(),
-            )),
+            audit::RuleKind::FrontierMass => {
+                if run.bfs.is_empty() {
+                    problems.push(at("kind", "needs a [[run.bfs]] analysis in this run".into()));
+                }
+            }
         }
     }
     problems
@@ -492,6 +518,11 @@ pub fn execute(
         stages.end(&stage, &outcome(start, started));
         if start != Start::Complete {
             summary.recorded.push(r.name.clone());
+        }
+        for opts in &r.spec.bfs {
+            let p = bfs::plan(&run, opts, device)?;
+            let job = |run: &Run, ctx: &Ctx| bfs::run(run, &p, ctx);
+            analyse(&mut run, &r.name, &p.identity, job, stages, interrupted, &mut summary)?;
         }
         for opts in &r.spec.probe {
             let p = probe::plan(&run, opts)?;
