@@ -22,6 +22,9 @@ pub enum Error {
     #[error("{path} already holds another run ({detail}); pass a new --run folder, or delete that one first")]
     RunExists { path: PathBuf, detail: String },
 
+    #[error("{path} is in use by another latentlens process ({holder}); wait for it to finish, or stop it, then rerun")]
+    Locked { path: PathBuf, holder: String },
+
     #[error("{path}: {detail}")]
     BadFile { path: PathBuf, detail: String },
 

@@ -7,16 +7,19 @@
 //! interrupted run) only ever sees whole files.
 
 pub mod latents;
+pub mod lock;
 pub mod manifest;
 pub mod resolve;
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use polars::prelude::*;
 
 pub use latents::Latents;
+pub use lock::{lock_folder, FolderLock, LOCK_FILE};
 pub use manifest::{
     AnalysisRecord, Manifest, ModelInfo, SiteDim, SiteRecord, WeightFile, STATUS_COMPLETE,
     STATUS_RUNNING,
@@ -34,6 +37,9 @@ const TMP_SUFFIX: &str = ".tmp";
 pub struct Run {
     root: PathBuf,
     manifest: Manifest,
+    /// The folder's writer lock, taken by the first write (or [`Run::lock`]) and held
+    /// until the last clone of this run is dropped.
+    lock: OnceLock<Arc<FolderLock>>,
 }
 
 /// Whether [`Run::create_or_resume`] started a new run or picked up an earlier one.
@@ -48,7 +54,7 @@ pub enum Start {
 }
 
 impl Run {
-    /// Opens an existing run folder.
+    /// Opens an existing run folder for reading; the first write takes its lock.
     pub fn open(dir: &Path) -> Result<Run> {
         let path = dir.join(MANIFEST);
         if !path.is_file() {
@@ -62,46 +68,110 @@ impl Run {
         Ok(Run {
             root: dir.to_path_buf(),
             manifest,
+            lock: OnceLock::new(),
         })
     }
 
     /// Starts the run described by `manifest` in `dir`, or resumes it if `dir` holds the
     /// same run unfinished, or opens it untouched if that run is complete. A folder that
-    /// holds anything else is refused, so no earlier result is ever overwritten.
+    /// holds anything else is refused, so no earlier result is ever overwritten. The
+    /// folder's lock is taken before anything is looked at: a second writer is refused
+    /// before it computes anything.
     pub fn create_or_resume(dir: &Path, manifest: Manifest) -> Result<(Run, Start)> {
+        let created = !dir.exists();
+        fs::create_dir_all(dir).at(dir)?;
+        let lock = lock_folder(dir)?;
         let start = if dir.join(MANIFEST).is_file() {
             let existing = read_manifest(&dir.join(MANIFEST))?;
             if !existing.same_run(&manifest) {
+                let unfinished = if existing.status == STATUS_COMPLETE {
+                    ""
+                } else {
+                    "an unfinished run "
+                };
                 return Err(Error::RunExists {
                     path: dir.to_path_buf(),
-                    detail: format!("made by `{}`", existing.command.join(" ")),
+                    detail: format!("{unfinished}made by `{}`", existing.command.join(" ")),
                 });
             }
             if existing.status == STATUS_COMPLETE {
                 let run = Run {
                     root: dir.to_path_buf(),
                     manifest: existing,
+                    lock: OnceLock::from(lock),
                 };
                 return Ok((run, Start::Complete));
             }
             Start::Resumed
         } else {
-            if dir.exists() && fs::read_dir(dir).at(dir)?.next().is_some() {
+            let foreign = fs::read_dir(dir)
+                .at(dir)?
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name() != LOCK_FILE);
+            if foreign {
                 return Err(Error::RunExists {
                     path: dir.to_path_buf(),
                     detail: "a non-empty folder without manifest.json".into(),
                 });
             }
-            fs::create_dir_all(dir).at(dir)?;
             Start::New
         };
         let run = Run {
             root: dir.to_path_buf(),
             manifest,
+            lock: OnceLock::from(lock),
         };
-        run.remove_temporaries()?;
-        run.write_manifest()?;
+        let written = run.remove_temporaries().and_then(|()| run.write_manifest());
+        if let Err(e) = written {
+            if created {
+                drop(run);
+                let _ = fs::remove_dir_all(dir);
+            }
+            return Err(e);
+        }
         Ok((run, start))
+    }
+
+    /// Takes the folder's writer lock now (writes take it anyway): a command that will
+    /// write calls this before its work, so a second writer is refused at once.
+    pub fn lock(&self) -> Result<()> {
+        if self.lock.get().is_none() {
+            let lock = lock_folder(&self.root)?;
+            let _ = self.lock.set(lock);
+        }
+        Ok(())
+    }
+
+    /// Removes a run that a failed start left with no finished part (its manifest, empty
+    /// folders, and the folder itself when nothing else is in it), so the corrected
+    /// command starts afresh. A run with finished parts is kept for resuming.
+    pub fn abandon_if_empty(self) -> Result<bool> {
+        let has_parts = |dir: &Path| -> bool {
+            walk_files(dir)
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "parquet"))
+        };
+        if has_parts(&self.root.join("latents"))
+            || has_parts(&self.root.join(".samples"))
+            || self.root.join(SAMPLES).exists()
+            || !self.manifest.analyses.is_empty()
+        {
+            return Ok(false);
+        }
+        self.remove_temporaries()?;
+        for sub in ["latents", ".samples"] {
+            let dir = self.root.join(sub);
+            if dir.is_dir() {
+                fs::remove_dir_all(&dir).at(&dir)?;
+            }
+        }
+        let manifest = self.root.join(MANIFEST);
+        fs::remove_file(&manifest).at(&manifest)?;
+        let root = self.root.clone();
+        drop(self);
+        // Only succeeds when nothing else is in the folder (and no clone holds the lock).
+        let _ = fs::remove_dir(&root);
+        Ok(true)
     }
 
     pub fn root(&self) -> &Path {
@@ -117,6 +187,7 @@ impl Run {
     }
 
     pub fn write_manifest(&self) -> Result<()> {
+        self.lock()?;
         let json = serde_json::to_vec_pretty(&self.manifest)?;
         write_atomic(&self.root.join(MANIFEST), |f| f.write_all(&json))
     }
@@ -144,6 +215,7 @@ impl Run {
     /// Writes one part of a site's latents. Parts are numbered by chunk of samples, so a
     /// resumed run rewrites exactly the parts it lacks.
     pub fn write_latents_part(&self, site: &str, part: u32, rows: &Latents) -> Result<PathBuf> {
+        self.lock()?;
         let path = self.part_path(site, part);
         let mut df = rows.to_frame()?;
         let mut meta = self.manifest.provenance();
@@ -155,6 +227,7 @@ impl Run {
 
     /// Writes the sample labels of one chunk; [`Run::finish_samples`] joins them.
     pub fn write_samples_part(&self, part: u32, df: &mut DataFrame) -> Result<()> {
+        self.lock()?;
         write_parquet(
             &self.samples_part_path(part),
             df,
@@ -164,6 +237,7 @@ impl Run {
 
     /// Concatenates the per-chunk sample labels into samples.parquet.
     pub fn finish_samples(&self, parts: u32) -> Result<u64> {
+        self.lock()?;
         let mut all: Option<DataFrame> = None;
         for part in 0..parts {
             let df = read_parquet(&self.samples_part_path(part))?;
@@ -344,6 +418,7 @@ impl Run {
 
     /// Writes `tables/<name>.parquet` atomically with the run's provenance.
     pub fn write_table(&self, name: &str, df: &mut DataFrame) -> Result<PathBuf> {
+        self.lock()?;
         let path = self.root.join("tables").join(format!("{name}.parquet"));
         write_parquet(&path, df, self.manifest.provenance())?;
         Ok(path)
@@ -357,6 +432,7 @@ impl Run {
         df: &mut DataFrame,
         record: &AnalysisRecord,
     ) -> Result<PathBuf> {
+        self.lock()?;
         let path = self.root.join("tables").join(format!("{name}.parquet"));
         let mut meta = self.manifest.provenance();
         meta.extend(record.provenance());
@@ -368,6 +444,7 @@ impl Run {
     /// writes the manifest; call it after every table and plot of the analysis is written,
     /// so an entry always points at whole files.
     pub fn finish_analysis(&mut self, record: AnalysisRecord) -> Result<()> {
+        self.lock()?;
         let list = &mut self.manifest.analyses;
         match list.iter_mut().find(|a| a.key == record.key) {
             Some(slot) => *slot = record,
@@ -378,6 +455,7 @@ impl Run {
 
     /// Writes `plots/<name>.svg` atomically.
     pub fn write_plot(&self, name: &str, svg: &str) -> Result<PathBuf> {
+        self.lock()?;
         let path = self.root.join("plots").join(format!("{name}.svg"));
         write_atomic(&path, |f| f.write_all(svg.as_bytes()))?;
         Ok(path)
@@ -385,6 +463,7 @@ impl Run {
 
     /// Writes a top-level file of the run (e.g. report.html) atomically.
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        self.lock()?;
         let path = self.root.join(name);
         write_atomic(&path, |f| f.write_all(bytes))?;
         Ok(path)
@@ -409,6 +488,22 @@ fn remove_tmp_in(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 fn read_manifest(path: &Path) -> Result<Manifest> {
@@ -505,6 +600,23 @@ mod tests {
         assert_eq!(start, Start::Resumed);
         let err = Run::create_or_resume(&root, manifest(serde_json::json!({"n": 2}))).unwrap_err();
         assert!(matches!(err, Error::RunExists { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_failed_start_leaves_nothing_and_a_started_run_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("run");
+        let (run, _) = Run::create_or_resume(&root, manifest(serde_json::json!({}))).unwrap();
+        assert!(run.abandon_if_empty().unwrap());
+        assert!(!root.exists(), "the folder the failed start made is gone");
+
+        let (run, _) = Run::create_or_resume(&root, manifest(serde_json::json!({}))).unwrap();
+        let mut rows = Latents::new(1);
+        rows.push(0, 0, None, None, &[1.0]);
+        run.write_latents_part("latent", 0, &rows).unwrap();
+        assert!(!run.abandon_if_empty().unwrap());
+        assert!(root.join("manifest.json").is_file());
+        assert!(!root.join(LOCK_FILE).exists(), "the lock goes with the run");
     }
 
     #[test]
