@@ -538,27 +538,20 @@ pub fn write_atomic(
 }
 
 /// Writes a zstd Parquet file atomically with key-value metadata.
+///
+/// The file is encoded in memory, then written: Parquet's writer reports a failing write
+/// (a full disk) as "Invalid thrift: transport error", the plain write names it.
 pub fn write_parquet(path: &Path, df: &mut DataFrame, meta: Vec<(String, String)>) -> Result<()> {
-    let mut polars_err = None;
-    write_atomic(path, |file| {
-        ParquetWriter::new(file)
-            .with_compression(ParquetCompression::Zstd(None))
-            .with_key_value_metadata(Some(KeyValueMetadata::from_static(meta)))
-            .finish(df)
-            .map(|_| ())
-            .map_err(|e| {
-                let io = std::io::Error::other(e.to_string());
-                polars_err = Some(e);
-                io
-            })
-    })
-    .map_err(|e| match polars_err {
-        Some(p) => Error::BadFile {
+    let mut bytes = Vec::new();
+    ParquetWriter::new(&mut bytes)
+        .with_compression(ParquetCompression::Zstd(None))
+        .with_key_value_metadata(Some(KeyValueMetadata::from_static(meta)))
+        .finish(df)
+        .map_err(|e| Error::BadFile {
             path: path.to_path_buf(),
-            detail: format!("could not write Parquet: {p}"),
-        },
-        None => e,
-    })
+            detail: format!("could not write Parquet: {e}"),
+        })?;
+    write_atomic(path, |file| file.write_all(&bytes))
 }
 
 /// Reads a whole Parquet file; errors name the file.
@@ -659,6 +652,16 @@ mod tests {
         assert_eq!(run.sites().unwrap(), vec!["latent".to_string()]);
         let err = run.read_latents("unet.mid_block", None).unwrap_err();
         assert!(err.to_string().contains("latent"), "{err}");
+    }
+
+    #[test]
+    fn a_full_disk_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.bin");
+        let err = write_atomic(&path, |_| Err(std::io::Error::from_raw_os_error(28))).unwrap_err();
+        assert!(matches!(err, Error::DiskFull { .. }), "{err}");
+        assert!(err.to_string().contains("the disk is full"), "{err}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 
     #[test]
