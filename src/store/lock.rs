@@ -46,12 +46,13 @@ pub fn lock_folder(dir: &Path) -> Result<Arc<FolderLock>> {
     {
         return Ok(lock);
     }
-    let lock = Arc::new(acquire(&canonical)?);
+    let lock = Arc::new(acquire(&canonical, dir)?);
     held.push((canonical, Arc::downgrade(&lock)));
     Ok(lock)
 }
 
-fn acquire(dir: &Path) -> Result<FolderLock> {
+/// Locks `dir` (canonical); errors name the folder as the user gave it (`shown`).
+fn acquire(dir: &Path, shown: &Path) -> Result<FolderLock> {
     let path = dir.join(LOCK_FILE);
     // The holder removes the file when it is done; a process that opened the old file
     // just before would then lock an unlinked file. Locking, then checking that the path
@@ -68,7 +69,7 @@ fn acquire(dir: &Path) -> Result<FolderLock> {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 return Err(Error::Locked {
-                    path: dir.to_path_buf(),
+                    path: shown.to_path_buf(),
                     holder: holder_of(&mut file),
                 })
             }
