@@ -31,6 +31,7 @@ use crate::Error;
 const MANIFEST: &str = "manifest.json";
 const SAMPLES: &str = "samples.parquet";
 const TMP_SUFFIX: &str = ".tmp";
+const MANIFEST_TMP: &str = "manifest.json.tmp";
 
 /// An open run folder.
 #[derive(Debug, Clone)]
@@ -107,7 +108,8 @@ impl Run {
             let foreign = fs::read_dir(dir)
                 .at(dir)?
                 .filter_map(|e| e.ok())
-                .any(|e| e.file_name() != LOCK_FILE);
+                // Ours: the lock, and the manifest of a start killed while writing it.
+                .any(|e| e.file_name() != LOCK_FILE && e.file_name() != MANIFEST_TMP);
             if foreign {
                 return Err(Error::RunExists {
                     path: dir.to_path_buf(),
@@ -523,7 +525,10 @@ pub fn write_atomic(
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).at(parent)?;
     }
-    let tmp = PathBuf::from(format!("{}{TMP_SUFFIX}", path.display()));
+    // Built from the OS string: `display()` would mangle a path that is not UTF-8.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(TMP_SUFFIX);
+    let tmp = PathBuf::from(tmp);
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
         write(&mut file)?;
