@@ -22,6 +22,16 @@ pub enum Error {
     #[error("{path} already holds another run ({detail}); pass a new --run folder, or delete that one first")]
     RunExists { path: PathBuf, detail: String },
 
+    #[error("{path} is in use by another latentlens process ({holder}); wait for it to finish, or stop it, then rerun")]
+    Locked { path: PathBuf, holder: String },
+
+    #[error(
+        "{path}: the disk is full (no space left on device); this file was not written, \
+             files finished before it are kept whole. Free some space and rerun the same \
+             command: a recording resumes from its finished parts"
+    )]
+    DiskFull { path: PathBuf },
+
     #[error("{path}: {detail}")]
     BadFile { path: PathBuf, detail: String },
 
@@ -60,11 +70,20 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An I/O error that names the file it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        if is_disk_full(&source) {
+            return Error::DiskFull { path: path.into() };
+        }
         Error::Io {
             path: path.into(),
             source,
         }
     }
+}
+
+/// ENOSPC (and quota exhaustion, which leaves the user just as stuck).
+fn is_disk_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
 }
 
 /// Attaches a path to I/O results: `fs::read(&p).at(&p)?`.

@@ -15,6 +15,7 @@ pub mod data;
 pub mod diffusion;
 pub mod error;
 pub mod experiment;
+pub mod finite;
 pub mod jobs;
 pub mod plots;
 pub mod progress;

@@ -35,9 +35,9 @@ pub fn parse_steps(spec: &str, first: u16, total: u16) -> Result<Option<Vec<u16>
                 Some((end, stride)) => (end, stride),
                 None => (rest, "1"),
             };
-            let start = number(start, &err)?;
-            let end = number(end, &err)?;
-            let stride = number(stride, &err)?;
+            let start = number(start, first, last, &err)?;
+            let end = number(end, first, last + 1, &err)?;
+            let stride = number(stride, 1, last + 1, &err)?;
             if stride == 0 {
                 return Err(err("a stride of 0 never advances".into()));
             }
@@ -46,7 +46,7 @@ pub fn parse_steps(spec: &str, first: u16, total: u16) -> Result<Option<Vec<u16>
             }
             steps.extend((start..end).step_by(stride as usize));
         } else {
-            steps.push(number(item, &err)?);
+            steps.push(number(item, first, last, &err)?);
         }
     }
     if let Some(&bad) = steps.iter().find(|&&s| s > last || s < first) {
@@ -59,10 +59,14 @@ pub fn parse_steps(spec: &str, first: u16, total: u16) -> Result<Option<Vec<u16>
     Ok(Some(steps))
 }
 
-fn number(text: &str, err: &dyn Fn(String) -> Error) -> Result<u16> {
-    text.trim()
-        .parse::<u16>()
-        .map_err(|_| err(format!("`{text}` is not a step number")))
+/// A whole number; the error gives the range (`lo..=hi`) that would be accepted here.
+fn number(text: &str, lo: u16, hi: u16, err: &dyn Fn(String) -> Error) -> Result<u16> {
+    text.trim().parse::<u16>().map_err(|_| {
+        err(format!(
+            "`{}` is not a step number: expected a whole number in {lo}..={hi}",
+            text.trim()
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -96,5 +100,10 @@ mod tests {
         assert!(parse_steps("0..10:0", 0, 50).is_err());
         assert!(parse_steps("ten", 0, 50).is_err());
         assert!(parse_steps("1,,2", 0, 50).is_err());
+        // Beyond u16: the allowed range is said, not only that it is no number.
+        let e = parse_steps("65536", 0, 50).unwrap_err().to_string();
+        assert!(e.contains("0..=49"), "{e}");
+        let e = parse_steps("0..70000", 0, 50).unwrap_err().to_string();
+        assert!(e.contains("0..=50"), "{e}");
     }
 }

@@ -139,12 +139,23 @@ impl Recorder {
             _ => x,
         };
         let values: Vec<f32> = pooled.flatten_all()?.to_vec1()?;
+        let per_sample = values.len() / b;
+        if let Some(i) = crate::finite::first_non_finite(&values) {
+            // Rows of NaN look like data to every analysis; stop before they reach a file.
+            candle_core::bail!(
+                "non-finite activation ({}) at site `{}`, step {}, sample {}: the model's \
+                 weights or inputs are broken; the chunk holding it was not written",
+                values[i],
+                at.site,
+                at.step,
+                self.batch[i / per_sample.max(1)]
+            );
+        }
         let rows = self
             .rows
             .get_mut(at.site)
             .expect("wants() checked the site");
         let width = rows.width;
-        let per_sample = values.len() / b;
         for (i, &sample) in self.batch.iter().enumerate() {
             let chunk = &values[i * per_sample..(i + 1) * per_sample];
             if tokens && self.pool == Pool::None {
@@ -295,6 +306,28 @@ mod tests {
         assert!(next["h"].is_empty());
         assert!(next["h"].x.capacity() >= h.x.len());
         assert!(next["h"].sample.capacity() >= h.len());
+    }
+
+    #[test]
+    fn a_non_finite_activation_stops_recording_naming_site_step_and_sample() {
+        let info = image_site();
+        let mut rec = Recorder::new(&[&info], None, Pool::None);
+        rec.begin_batch(&[4, 5]);
+        let mut v = vec![0f32; 16];
+        v[11] = f32::NAN; // second sample (elements 8..16)
+        let x = Tensor::from_vec(v, (2, 2, 2, 2), &Device::Cpu).unwrap();
+        let mut hooks = Hooks::none().with(&mut rec);
+        hooks.set_step(3, Some(40));
+        let err = hooks.site("h", x).unwrap_err().to_string();
+        assert!(
+            err.contains("NaN") && err.contains("site `h`, step 3, sample 5"),
+            "{err}"
+        );
+        drop(hooks);
+        assert!(
+            rec.take()["h"].is_empty(),
+            "no row of the bad firing is kept"
+        );
     }
 
     #[test]

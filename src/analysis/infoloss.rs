@@ -84,7 +84,7 @@ pub fn reconstruction_per_sample(
     let d = shape.numel();
     if d == 0 || original.len() != reconstructed.len() || !original.len().is_multiple_of(d) {
         return Err(Error::Invalid(format!(
-            "reconstruction: {} and {} values do not make the same number of {shape:?} images",
+            "reconstruction: {} and {} values do not make the same number of {shape} images",
             original.len(),
             reconstructed.len()
         )));

@@ -39,6 +39,17 @@ impl ImageShape {
     }
 }
 
+/// `3 x 32 x 32 (channel x height x width)`: how messages name a shape.
+impl std::fmt::Display for ImageShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} x {} x {} (channel x height x width)",
+            self.channels, self.height, self.width
+        )
+    }
+}
+
 /// Reconstruction metrics of one sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reconstruction {
@@ -109,12 +120,12 @@ pub fn ssim(a: &[f32], b: &[f32], shape: ImageShape, data_range: f64) -> Result<
     let win = 2 * SSIM_RADIUS + 1;
     if shape.height < win || shape.width < win || shape.channels == 0 {
         return Err(Error::Invalid(format!(
-            "SSIM needs images of at least {win}x{win} pixels with a channel, got {shape:?}"
+            "SSIM needs images of at least {win}x{win} pixels with a channel, got {shape}"
         )));
     }
     if a.len() != shape.numel() || b.len() != shape.numel() {
         return Err(Error::Invalid(format!(
-            "SSIM: image shape {shape:?} has {} values, got {} and {}",
+            "SSIM: image shape {shape} has {} values, got {} and {}",
             shape.numel(),
             a.len(),
             b.len()
@@ -299,6 +310,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("11x11"), "{msg}");
+        // People read shapes, not Rust's Debug output.
+        assert!(
+            msg.contains("got 1 x 10 x 10 (channel x height x width)"),
+            "{msg}"
+        );
+        assert!(!msg.contains("ImageShape"), "{msg}");
         assert!(mse(&a, &a[..3]).is_err());
         // Too small for SSIM: the other metrics still come out.
         let r = reconstruction(&small, &small, ImageShape::new(1, 10, 10), 2.0).unwrap();

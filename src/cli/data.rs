@@ -15,9 +15,9 @@ pub enum DataCmd {
 
 #[derive(Debug, Args)]
 pub struct ProsqaArgs {
-    /// Number of records.
-    #[arg(long, default_value_t = 1000)]
-    pub n: usize,
+    /// Number of records (at least 1).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub n: u64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output JSON file (same format as prosqa_valid.json). Without it, only the summary
@@ -34,7 +34,7 @@ pub fn run(cmd: DataCmd) -> anyhow::Result<()> {
     let (records, what) = match (&args.summarize, &args.out) {
         (Some(path), _) => (prosqa::load(path)?, path.display().to_string()),
         (None, Some(out)) => {
-            let records = prosqa::generate(args.n, args.seed);
+            let records = prosqa::generate(args.n as usize, args.seed);
             prosqa::save(out, &records)?;
             (records, out.display().to_string())
         }
@@ -47,7 +47,11 @@ pub fn run(cmd: DataCmd) -> anyhow::Result<()> {
 /// Nodes, edges and the shortest root->target path distribution, as the data README
 /// reports them for the real split.
 pub fn summary(records: &[prosqa::Record], what: &str) -> String {
-    let n = records.len().max(1) as f64;
+    if records.is_empty() {
+        // A float sum of nothing is -0.0: say what there is instead of printing means.
+        return format!("{what}: 0 records");
+    }
+    let n = records.len() as f64;
     let nodes: f64 = records
         .iter()
         .map(|r| r.idx_to_symbol.len() as f64)
@@ -67,4 +71,21 @@ pub fn summary(records: &[prosqa::Record], what: &str) -> String {
         records.len(),
         dist.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_summarised_without_means() {
+        let text = summary(&[], "empty.json");
+        assert_eq!(text, "empty.json: 0 records");
+        let records = prosqa::generate(3, 0);
+        let text = summary(&records, "g");
+        assert!(
+            text.contains("3 records, nodes mean") && !text.contains("-0.0"),
+            "{text}"
+        );
+    }
 }

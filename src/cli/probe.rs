@@ -79,6 +79,8 @@ impl ProbeArgs {
 
 pub fn run(args: &ProbeArgs) -> anyhow::Result<()> {
     let mut run = Run::open(&args.run)?;
+    // This command writes: a second writer of the folder is refused before any work.
+    run.lock()?;
     let plan = probe::plan(&run, &args.options())?;
     let started = Instant::now();
     let bar = common::bar(0, "probe");

@@ -384,6 +384,7 @@ pub fn load_part<T>(
             format!("not a readable safetensors file (truncated or corrupt?): {e}"),
         )
     })?;
+    crate::finite::check_weights(path, &tensors)?;
     let used = Mutex::new(HashSet::new());
     let backend = Tracked {
         tensors: &tensors,
@@ -735,6 +736,17 @@ pub(crate) mod tests {
             detail.contains("unexpected") && detail.contains("extra.weight"),
             "{detail}"
         );
+        std::fs::write(&unet, &good).unwrap();
+
+        // A NaN weight: the file and tensor are named.
+        rewrite(&unet, |t| {
+            let w = &t["conv_in.bias"];
+            let nan = w.ones_like().unwrap().affine(f64::NAN, 0.0).unwrap();
+            t.insert("conv_in.bias".into(), nan);
+        });
+        let (path, detail) = load_err(d);
+        assert_eq!(path, unet);
+        assert!(detail.contains("`conv_in.bias` holds NaN"), "{detail}");
         std::fs::write(&unet, &good).unwrap();
 
         // Truncated file.

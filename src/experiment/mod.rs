@@ -500,6 +500,9 @@ pub fn execute(
 ) -> Result<Summary> {
     let mut summary = Summary::default();
     let mut run_reports = Vec::new();
+    // One `latentlens run` per experiment folder at a time: a second is refused at once.
+    std::fs::create_dir_all(&plan.out).map_err(|e| Error::io(&plan.out, e))?;
+    let _lock = crate::store::lock_folder(&plan.out)?;
     for r in &plan.runs {
         let stage = format!("{}: record", r.name);
         let progress = stages.begin(&stage);
@@ -580,7 +583,6 @@ pub fn execute(
         spec: Some(plan.file.text.clone()),
         runs: run_reports,
     };
-    std::fs::create_dir_all(&plan.out).map_err(|e| Error::io(&plan.out, e))?;
     let (html, md) = report::write(&report, &plan.out)?;
     stages.end(stage, &format!("{}", html.display()));
     summary.report_html = html;

@@ -192,6 +192,7 @@ pub fn write(
     output: Output,
     started: Instant,
 ) -> Result<Vec<PathBuf>> {
+    run.lock()?;
     let mut record = identity.record(run);
     record.samples_used = output.samples_used;
     record.tables = output.tables.iter().map(|(n, _)| n.clone()).collect();

@@ -98,6 +98,7 @@ pub struct Plan {
     pub sites: Vec<SiteInfo>,
     steps: Option<Vec<u16>>,
     chunk_samples: u32,
+    batch_size: u32,
     sample: SampleOptions,
     class: ClassChoice,
     options: Options,
@@ -160,6 +161,9 @@ pub fn plan(opts: &Options, device: &candle_core::Device) -> Result<Plan> {
         eta: opts.eta,
         guidance: opts.guidance,
     };
+    // Latents differ in the last bits between batch sizes (matmul blocking), so the batch
+    // size is part of what a run is: resuming with another one would mix the two.
+    let batch_size = opts.batch_size.max(1).min(chunk_samples);
     let config = serde_json::json!({
         "source": opts.source,
         "samples": opts.samples,
@@ -173,6 +177,7 @@ pub fn plan(opts: &Options, device: &candle_core::Device) -> Result<Plan> {
         "eta": opts.eta,
         "guidance": opts.guidance,
         "chunk_samples": chunk_samples,
+        "batch_size": batch_size,
         "data_seed": HELDOUT_SEED,
     });
     Ok(Plan {
@@ -180,6 +185,7 @@ pub fn plan(opts: &Options, device: &candle_core::Device) -> Result<Plan> {
         sites,
         steps,
         chunk_samples,
+        batch_size,
         sample,
         class,
         options: opts.clone(),
@@ -247,18 +253,25 @@ pub fn run(dir: &Path, plan: &Plan, ctx: &Ctx) -> Result<(Run, Start, RecordSumm
         pool: plan.options.pool,
         samples: plan.options.samples,
         chunk_samples: plan.chunk_samples,
-        batch_size: plan.options.batch_size.max(1).min(plan.chunk_samples),
+        batch_size: plan.batch_size,
     };
     let mut forward = |ids: &[u32], hooks: &mut Hooks| -> Result<DataFrame> {
         forward_batch(plan, &shapes, ids, hooks)
     };
-    let summary = record(
+    let summary = match record(
         &mut run,
         &record_plan,
         &mut forward,
         ctx.progress,
         ctx.interrupted,
-    )?;
+    ) {
+        Ok(summary) => summary,
+        Err(e) => {
+            // A start that failed before its first chunk leaves no "running" stub behind.
+            run.abandon_if_empty()?;
+            return Err(e);
+        }
+    };
     Ok((run, start, summary))
 }
 
@@ -332,4 +345,29 @@ fn with_predictions(
         labels.with_column(Column::new("predicted_shape".into(), predicted))?;
     }
     Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_size_is_part_of_the_run_identity() {
+        let device = candle_core::Device::Cpu;
+        let opts = |batch_size| Options {
+            samples: 8,
+            ddim_steps: 5,
+            batch_size,
+            ..Options::default()
+        };
+        let a = manifest(&plan(&opts(4), &device).unwrap()).unwrap();
+        let b = manifest(&plan(&opts(2), &device).unwrap()).unwrap();
+        assert!(
+            !a.same_run(&b),
+            "runs with batch sizes 4 and 2 must not resume each other"
+        );
+        // Batch sizes beyond the samples of a chunk run the same batches.
+        let c = manifest(&plan(&opts(4), &device).unwrap()).unwrap();
+        assert!(a.same_run(&c));
+    }
 }

@@ -267,13 +267,20 @@ pub fn run(dir: &Path, plan: &Plan, ctx: &Ctx) -> Result<(Run, Start, RecordSumm
     let mut forward = |ids: &[u32], hooks: &mut Hooks| -> Result<DataFrame> {
         question.answer(ids, &plan.records, &plan.prompts, hooks)
     };
-    let summary = record(
+    let summary = match record(
         &mut run,
         &record_plan,
         &mut forward,
         ctx.progress,
         ctx.interrupted,
-    )?;
+    ) {
+        Ok(summary) => summary,
+        Err(e) => {
+            // A start that failed before its first chunk leaves no "running" stub behind.
+            run.abandon_if_empty()?;
+            return Err(e);
+        }
+    };
     Ok((run, start, summary))
 }
 

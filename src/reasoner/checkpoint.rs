@@ -285,6 +285,7 @@ fn build(
     weight_files: Vec<PathBuf>,
 ) -> Result<LoadedGpt2> {
     check_keys(&config, &tensors, path)?;
+    crate::finite::check_weights(path, &tensors)?;
     let tensors = tensors
         .into_iter()
         .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?.to_device(device)?)))
@@ -373,6 +374,30 @@ mod tests {
         let want = npy("coconut_tiny_logits.npy");
         let last = want.dim(0).unwrap() - 1;
         assert!(max_diff(&gen.answer_logits[0], &want.i(last).unwrap()) < 1e-4);
+    }
+
+    #[test]
+    fn an_infinite_weight_is_refused_naming_file_and_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = load_hf_gpt2(fixture("hf_gpt2_tiny"), &Device::Cpu).unwrap();
+        let mut tensors: HashMap<String, Tensor> =
+            candle_core::safetensors::load(fixture("hf_gpt2_tiny/model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let w = &tensors["ln_f.weight"];
+        let inf = w.ones_like().unwrap().affine(f64::INFINITY, 0.0).unwrap();
+        tensors.insert("ln_f.weight".into(), inf);
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_string(&src.config).unwrap(),
+        )
+        .unwrap();
+        let Err(err) = load_hf_gpt2(dir.path(), &Device::Cpu) else {
+            panic!("infinite weights must not load");
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("model.safetensors"), "{msg}");
+        assert!(msg.contains("ln_f.weight` holds inf"), "{msg}");
     }
 
     #[test]

@@ -167,6 +167,7 @@ fn provenance(run: &Run) -> Vec<(String, String)> {
 pub fn write(report: &Report, dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let html = html::render(report)?;
     let md = html::render_markdown(report, dir);
+    let _lock = crate::store::lock_folder(dir)?;
     let html_path = dir.join("report.html");
     let md_path = dir.join("report.md");
     crate::store::write_atomic(&html_path, |f| {

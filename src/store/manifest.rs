@@ -171,7 +171,7 @@ impl Manifest {
         Self {
             tool: format!("latentlens {}", env!("CARGO_PKG_VERSION")),
             git_commit: option_env!("LATENTLENS_GIT_COMMIT").map(str::to_string),
-            command: std::env::args().collect(),
+            command: command_line(),
             kind: kind.to_string(),
             config,
             seed,
@@ -241,6 +241,14 @@ impl Manifest {
             ("latentlens.weights_sha256".into(), weights.join(";")),
         ]
     }
+}
+
+/// The command line as text. `std::env::args` panics on an argument that is not UTF-8 (a
+/// `--run` path on Linux can be any bytes); the manifest records such bytes lossily.
+fn command_line() -> Vec<String> {
+    std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// SHA-256 and size of a weights file, streamed so large checkpoints need no memory.

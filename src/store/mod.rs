@@ -7,16 +7,19 @@
 //! interrupted run) only ever sees whole files.
 
 pub mod latents;
+pub mod lock;
 pub mod manifest;
 pub mod resolve;
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use polars::prelude::*;
 
 pub use latents::Latents;
+pub use lock::{lock_folder, FolderLock, LOCK_FILE};
 pub use manifest::{
     AnalysisRecord, Manifest, ModelInfo, SiteDim, SiteRecord, WeightFile, STATUS_COMPLETE,
     STATUS_RUNNING,
@@ -28,12 +31,16 @@ use crate::Error;
 const MANIFEST: &str = "manifest.json";
 const SAMPLES: &str = "samples.parquet";
 const TMP_SUFFIX: &str = ".tmp";
+const MANIFEST_TMP: &str = "manifest.json.tmp";
 
 /// An open run folder.
 #[derive(Debug, Clone)]
 pub struct Run {
     root: PathBuf,
     manifest: Manifest,
+    /// The folder's writer lock, taken by the first write (or [`Run::lock`]) and held
+    /// until the last clone of this run is dropped.
+    lock: OnceLock<Arc<FolderLock>>,
 }
 
 /// Whether [`Run::create_or_resume`] started a new run or picked up an earlier one.
@@ -53,7 +60,7 @@ impl Run {
         dir.join(MANIFEST).is_file()
     }
 
-    /// Opens an existing run folder.
+    /// Opens an existing run folder for reading; the first write takes its lock.
     pub fn open(dir: &Path) -> Result<Run> {
         let path = dir.join(MANIFEST);
         if !path.is_file() {
@@ -67,46 +74,111 @@ impl Run {
         Ok(Run {
             root: dir.to_path_buf(),
             manifest,
+            lock: OnceLock::new(),
         })
     }
 
     /// Starts the run described by `manifest` in `dir`, or resumes it if `dir` holds the
     /// same run unfinished, or opens it untouched if that run is complete. A folder that
-    /// holds anything else is refused, so no earlier result is ever overwritten.
+    /// holds anything else is refused, so no earlier result is ever overwritten. The
+    /// folder's lock is taken before anything is looked at: a second writer is refused
+    /// before it computes anything.
     pub fn create_or_resume(dir: &Path, manifest: Manifest) -> Result<(Run, Start)> {
+        let created = !dir.exists();
+        fs::create_dir_all(dir).at(dir)?;
+        let lock = lock_folder(dir)?;
         let start = if dir.join(MANIFEST).is_file() {
             let existing = read_manifest(&dir.join(MANIFEST))?;
             if !existing.same_run(&manifest) {
+                let unfinished = if existing.status == STATUS_COMPLETE {
+                    ""
+                } else {
+                    "an unfinished run "
+                };
                 return Err(Error::RunExists {
                     path: dir.to_path_buf(),
-                    detail: format!("made by `{}`", existing.command.join(" ")),
+                    detail: format!("{unfinished}made by `{}`", existing.command.join(" ")),
                 });
             }
             if existing.status == STATUS_COMPLETE {
                 let run = Run {
                     root: dir.to_path_buf(),
                     manifest: existing,
+                    lock: OnceLock::from(lock),
                 };
                 return Ok((run, Start::Complete));
             }
             Start::Resumed
         } else {
-            if dir.exists() && fs::read_dir(dir).at(dir)?.next().is_some() {
+            let foreign = fs::read_dir(dir)
+                .at(dir)?
+                .filter_map(|e| e.ok())
+                // Ours: the lock, and the manifest of a start killed while writing it.
+                .any(|e| e.file_name() != LOCK_FILE && e.file_name() != MANIFEST_TMP);
+            if foreign {
                 return Err(Error::RunExists {
                     path: dir.to_path_buf(),
                     detail: "a non-empty folder without manifest.json".into(),
                 });
             }
-            fs::create_dir_all(dir).at(dir)?;
             Start::New
         };
         let run = Run {
             root: dir.to_path_buf(),
             manifest,
+            lock: OnceLock::from(lock),
         };
-        run.remove_temporaries()?;
-        run.write_manifest()?;
+        let written = run.remove_temporaries().and_then(|()| run.write_manifest());
+        if let Err(e) = written {
+            if created {
+                drop(run);
+                let _ = fs::remove_dir_all(dir);
+            }
+            return Err(e);
+        }
         Ok((run, start))
+    }
+
+    /// Takes the folder's writer lock now (writes take it anyway): a command that will
+    /// write calls this before its work, so a second writer is refused at once.
+    pub fn lock(&self) -> Result<()> {
+        if self.lock.get().is_none() {
+            let lock = lock_folder(&self.root)?;
+            let _ = self.lock.set(lock);
+        }
+        Ok(())
+    }
+
+    /// Removes a run that a failed start left with no finished part (its manifest, empty
+    /// folders, and the folder itself when nothing else is in it), so the corrected
+    /// command starts afresh. A run with finished parts is kept for resuming.
+    pub fn abandon_if_empty(self) -> Result<bool> {
+        let has_parts = |dir: &Path| -> bool {
+            walk_files(dir)
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "parquet"))
+        };
+        if has_parts(&self.root.join("latents"))
+            || has_parts(&self.root.join(".samples"))
+            || self.root.join(SAMPLES).exists()
+            || !self.manifest.analyses.is_empty()
+        {
+            return Ok(false);
+        }
+        self.remove_temporaries()?;
+        for sub in ["latents", ".samples"] {
+            let dir = self.root.join(sub);
+            if dir.is_dir() {
+                fs::remove_dir_all(&dir).at(&dir)?;
+            }
+        }
+        let manifest = self.root.join(MANIFEST);
+        fs::remove_file(&manifest).at(&manifest)?;
+        let root = self.root.clone();
+        drop(self);
+        // Only succeeds when nothing else is in the folder (and no clone holds the lock).
+        let _ = fs::remove_dir(&root);
+        Ok(true)
     }
 
     pub fn root(&self) -> &Path {
@@ -122,6 +194,7 @@ impl Run {
     }
 
     pub fn write_manifest(&self) -> Result<()> {
+        self.lock()?;
         let json = serde_json::to_vec_pretty(&self.manifest)?;
         write_atomic(&self.root.join(MANIFEST), |f| f.write_all(&json))
     }
@@ -149,6 +222,7 @@ impl Run {
     /// Writes one part of a site's latents. Parts are numbered by chunk of samples, so a
     /// resumed run rewrites exactly the parts it lacks.
     pub fn write_latents_part(&self, site: &str, part: u32, rows: &Latents) -> Result<PathBuf> {
+        self.lock()?;
         let path = self.part_path(site, part);
         let mut df = rows.to_frame()?;
         let mut meta = self.manifest.provenance();
@@ -160,6 +234,7 @@ impl Run {
 
     /// Writes the sample labels of one chunk; [`Run::finish_samples`] joins them.
     pub fn write_samples_part(&self, part: u32, df: &mut DataFrame) -> Result<()> {
+        self.lock()?;
         write_parquet(
             &self.samples_part_path(part),
             df,
@@ -169,6 +244,7 @@ impl Run {
 
     /// Concatenates the per-chunk sample labels into samples.parquet.
     pub fn finish_samples(&self, parts: u32) -> Result<u64> {
+        self.lock()?;
         let mut all: Option<DataFrame> = None;
         for part in 0..parts {
             let df = read_parquet(&self.samples_part_path(part))?;
@@ -349,6 +425,7 @@ impl Run {
 
     /// Writes `tables/<name>.parquet` atomically with the run's provenance.
     pub fn write_table(&self, name: &str, df: &mut DataFrame) -> Result<PathBuf> {
+        self.lock()?;
         let path = self.root.join("tables").join(format!("{name}.parquet"));
         write_parquet(&path, df, self.manifest.provenance())?;
         Ok(path)
@@ -362,6 +439,7 @@ impl Run {
         df: &mut DataFrame,
         record: &AnalysisRecord,
     ) -> Result<PathBuf> {
+        self.lock()?;
         let path = self.root.join("tables").join(format!("{name}.parquet"));
         let mut meta = self.manifest.provenance();
         meta.extend(record.provenance());
@@ -373,6 +451,7 @@ impl Run {
     /// writes the manifest; call it after every table and plot of the analysis is written,
     /// so an entry always points at whole files.
     pub fn finish_analysis(&mut self, record: AnalysisRecord) -> Result<()> {
+        self.lock()?;
         let list = &mut self.manifest.analyses;
         match list.iter_mut().find(|a| a.key == record.key) {
             Some(slot) => *slot = record,
@@ -383,6 +462,7 @@ impl Run {
 
     /// Writes `plots/<name>.svg` atomically.
     pub fn write_plot(&self, name: &str, svg: &str) -> Result<PathBuf> {
+        self.lock()?;
         let path = self.root.join("plots").join(format!("{name}.svg"));
         write_atomic(&path, |f| f.write_all(svg.as_bytes()))?;
         Ok(path)
@@ -390,6 +470,7 @@ impl Run {
 
     /// Writes a top-level file of the run (e.g. report.html) atomically.
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        self.lock()?;
         let path = self.root.join(name);
         write_atomic(&path, |f| f.write_all(bytes))?;
         Ok(path)
@@ -416,6 +497,22 @@ fn remove_tmp_in(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Every file under `dir` (none when it does not exist).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 fn read_manifest(path: &Path) -> Result<Manifest> {
     let bytes = fs::read(path).at(path)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
@@ -433,7 +530,10 @@ pub fn write_atomic(
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).at(parent)?;
     }
-    let tmp = PathBuf::from(format!("{}{TMP_SUFFIX}", path.display()));
+    // Built from the OS string: `display()` would mangle a path that is not UTF-8.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(TMP_SUFFIX);
+    let tmp = PathBuf::from(tmp);
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
         write(&mut file)?;
@@ -448,27 +548,20 @@ pub fn write_atomic(
 }
 
 /// Writes a zstd Parquet file atomically with key-value metadata.
+///
+/// The file is encoded in memory, then written: Parquet's writer reports a failing write
+/// (a full disk) as "Invalid thrift: transport error", the plain write names it.
 pub fn write_parquet(path: &Path, df: &mut DataFrame, meta: Vec<(String, String)>) -> Result<()> {
-    let mut polars_err = None;
-    write_atomic(path, |file| {
-        ParquetWriter::new(file)
-            .with_compression(ParquetCompression::Zstd(None))
-            .with_key_value_metadata(Some(KeyValueMetadata::from_static(meta)))
-            .finish(df)
-            .map(|_| ())
-            .map_err(|e| {
-                let io = std::io::Error::other(e.to_string());
-                polars_err = Some(e);
-                io
-            })
-    })
-    .map_err(|e| match polars_err {
-        Some(p) => Error::BadFile {
+    let mut bytes = Vec::new();
+    ParquetWriter::new(&mut bytes)
+        .with_compression(ParquetCompression::Zstd(None))
+        .with_key_value_metadata(Some(KeyValueMetadata::from_static(meta)))
+        .finish(df)
+        .map_err(|e| Error::BadFile {
             path: path.to_path_buf(),
-            detail: format!("could not write Parquet: {p}"),
-        },
-        None => e,
-    })
+            detail: format!("could not write Parquet: {e}"),
+        })?;
+    write_atomic(path, |file| file.write_all(&bytes))
 }
 
 /// Reads a whole Parquet file; errors name the file.
@@ -513,6 +606,23 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_start_leaves_nothing_and_a_started_run_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("run");
+        let (run, _) = Run::create_or_resume(&root, manifest(serde_json::json!({}))).unwrap();
+        assert!(run.abandon_if_empty().unwrap());
+        assert!(!root.exists(), "the folder the failed start made is gone");
+
+        let (run, _) = Run::create_or_resume(&root, manifest(serde_json::json!({}))).unwrap();
+        let mut rows = Latents::new(1);
+        rows.push(0, 0, None, None, &[1.0]);
+        run.write_latents_part("latent", 0, &rows).unwrap();
+        assert!(!run.abandon_if_empty().unwrap());
+        assert!(root.join("manifest.json").is_file());
+        assert!(!root.join(LOCK_FILE).exists(), "the lock goes with the run");
+    }
+
+    #[test]
     fn a_foreign_non_empty_folder_is_refused_and_untouched() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("thesis.txt"), b"keep me").unwrap();
@@ -552,6 +662,16 @@ mod tests {
         assert_eq!(run.sites().unwrap(), vec!["latent".to_string()]);
         let err = run.read_latents("unet.mid_block", None).unwrap_err();
         assert!(err.to_string().contains("latent"), "{err}");
+    }
+
+    #[test]
+    fn a_full_disk_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.bin");
+        let err = write_atomic(&path, |_| Err(std::io::Error::from_raw_os_error(28))).unwrap_err();
+        assert!(matches!(err, Error::DiskFull { .. }), "{err}");
+        assert!(err.to_string().contains("the disk is full"), "{err}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 
     #[test]
