@@ -11,6 +11,7 @@ pub mod error;
 pub mod reasoner;
 pub mod record;
 pub mod rng;
+pub mod sd;
 pub mod sites;
 pub mod steps;
 pub mod store;
