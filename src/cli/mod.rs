@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod bench_reasoner;
+pub mod bench_sd;
 pub mod bfs;
 pub mod common;
 pub mod data;
@@ -17,6 +18,7 @@ pub mod probe;
 pub mod reasoner;
 pub mod record;
 pub mod record_reasoner;
+pub mod record_sd;
 pub mod reduce;
 
 /// Look inside the latent spaces of generative models.
