@@ -672,3 +672,155 @@ fn bad_folders_are_named_before_any_work() {
     let e = load_err(t.path());
     assert!(e.contains("tokenizer") && e.contains("100"), "{e}");
 }
+
+/// Runs the binary.
+fn latentlens(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_latentlens"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "failed: {err}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn record_sd_writes_a_run_that_probe_reduce_and_infoloss_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.jsonl");
+    let animals = ["cat", "dog"];
+    let lines: Vec<String> = (0..12)
+        .map(|i| {
+            let a = animals[i % 2];
+            format!("{{\"prompt\": \"a photo of a {a} riding a horse\", \"animal\": \"{a}\", \"size\": {}.5}}", i)
+        })
+        .collect();
+    std::fs::write(&prompts, lines.join("\n") + "\n").unwrap();
+    let run = dir.path().join("run");
+    let model = fixture_dir("v1");
+    let (run_s, model_s, prompts_s) = (
+        run.to_str().unwrap(),
+        model.to_str().unwrap(),
+        prompts.to_str().unwrap(),
+    );
+    let out = ok(&latentlens(&[
+        "record",
+        "sd",
+        "--model-dir",
+        model_s,
+        "--prompts",
+        prompts_s,
+        "--run",
+        run_s,
+        "--steps",
+        "3",
+        "--guidance",
+        "2",
+        "--pool",
+        "mean",
+        "--batch-size",
+        "4",
+        "--scheduler",
+        "euler-ancestral",
+    ]));
+    assert!(out.contains("recorded 12 samples"), "{out}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["status"], "complete");
+    assert_eq!(manifest["rows"]["unet.mid_block"], 36);
+    assert_eq!(manifest["rows"]["text_encoder.last_hidden_state"], 12);
+    assert_eq!(
+        manifest["rows"]["unet.down_blocks.0.attentions.0.attn2"],
+        36
+    );
+    assert!(run.join("latents/site=vae.decoder.out").is_dir());
+
+    ok(&latentlens(&[
+        "probe",
+        "--run",
+        run_s,
+        "--label",
+        "animal",
+        "--sites",
+        "unet.mid_block",
+        "--steps",
+        "last",
+        "--folds",
+        "3",
+        "--permutations",
+        "0",
+        "--bootstrap",
+        "12",
+    ]));
+    ok(&latentlens(&[
+        "reduce",
+        "--run",
+        run_s,
+        "--sites",
+        "unet.mid_block,x0_pred",
+        "--components",
+        "2",
+        "--color-by",
+        "animal",
+    ]));
+    ok(&latentlens(&[
+        "infoloss",
+        "--run",
+        run_s,
+        "--sites",
+        "unet.mid_block,unet.up_blocks.1",
+        "--labels",
+        "animal",
+        "--max-points",
+        "12",
+    ]));
+    assert!(run.join("tables").read_dir().unwrap().count() >= 3);
+}
+
+#[test]
+fn record_sd_refuses_bad_prompt_files_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_dir("v1");
+    let run = dir.path().join("run");
+    for (name, text, needle) in [
+        ("p.txt", "a cat\n\na dog\n", "line 2 is empty"),
+        (
+            "p.jsonl",
+            "{\"prompt\": \"a\", \"animal\": \"cat\"}\n{\"prompt\": \"b\"}\n",
+            "animal",
+        ),
+        ("p.csv", "prompt,animal\na cat,cat\na dog\n", "row 3"),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let out = latentlens(&[
+            "record",
+            "sd",
+            "--model-dir",
+            model.to_str().unwrap(),
+            "--prompts",
+            p.to_str().unwrap(),
+            "--run",
+            run.to_str().unwrap(),
+            "--steps",
+            "2",
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{name}: {err}");
+        assert!(
+            !run.exists() || std::fs::read_dir(&run).unwrap().next().is_none(),
+            "{name}: a run was written"
+        );
+    }
+    let out = latentlens(&["sites", "sd", "--model-dir", model.to_str().unwrap()]);
+    let listed = ok(&out);
+    assert!(
+        listed.contains("unet.mid_block.attentions.0.attn2")
+            && listed.contains("text_encoder.layers.2"),
+        "{listed}"
+    );
+}
