@@ -824,3 +824,64 @@ fn record_sd_refuses_bad_prompt_files_and_writes_nothing() {
         "{listed}"
     );
 }
+
+#[test]
+fn img2img_encodes_noises_to_the_strength_and_runs_the_rest() {
+    let f = fixture("v1");
+    let sd = &f.sd;
+    let images = f.r("vae.image");
+    let mut c = Collect::all();
+    let mut hooks = Hooks::none().with(&mut c);
+    let (cond, uncond) = sd
+        .encode_guided(&["a cat", "a dog"], &["", ""], &mut hooks)
+        .unwrap();
+    let seeds = [7u64, 8];
+    let dims = sd.latent_dims(16, 16).unwrap();
+    let noise = sd.noise(&seeds, 0, dims).unwrap();
+    let g = Generation {
+        cond,
+        uncond: Some(uncond),
+        latents: noise.clone(),
+        seeds: &seeds,
+    };
+    let opts = SdOptions {
+        steps: 10,
+        guidance: 2.0,
+        scheduler: SchedulerKind::Ddim,
+        eta: 0.0,
+    };
+    let (out, _) = sd.img2img(images, 0.35, &g, &opts, &mut hooks).unwrap();
+    drop(hooks);
+    assert_eq!(out.dims(), images.dims());
+    // diffusers' get_timesteps: int(10 * 0.35) = 3 steps run, from the 8th timestep on.
+    assert_eq!(latentlens::sd::pipeline::img2img_first_step(10, 0.35), 7);
+    let steps: Vec<u16> = c
+        .seen
+        .iter()
+        .filter(|s| s.0 == "latent")
+        .map(|s| s.1)
+        .collect();
+    assert_eq!(steps, vec![0, 1, 2]);
+    let schedule = Schedule::new(&sd.scheduler, SchedulerKind::Ddim, 10).unwrap();
+    let t0 = c.seen.iter().find(|s| s.0 == "latent").unwrap().2;
+    assert_eq!(t0, Some(schedule.timesteps[7] as i32));
+    for site in ["image", "vae.encoder.mean", "vae.encoder.logvar"] {
+        assert_eq!(c.seen.iter().filter(|s| s.0 == site).count(), 1, "{site}");
+    }
+    // The first latent is the scaled posterior sample noised by DDIM's add_noise.
+    let mean = c.get("vae.encoder.mean", 0);
+    let logvar = c.get("vae.encoder.logvar", 0);
+    let eps = sd
+        .noise(&seeds, latentlens::sd::pipeline::POSTERIOR_STREAM, dims)
+        .unwrap();
+    let z = (mean + (logvar * 0.5).unwrap().exp().unwrap().mul(&eps).unwrap()).unwrap();
+    let a = schedule.timesteps[7] as usize;
+    let ac = latentlens::sd::SchedulerConfig::alphas_cumprod(&sd.scheduler)[a];
+    let want = ((z * (sd.vae.config.scaling_factor * ac.sqrt())).unwrap()
+        + (noise * (1.0 - ac).sqrt()).unwrap())
+    .unwrap();
+    assert_abs("first latent", c.get("latent", 0), &want, 1e-5);
+    // Strength that leaves no step is refused.
+    let mut hooks = Hooks::none();
+    assert!(sd.img2img(images, 0.05, &g, &opts, &mut hooks).is_err());
+}
