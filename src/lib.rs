@@ -23,6 +23,7 @@ pub mod reasoner;
 pub mod record;
 pub mod report;
 pub mod rng;
+pub mod sd;
 pub mod sites;
 pub mod steps;
 pub mod store;

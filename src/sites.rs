@@ -71,6 +71,12 @@ impl<'a> Hooks<'a> {
         self.step
     }
 
+    /// Whether any tap wants `site`: lets a model skip computing a tensor that exists only
+    /// to be observed (Stable Diffusion's cross-attention maps).
+    pub fn wants(&self, site: &str) -> bool {
+        self.taps.iter().any(|t| t.wants(site))
+    }
+
     /// Passes `x` through every tap that wants `site`, in the order they were added.
     pub fn site(&mut self, site: &str, x: Tensor) -> Result<Tensor> {
         let at = Firing {

@@ -23,6 +23,8 @@ pub enum BenchCmd {
     Reduce(BenchReduce),
     /// Continuous thoughts per second, and the KV cache against recomputing the prefix.
     Reasoner(super::bench_reasoner::BenchReasoner),
+    /// One Stable Diffusion UNet step against diffusers (scripts/bench_sd_unet.py).
+    SdUnet(super::bench_sd::BenchSdUnet),
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +86,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Probe(args) => super::bench_probe::run_bench(&args),
         BenchCmd::Reduce(args) => bench_reduce(&args),
         BenchCmd::Reasoner(args) => super::bench_reasoner::run(&args),
+        BenchCmd::SdUnet(args) => super::bench_sd::run(&args),
     }
 }
 

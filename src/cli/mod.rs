@@ -21,6 +21,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_probe;
 pub mod bench_reasoner;
+pub mod bench_sd;
 pub mod bfs;
 pub mod common;
 pub mod data;
@@ -32,6 +33,7 @@ pub mod probe;
 pub mod reasoner;
 pub mod record;
 pub mod record_reasoner;
+pub mod record_sd;
 pub mod reduce;
 pub mod steer;
 

@@ -19,6 +19,9 @@ pub enum RecordCmd {
     Diffusion(RecordDiffusion),
     /// Run ProsQA questions through a continuous-thought reasoner and record every pass.
     Reasoner(super::record_reasoner::RecordReasoner),
+    /// Run prompts through a local Stable Diffusion 1.x / 2.x folder (diffusers layout) and
+    /// record its sites at every step.
+    Sd(super::record_sd::RecordSd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -31,6 +34,8 @@ pub enum SitesCmd {
     },
     /// List the reasoner's sites (TransformerLens names plus `thought`).
     Reasoner(super::record_reasoner::SitesReasoner),
+    /// List a Stable Diffusion folder's sites with their per-sample shapes.
+    Sd(super::record_sd::SitesSd),
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +89,7 @@ pub fn run_sites(cmd: SitesCmd) -> anyhow::Result<()> {
     let weights = match cmd {
         SitesCmd::Diffusion { weights } => weights,
         SitesCmd::Reasoner(args) => return super::record_reasoner::run_sites(&args),
+        SitesCmd::Sd(args) => return super::record_sd::run_sites(&args),
     };
     let model = DiffusionModel::load(&weights, &common::device()?)?;
     crate::outln!("{:<24} {:<10} shape (per sample)", "site", "fires");
@@ -98,6 +104,7 @@ pub fn run(cmd: RecordCmd) -> anyhow::Result<()> {
     match cmd {
         RecordCmd::Diffusion(args) => record_diffusion(&args),
         RecordCmd::Reasoner(args) => super::record_reasoner::run(&args),
+        RecordCmd::Sd(args) => super::record_sd::run(&args),
     }
 }
 

@@ -29,7 +29,9 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::audit;
-use crate::jobs::{self, bfs, infoloss, probe, record_diffusion, record_reasoner, reduce, steer, Ctx};
+use crate::jobs::{
+    self, bfs, infoloss, probe, record_diffusion, record_reasoner, reduce, steer, Ctx,
+};
 use crate::progress::Progress;
 use crate::report::{self, Report};
 use crate::store::{resolve, Run, Start};
@@ -328,7 +330,12 @@ fn check_analyses(
         .iter()
         .enumerate()
         .map(|(j, o)| ("reduce", j, &o.sites))
-        .chain(run.infoloss.iter().enumerate().map(|(j, o)| ("infoloss", j, &o.sites)))
+        .chain(
+            run.infoloss
+                .iter()
+                .enumerate()
+                .map(|(j, o)| ("infoloss", j, &o.sites)),
+        )
     {
         if let Err(e) = check_sites(patterns, &sites) {
             problems.push(locate::problem(
@@ -425,12 +432,18 @@ fn check_analyses(
             audit::RuleKind::Accuracy | audit::RuleKind::Finite => {}
             audit::RuleKind::Reconstruction => {
                 if run.infoloss.is_empty() {
-                    problems.push(at("kind", "needs an [[run.infoloss]] analysis in this run".into()));
+                    problems.push(at(
+                        "kind",
+                        "needs an [[run.infoloss]] analysis in this run".into(),
+                    ));
                 }
             }
             audit::RuleKind::FrontierMass => {
                 if run.bfs.is_empty() {
-                    problems.push(at("kind", "needs a [[run.bfs]] analysis in this run".into()));
+                    problems.push(at(
+                        "kind",
+                        "needs a [[run.bfs]] analysis in this run".into(),
+                    ));
                 }
             }
         }
@@ -525,7 +538,15 @@ pub fn execute(
         for opts in &r.spec.bfs {
             let p = bfs::plan(&run, opts, device)?;
             let job = |run: &Run, ctx: &Ctx| bfs::run(run, &p, ctx);
-            analyse(&mut run, &r.name, &p.identity, job, stages, interrupted, &mut summary)?;
+            analyse(
+                &mut run,
+                &r.name,
+                &p.identity,
+                job,
+                stages,
+                interrupted,
+                &mut summary,
+            )?;
         }
         for opts in &r.spec.probe {
             let p = probe::plan(&run, opts)?;
@@ -543,12 +564,28 @@ pub fn execute(
         for opts in &r.spec.reduce {
             let p = reduce::plan(&run, opts)?;
             let job = |run: &Run, ctx: &Ctx| reduce::run(run, &p, ctx);
-            analyse(&mut run, &r.name, &p.identity, job, stages, interrupted, &mut summary)?;
+            analyse(
+                &mut run,
+                &r.name,
+                &p.identity,
+                job,
+                stages,
+                interrupted,
+                &mut summary,
+            )?;
         }
         for opts in &r.spec.infoloss {
             let p = infoloss::plan(&run, opts)?;
             let job = |run: &Run, ctx: &Ctx| infoloss::run(run, &p, ctx);
-            analyse(&mut run, &r.name, &p.identity, job, stages, interrupted, &mut summary)?;
+            analyse(
+                &mut run,
+                &r.name,
+                &p.identity,
+                job,
+                stages,
+                interrupted,
+                &mut summary,
+            )?;
         }
         for opts in &r.spec.steer {
             let p = steer::plan(&run, opts, device)?;

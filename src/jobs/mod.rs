@@ -11,8 +11,8 @@
 //!   records the analysis in the manifest last. An error before that leaves the folder as
 //!   it was.
 
-pub mod infoloss;
 pub mod bfs;
+pub mod infoloss;
 pub mod probe;
 pub mod record_diffusion;
 pub mod record_reasoner;

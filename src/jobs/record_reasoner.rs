@@ -209,7 +209,7 @@ fn recordable(sites: Vec<&SiteInfo>, explicit: bool, thoughts: usize) -> Result<
     if explicit {
         if sites.iter().any(silent) {
             return Err(Error::Invalid(
-                "site `thought` fires only on thought passes and thoughts = 0; record with 1 \
+                "site `thought` fires only on thought passes and --thoughts is 0; record with 1 \
                  or more thoughts, or choose another site"
                     .into(),
             ));

@@ -5,9 +5,9 @@
 //! or by value) and [`bars`] (grouped, with interval whiskers). Per-analysis figures are
 //! small functions that turn table rows into one of these; nothing here knows a run folder.
 
+pub mod bfs;
 pub mod images;
 pub mod infoloss;
-pub mod bfs;
 pub mod probe;
 pub mod reduce;
 
