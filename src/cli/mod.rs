@@ -28,7 +28,6 @@ pub mod data;
 pub mod diffusion;
 pub mod experiment;
 pub mod infoloss;
-pub mod plot;
 pub mod probe;
 pub mod reasoner;
 pub mod record;
