@@ -138,7 +138,7 @@ fn bad_rules_are_refused_before_any_work_naming_the_rule() {
     let (code, text) = run_spec(spec.to_str().unwrap(), &out_dir);
     assert_eq!(code, 1, "{text}");
     assert!(
-        text.contains("line 11") && text.contains("impossible"),
+        text.contains("line 10") && text.contains("impossible"),
         "{text}"
     );
     assert!(text.contains("`colour` is not probed"), "{text}");

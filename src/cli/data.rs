@@ -14,6 +14,9 @@ pub enum DataCmd {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens data prosqa --n 1000 --seed 424242 --out heldout.json
+  latentlens data prosqa --summarize ../shared/data/prosqa_valid.json")]
 pub struct ProsqaArgs {
     /// Number of records (at least 1).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]

@@ -34,6 +34,9 @@ pub enum PartArg {
 /// Checkpoints are written every 90 s beside the weights; rerunning the same command
 /// resumes from them.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens train diffusion --part unet --steps 2200
+  latentlens train diffusion --part classifier --steps 800")]
 pub struct TrainArgs {
     /// Folder for config.json and the weights.
     #[arg(long, default_value = DEFAULT_WEIGHTS_DIR)]
@@ -57,6 +60,9 @@ pub struct TrainArgs {
 
 /// Measure the diffusion model: VAE PSNR, classifier accuracy, and generation accuracy.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens eval diffusion
+  latentlens eval diffusion --json --guidance 10")]
 pub struct EvalArgs {
     /// Folder with config.json, vae/unet/classifier.safetensors.
     #[arg(long, default_value = DEFAULT_WEIGHTS_DIR)]

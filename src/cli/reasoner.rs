@@ -48,6 +48,9 @@ pub enum SupervisionArg {
 /// The model and its training state are saved after every epoch; rerunning the same
 /// command resumes after the last finished epoch.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens train reasoner --method coconut --supervision frontier --fresh-data
+  latentlens train reasoner --method cot --max-stage 0 --epochs-per-stage 10 --out runs/cot")]
 pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = MethodArg::Coconut)]
     pub method: MethodArg,
@@ -178,6 +181,9 @@ pub use crate::reasoner::source::{Reasoner, ReasonerSource};
 
 /// Answer accuracy and tokens generated on a ProsQA file, for each model given.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens eval reasoner --data ../shared/data/prosqa_valid.json
+  latentlens eval reasoner --data q.json --model weights/reasoner/coconut/model --json")]
 pub struct EvalArgs {
     /// ProsQA JSON file (e.g. ../shared/data/prosqa_valid.json).
     #[arg(long)]

@@ -39,6 +39,9 @@ pub enum SitesCmd {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens record diffusion --run reports/demo
+  latentlens record diffusion --run reports/h-space --sites unet.mid_block --steps 0..50:5 --pool mean")]
 pub struct RecordDiffusion {
     /// Run folder to create (or resume, if it holds this same run unfinished).
     #[arg(long, default_value = "reports/diffusion")]

@@ -44,6 +44,9 @@ pub struct RecordReasoner {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens sites reasoner
+  latentlens sites reasoner --model weights/reasoner/cot/model")]
 pub struct SitesReasoner {
     #[command(flatten)]
     pub source: ReasonerSource,

@@ -21,6 +21,9 @@ const CHUNK_BUDGET_BYTES: u64 = 256 << 20;
 const MAX_CHUNK_SAMPLES: u32 = 64;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens record sd --model-dir ~/models/sd-1.5 --prompts prompts.txt --run reports/sd
+  latentlens record sd --model-dir DIR --prompts prompts.csv --sites unet.mid_block --keep-steps 0..50:10")]
 pub struct RecordSd {
     /// Run folder to create (or resume, if it holds this same run unfinished).
     #[arg(long, default_value = "reports/sd")]
@@ -85,6 +88,8 @@ pub struct RecordSd {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens sites sd --model-dir ~/models/sd-1.5")]
 pub struct SitesSd {
     /// A local diffusers Stable Diffusion folder.
     #[arg(long)]
