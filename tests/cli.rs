@@ -185,7 +185,7 @@ mod interrupt {
         }
         let out = latentlens(&args);
         assert!(out.status.success(), "{}", stderr(&out));
-        assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
+        assert!(stderr(&out).contains("resumed the run"), "{}", stderr(&out));
         let store = latentlens::store::Run::open(&run).unwrap();
         assert_eq!(store.samples().unwrap().height(), 400);
     }

@@ -67,7 +67,7 @@ pub fn run(args: &BenchSdUnet) -> anyhow::Result<()> {
     let diff: f32 = (&out - want)?.abs()?.flatten_all()?.max(0)?.to_scalar()?;
     let scale: f32 = want.abs()?.flatten_all()?.max(0)?.to_scalar()?;
     let peak = peak_rss_bytes();
-    println!(
+    crate::outln!(
         "{}",
         serde_json::json!({
             "latentlens_unet_step_s": median,

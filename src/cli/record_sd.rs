@@ -106,10 +106,10 @@ pub fn run_sites(args: &SitesSd) -> anyhow::Result<()> {
     let sd = StableDiffusion::load(&args.model_dir, &common::device()?)?;
     let (h0, w0) = sd.default_size();
     let (h, w) = (args.height.unwrap_or(h0), args.width.unwrap_or(w0));
-    println!("{:<44} {:<10} shape (per sample)", "site", "fires");
+    crate::outln!("{:<44} {:<10} shape (per sample)", "site", "fires");
     for site in sd.sites(h, w, false)? {
         let fires = if site.per_step { "each step" } else { "once" };
-        println!("{:<44} {:<10} {}", site.name, fires, site.shape_string());
+        crate::outln!("{:<44} {:<10} {}", site.name, fires, site.shape_string());
     }
     Ok(())
 }
@@ -630,7 +630,7 @@ pub fn run(args: &RecordSd) -> anyhow::Result<()> {
         common::interrupt_flag(),
     )?;
     bar.finish_and_clear();
-    println!(
+    crate::outln!(
         "recorded {samples} samples, {} rows ({:.1} MB of latents) in {:.1} s to {}",
         summary.rows,
         summary.bytes as f64 / 1e6,
