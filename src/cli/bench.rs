@@ -28,6 +28,9 @@ pub enum BenchCmd {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens bench reduce --no-umap
+  python benches/sklearn_pca.py")]
 pub struct BenchReduce {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -43,6 +46,9 @@ pub struct BenchReduce {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens bench record
+  latentlens bench record --samples 8 --ddim-steps 25")]
 pub struct BenchRecord {
     #[arg(long, default_value = super::record::DEFAULT_WEIGHTS)]
     pub weights: PathBuf,

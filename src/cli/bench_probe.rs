@@ -10,6 +10,9 @@ use crate::analysis::probe::{self, ProbeConfig, ProbeInput, Target};
 /// `latentlens bench probe`: our logistic solver on seeded latent-like data; compare with
 /// `python benches/sklearn_logistic.py DIR` on the same data (`--write-data DIR`).
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens bench probe --write-data target/bench_probe
+  python benches/sklearn_logistic.py target/bench_probe")]
 pub struct BenchProbeArgs {
     /// Training rows (5000 more rows are the test set).
     #[arg(long, default_value_t = 20_000)]

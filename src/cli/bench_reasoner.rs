@@ -12,6 +12,8 @@ use crate::reasoner::coconut::{generate_latent, thoughts_by_recomputation};
 use crate::sites::Hooks;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens bench reasoner --repeats 5")]
 pub struct BenchReasoner {
     #[command(flatten)]
     pub source: super::reasoner::ReasonerSource,

@@ -16,6 +16,9 @@ use crate::sd::unet::UNet2DConditionModel;
 use crate::sites::Hooks;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latentlens bench sd-unet --model-dir /tmp/sd15-random --repeats 3
+  python scripts/bench_sd_unet.py --help")]
 pub struct BenchSdUnet {
     /// A pipeline folder (its unet/ is read) holding `bench_io.safetensors` from
     /// scripts/bench_sd_unet.py (sample, timesteps, context, diffusers' output).
