@@ -535,70 +535,33 @@ pub fn execute(
         if start != Start::Complete {
             summary.recorded.push(r.name.clone());
         }
+        let mut step = Analyses {
+            run_name: &r.name,
+            stages,
+            interrupted,
+            summary: &mut summary,
+        };
         for opts in &r.spec.bfs {
             let p = bfs::plan(&run, opts, device)?;
-            let job = |run: &Run, ctx: &Ctx| bfs::run(run, &p, ctx);
-            analyse(
-                &mut run,
-                &r.name,
-                &p.identity,
-                job,
-                stages,
-                interrupted,
-                &mut summary,
-            )?;
+            step.run(&mut run, &p.identity, |run, ctx| bfs::run(run, &p, ctx))?;
         }
         for opts in &r.spec.probe {
             let p = probe::plan(&run, opts)?;
-            let job = |run: &Run, ctx: &Ctx| probe::run(run, &p, ctx);
-            analyse(
-                &mut run,
-                &r.name,
-                &p.identity,
-                job,
-                stages,
-                interrupted,
-                &mut summary,
-            )?;
+            step.run(&mut run, &p.identity, |run, ctx| probe::run(run, &p, ctx))?;
         }
         for opts in &r.spec.reduce {
             let p = reduce::plan(&run, opts)?;
-            let job = |run: &Run, ctx: &Ctx| reduce::run(run, &p, ctx);
-            analyse(
-                &mut run,
-                &r.name,
-                &p.identity,
-                job,
-                stages,
-                interrupted,
-                &mut summary,
-            )?;
+            step.run(&mut run, &p.identity, |run, ctx| reduce::run(run, &p, ctx))?;
         }
         for opts in &r.spec.infoloss {
             let p = infoloss::plan(&run, opts)?;
-            let job = |run: &Run, ctx: &Ctx| infoloss::run(run, &p, ctx);
-            analyse(
-                &mut run,
-                &r.name,
-                &p.identity,
-                job,
-                stages,
-                interrupted,
-                &mut summary,
-            )?;
+            step.run(&mut run, &p.identity, |run, ctx| {
+                infoloss::run(run, &p, ctx)
+            })?;
         }
         for opts in &r.spec.steer {
             let p = steer::plan(&run, opts, device)?;
-            let job = |run: &Run, ctx: &Ctx| steer::run(run, &p, ctx);
-            analyse(
-                &mut run,
-                &r.name,
-                &p.identity,
-                job,
-                stages,
-                interrupted,
-                &mut summary,
-            )?;
+            step.run(&mut run, &p.identity, |run, ctx| steer::run(run, &p, ctx))?;
         }
         if !r.spec.audit.is_empty() {
             let stage = format!("{}: audit", r.name);
@@ -627,34 +590,39 @@ pub fn execute(
     Ok(summary)
 }
 
-/// Keeps an analysis when the run already holds it with the same inputs and options;
-/// otherwise runs and writes it.
-fn analyse(
-    run: &mut Run,
-    run_name: &str,
-    identity: &jobs::Identity,
-    job: impl FnOnce(&Run, &Ctx) -> Result<jobs::Output>,
-    stages: &dyn Stages,
-    interrupted: &std::sync::atomic::AtomicBool,
-    summary: &mut Summary,
-) -> Result<()> {
-    let stage = format!("{run_name}: {}", identity.key);
-    if identity.is_done(run) {
-        stages.end(&stage, "kept (same inputs and options)");
-        summary.analyses_kept.push(stage);
-        return Ok(());
+/// Runs a run's analyses one after another, reporting each as a stage.
+struct Analyses<'a> {
+    run_name: &'a str,
+    stages: &'a dyn Stages,
+    interrupted: &'a std::sync::atomic::AtomicBool,
+    summary: &'a mut Summary,
+}
+
+impl Analyses<'_> {
+    /// Keeps an analysis when the run already holds it with the same inputs and options;
+    /// otherwise runs and writes it.
+    fn run(
+        &mut self,
+        run: &mut Run,
+        identity: &jobs::Identity,
+        job: impl FnOnce(&Run, &Ctx) -> Result<jobs::Output>,
+    ) -> Result<()> {
+        let stage = format!("{}: {}", self.run_name, identity.key);
+        if identity.is_done(run) {
+            self.stages.end(&stage, "kept (same inputs and options)");
+            self.summary.analyses_kept.push(stage);
+            return Ok(());
+        }
+        let progress = self.stages.begin(&stage);
+        let started = Instant::now();
+        let out = job(run, &Ctx::new(progress.as_ref(), self.interrupted))?;
+        drop(progress);
+        jobs::write(run, identity, out, started)?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.stages.end(&stage, &format!("done in {seconds:.1} s"));
+        self.summary.analyses_run.push(stage);
+        Ok(())
     }
-    let progress = stages.begin(&stage);
-    let started = Instant::now();
-    let out = job(run, &Ctx::new(progress.as_ref(), interrupted))?;
-    drop(progress);
-    jobs::write(run, identity, out, started)?;
-    stages.end(
-        &stage,
-        &format!("done in {:.1} s", started.elapsed().as_secs_f64()),
-    );
-    summary.analyses_run.push(stage);
-    Ok(())
 }
 
 fn outcome(start: Start, started: Instant) -> String {
