@@ -197,13 +197,7 @@ impl PcaAccumulator {
         } else {
             top_eigen_refined(&cov, n_components)?
         };
-        let mut components = vec![0.0f32; n_components * d];
-        for c in 0..n_components {
-            let sign = sign_of_largest(vectors.as_ref(), c);
-            for j in 0..d {
-                components[c * d + j] = (sign * vectors[(j, c)]) as f32;
-            }
-        }
+        let components = signed_components(vectors.as_ref(), n_components);
         Ok(PcaFit {
             width: d,
             n_samples: self.count,
@@ -258,13 +252,7 @@ impl PcaAccumulator {
             }
             basis = basis.qr().compute_thin_Q();
         }
-        let mut components = vec![0.0f32; k * d];
-        for c in 0..k {
-            let sign = sign_of_largest(basis.as_ref(), c);
-            for j in 0..d {
-                components[c * d + j] = (sign * basis[(j, c)]) as f32;
-            }
-        }
+        let components = signed_components(basis.as_ref(), k);
         Ok(PcaFit {
             width: d,
             n_samples: self.count,
@@ -319,8 +307,21 @@ fn top_eigen_refined(cov: &Mat<f64>, k: usize) -> Result<(Vec<f64>, Mat<f64>)> {
     Ok((values, &q * &w_desc))
 }
 
-/// scikit-learn's `svd_flip(u_based_decision=False)`: the largest |entry| of each
-/// component is positive, so the sign is reproducible.
+/// The first `k` columns of `u` as row-major f32 components, signed as scikit-learn's
+/// `svd_flip(u_based_decision=False)` does: the largest |entry| of each component is
+/// positive, so the sign is reproducible.
+fn signed_components(u: MatRef<'_, f64>, k: usize) -> Vec<f32> {
+    let d = u.nrows();
+    let mut components = vec![0.0f32; k * d];
+    for c in 0..k {
+        let sign = sign_of_largest(u, c);
+        for j in 0..d {
+            components[c * d + j] = (sign * u[(j, c)]) as f32;
+        }
+    }
+    components
+}
+
 fn sign_of_largest(u: MatRef<'_, f64>, col: usize) -> f64 {
     let mut best = 0.0f64;
     for j in 0..u.nrows() {

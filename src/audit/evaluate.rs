@@ -178,13 +178,7 @@ fn decodable(run: &Run, rule: &Rule) -> Eval {
     let mine: Vec<_> = rows
         .iter()
         .filter(|r| r.label == label)
-        .filter(|r| {
-            r.metric
-                == rule
-                    .metric
-                    .clone()
-                    .unwrap_or_else(|| headline_metric(&r.kind).into())
-        })
+        .filter(|r| r.metric == rule.metric.as_deref().unwrap_or(headline_metric(&r.kind)))
         .filter(|r| patterns.is_empty() || patterns.iter().any(|p| p.matches(&r.site)))
         .collect();
     if mine.is_empty() {
